@@ -1,0 +1,164 @@
+//! The [`NodeGateway`] trait: running placed requests on instances.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::BoxFuture;
+use crate::protocol::ProtocolError;
+use crate::sandbox::{ExitStatus, LaunchError};
+use crate::types::{FunctionSpec, Invocation, InvocationResult, NodeId, Placement};
+
+/// Why an invocation produced no function result.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The instance exited or was killed before answering.
+    #[error("instance exited with {status} before responding")]
+    Exited {
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The deadline passed; the instance was killed.
+    #[error("function did not respond within {timeout:?}; instance killed")]
+    TimedOut {
+        /// The function's timeout.
+        timeout: Duration,
+    },
+    /// The instance broke the guest protocol; it was killed.
+    #[error("instance broke the guest protocol: {0}; instance killed")]
+    Protocol(#[source] ProtocolError),
+    /// The handler failed and said so (an `Error` frame).
+    #[error("function error: {message}")]
+    Function {
+        /// Status the function asked for.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+    /// No instance could be launched.
+    #[error("cannot start an instance: {0}")]
+    Launch(#[source] LaunchError),
+    /// The placement names another node.
+    #[error("placement for node {placement} reached node {node}")]
+    WrongNode {
+        /// The placement's node.
+        placement: NodeId,
+        /// This node.
+        node: NodeId,
+    },
+    /// The node gateway is shutting down.
+    #[error("node gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl InvokeError {
+    /// The HTTP status a gateway answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            InvokeError::Exited { .. } | InvokeError::Protocol(_) => 502,
+            InvokeError::TimedOut { .. } => 504,
+            InvokeError::Function { status, .. } => *status,
+            InvokeError::Launch(_) | InvokeError::WrongNode { .. } => 500,
+            InvokeError::ShuttingDown => 503,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InvokeError::Exited { .. } => "instance_exited",
+            InvokeError::TimedOut { .. } => "timeout",
+            InvokeError::Protocol(_) => "protocol_violation",
+            InvokeError::Function { .. } => "function_error",
+            InvokeError::Launch(_) => "launch_failed",
+            InvokeError::WrongNode { .. } => "wrong_node",
+            InvokeError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Accepts placed requests on one node, makes sure an instance pulls each
+/// one, and returns the instance's answer.
+///
+/// Every call ends in exactly one `Ok` result or one error; the
+/// implementation enforces the invocation's deadline.
+///
+/// # Example
+///
+/// A node gateway that answers every request itself (no instances), e.g.
+/// for a health-check function:
+///
+/// ```
+/// use std::sync::Arc;
+/// use faas_core::*;
+///
+/// struct Pong(NodeId);
+///
+/// impl NodeGateway for Pong {
+///     fn node(&self) -> &NodeId { &self.0 }
+///     fn invoke<'a>(&'a self, _f: Arc<FunctionSpec>, _p: &'a Placement, inv: Invocation)
+///         -> BoxFuture<'a, Result<InvocationResult, InvokeError>>
+///     {
+///         Box::pin(async move {
+///             Ok(InvocationResult {
+///                 status: 200, headers: vec![], body: inv.body,
+///                 timings: Timings::default(), cold: false,
+///             })
+///         })
+///     }
+/// }
+///
+/// let gw: Arc<dyn NodeGateway> = Arc::new(Pong(NodeId("n1".into())));
+/// assert_eq!(gw.node().0, "n1");
+/// ```
+pub trait NodeGateway: Send + Sync {
+    /// The node this gateway runs.
+    fn node(&self) -> &NodeId;
+
+    /// Runs one invocation of `function` placed on this node.
+    fn invoke<'a>(
+        &'a self,
+        function: Arc<FunctionSpec>,
+        placement: &'a Placement,
+        invocation: Invocation,
+    ) -> BoxFuture<'a, Result<InvocationResult, InvokeError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn _object_safe(_: &dyn NodeGateway) {}
+
+    #[test]
+    fn errors_map_to_http_statuses() {
+        assert_eq!(
+            InvokeError::Exited {
+                status: ExitStatus::Code(3)
+            }
+            .to_string(),
+            "instance exited with status 3 before responding"
+        );
+        assert_eq!(
+            InvokeError::Exited {
+                status: ExitStatus::Code(3)
+            }
+            .http_status(),
+            502
+        );
+        assert_eq!(
+            InvokeError::TimedOut {
+                timeout: Duration::from_secs(1)
+            }
+            .http_status(),
+            504
+        );
+        assert_eq!(
+            InvokeError::Function {
+                status: 500,
+                message: "boom".into()
+            }
+            .http_status(),
+            500
+        );
+    }
+}

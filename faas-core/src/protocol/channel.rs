@@ -1,0 +1,204 @@
+//! Sending and receiving frames on a `SOCK_SEQPACKET` socket, with the memfd
+//! of a large body passed as `SCM_RIGHTS`.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+use super::{DecodeLimits, Frame, MAX_DATAGRAM, ProtocolError, decode};
+
+/// Creates a connected `SOCK_SEQPACKET` pair with close-on-exec set on both
+/// ends: one for the node gateway, one to become the instance's fd 3.
+///
+/// # Errors
+///
+/// `socketpair` failed.
+pub fn channel_pair() -> Result<(OwnedFd, OwnedFd), ProtocolError> {
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| ProtocolError::io("socketpair", e))
+}
+
+/// Encodes `frame` into `scratch` and sends it as one datagram.
+///
+/// # Errors
+///
+/// Encoding failed, or `sendmsg` did (a closed peer gives `EPIPE`; no
+/// `SIGPIPE` is raised).
+pub fn send_frame(
+    fd: BorrowedFd<'_>,
+    frame: &Frame,
+    scratch: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    let memfd = frame.encode(scratch)?;
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(m) = memfd {
+        fds = [m];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(ProtocolError::io(
+                "sendmsg",
+                std::io::ErrorKind::OutOfMemory,
+            ));
+        }
+    }
+    loop {
+        match rustix::net::sendmsg(
+            fd,
+            &[IoSlice::new(scratch)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) if n == scratch.len() => return Ok(()),
+            Ok(_) => return Err(ProtocolError::Truncated),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(ProtocolError::io("sendmsg", e)),
+        }
+    }
+}
+
+/// What one receive attempt produced.
+#[derive(Debug)]
+pub enum RecvOutcome {
+    /// A well-formed frame.
+    Frame(Frame),
+    /// The peer closed its end (or sent an empty datagram, which no valid
+    /// sender does).
+    Closed,
+    /// Nothing to read yet (non-blocking receive only).
+    WouldBlock,
+}
+
+/// Receives and decodes one frame, blocking until one arrives.
+///
+/// # Errors
+///
+/// `recvmsg` failed, or the frame is malformed (see [`decode`]).
+pub fn recv_frame(
+    fd: BorrowedFd<'_>,
+    scratch: &mut Vec<u8>,
+    limits: &DecodeLimits,
+) -> Result<Option<Frame>, ProtocolError> {
+    match recv_inner(fd, scratch, limits, RecvFlags::empty())? {
+        RecvOutcome::Frame(f) => Ok(Some(f)),
+        RecvOutcome::Closed => Ok(None),
+        RecvOutcome::WouldBlock => {
+            Err(ProtocolError::io("recvmsg", std::io::ErrorKind::WouldBlock))
+        }
+    }
+}
+
+/// Receives and decodes one frame if one is waiting (`MSG_DONTWAIT`).
+///
+/// # Errors
+///
+/// `recvmsg` failed, or the frame is malformed (see [`decode`]).
+pub fn try_recv_frame(
+    fd: BorrowedFd<'_>,
+    scratch: &mut Vec<u8>,
+    limits: &DecodeLimits,
+) -> Result<RecvOutcome, ProtocolError> {
+    recv_inner(fd, scratch, limits, RecvFlags::DONTWAIT)
+}
+
+fn recv_inner(
+    fd: BorrowedFd<'_>,
+    scratch: &mut Vec<u8>,
+    limits: &DecodeLimits,
+    flags: RecvFlags,
+) -> Result<RecvOutcome, ProtocolError> {
+    // One slot more than a valid frame uses, so a peer passing two fds is
+    // seen (and both are closed) rather than silently truncated.
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    scratch.resize(MAX_DATAGRAM + 1, 0);
+    let msg = loop {
+        match rustix::net::recvmsg(
+            fd,
+            &mut [IoSliceMut::new(scratch)],
+            &mut control,
+            flags | RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(m) => break m,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(RecvOutcome::WouldBlock),
+            Err(e) => return Err(ProtocolError::io("recvmsg", e)),
+        }
+    };
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+        || msg.bytes > MAX_DATAGRAM
+    {
+        return Err(ProtocolError::Truncated);
+    }
+    if msg.bytes == 0 {
+        return Ok(RecvOutcome::Closed);
+    }
+    if fds.len() > 1 {
+        return Err(ProtocolError::UnexpectedFd);
+    }
+    decode(&scratch[..msg.bytes], fds.pop(), limits).map(RecvOutcome::Frame)
+}
+
+/// A blocking frame channel over one socket end, with its scratch buffers;
+/// what a guest uses on its fd 3.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+    send_buf: Vec<u8>,
+    recv_buf: Vec<u8>,
+    limits: DecodeLimits,
+}
+
+impl Channel {
+    /// Wraps a connected `SOCK_SEQPACKET` socket.
+    pub fn new(fd: OwnedFd, limits: DecodeLimits) -> Self {
+        Channel {
+            fd,
+            send_buf: Vec::with_capacity(4096),
+            recv_buf: Vec::new(),
+            limits,
+        }
+    }
+
+    /// Sends one frame.
+    ///
+    /// # Errors
+    ///
+    /// See [`send_frame`].
+    pub fn send(&mut self, frame: &Frame) -> Result<(), ProtocolError> {
+        send_frame(self.fd.as_fd(), frame, &mut self.send_buf)
+    }
+
+    /// Receives one frame; `None` when the peer closed the channel.
+    ///
+    /// # Errors
+    ///
+    /// See [`recv_frame`].
+    pub fn recv(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        recv_frame(self.fd.as_fd(), &mut self.recv_buf, &self.limits)
+    }
+
+    /// The socket.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
