@@ -118,8 +118,9 @@ fn recv_inner(
     limits: &DecodeLimits,
     flags: RecvFlags,
 ) -> Result<RecvOutcome, ProtocolError> {
-    // One slot more than a valid frame uses, so a peer passing two fds is
-    // seen (and both are closed) rather than silently truncated.
+    // Room for more fds than a valid frame carries (rustix pads the space),
+    // so a peer passing several fds gets `UnexpectedFd`, or `Truncated` when
+    // even this overflows; either way every received fd is closed.
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     scratch.resize(MAX_DATAGRAM + 1, 0);

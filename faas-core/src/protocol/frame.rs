@@ -230,10 +230,13 @@ impl Frame {
         let mut fd = None;
         let body_len: usize = match (self, body) {
             (Frame::Error { message, .. }, _) => {
-                let m = message.as_bytes();
-                let m = &m[..m.len().min(MAX_INLINE_BODY as usize)];
-                out.extend_from_slice(m);
-                m.len()
+                // Long messages are cut at a character boundary to fit inline.
+                let mut end = message.len().min(MAX_INLINE_BODY as usize);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.extend_from_slice(&message.as_bytes()[..end]);
+                end
             }
             (_, Some(Body::Inline(b))) => {
                 if b.len() > MAX_INLINE_BODY as usize {
@@ -375,6 +378,12 @@ pub fn decode(
                 return Err(ProtocolError::Malformed {
                     kind,
                     what: "Ready carries no metadata or body",
+                });
+            }
+            if id.0 != 0 {
+                return Err(ProtocolError::Malformed {
+                    kind,
+                    what: "Ready carries invocation id 0",
                 });
             }
             Frame::Ready {
