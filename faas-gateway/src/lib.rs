@@ -1,1 +1,32 @@
-//! faas-gateway
+//! # faas-gateway
+//!
+//! The two gateways of the request path (DESIGN.md §4):
+//!
+//! ```text
+//! client ─HTTP─▶ FunctionGateway ── Scheduler::schedule ──▶ Placement
+//!                     │                                        │
+//!                     └──────── NodeGateway::invoke ◀──────────┘
+//!                                   │ LocalNodeGateway: queue per function,
+//!                                   │ SandboxRuntime::launch, deadline
+//!                                   ▼
+//!                     instance ── fd 3 (SOCK_SEQPACKET): Ready ▶ Invoke ◀ Result ▶
+//! ```
+//!
+//! - [`FunctionGateway`]: hyper 1 HTTP server with the REST API, request body
+//!   limit, trace ids, and the mapping of every failure to one JSON error.
+//! - [`LocalNodeGateway`]: the [`faas_core::NodeGateway`] of a node: buffers
+//!   requests per function, launches instances through a
+//!   [`faas_core::SandboxRuntime`], hands each request to the instance that
+//!   pulls it, enforces the deadline and treats the instance as hostile.
+//! - [`Registry`]: deployed functions and their versions under a state
+//!   directory.
+
+mod channel;
+mod http;
+mod node;
+mod registry;
+mod sys;
+
+pub use http::{FunctionGateway, GatewayConfig, ResponseBody};
+pub use node::{LocalNodeGateway, NodeConfig, NodeStats};
+pub use registry::{DeployError, OpenError, Registry};

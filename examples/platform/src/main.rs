@@ -1,1 +1,542 @@
-fn main() {}
+//! `faas`: the whole platform in one binary, and the client of its API.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use faas_core::{FunctionSpec, ImageRef, Reuse, RuntimeKind};
+use faas_platform::client::Client;
+use faas_platform::{Platform, PlatformConfig, embedded, load};
+use http::Method;
+
+/// faas — per-request function instances, fast.
+#[derive(Parser)]
+#[command(name = "faas", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform (gateway, scheduler, node) in this process.
+    Serve(ServeArgs),
+    /// Deploy a function from a directory holding its executable.
+    Deploy(DeployArgs),
+    /// Invoke a function and print its answer.
+    Invoke(InvokeArgs),
+    /// List deployed functions.
+    Ls(ServerArg),
+    /// Delete a function (every version).
+    Rm {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Start an embedded platform, deploy the example functions, measure
+    /// cold invocations and stay up for you to try.
+    Demo(DemoArgs),
+    /// Measure invocation latency and throughput against an embedded
+    /// platform (or --server).
+    Bench(BenchArgs),
+    /// Write the bundled example functions (hello, cpu) to a directory.
+    ExampleFunctions {
+        /// Directory to create them in (one subdirectory per function).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ServerArg {
+    /// URL of the faas server.
+    #[arg(long, env = "FAAS_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where deployed functions are kept [default: $XDG_STATE_HOME/faas or ~/.local/state/faas].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Instance slots of the local node.
+    #[arg(long, default_value_t = 64)]
+    slots: u32,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 6 * 1024 * 1024)]
+    max_body: usize,
+    /// Discard the instances' stderr instead of showing it.
+    #[arg(long)]
+    quiet_instances: bool,
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    /// Function name (a-z, 0-9, '-', '_').
+    name: String,
+    /// Directory holding the function's files; it is copied at deploy time.
+    #[arg(long)]
+    dir: PathBuf,
+    /// How the code runs.
+    #[arg(long, default_value = "native", value_parser = parse_runtime)]
+    runtime: RuntimeKind,
+    /// The executable inside --dir.
+    #[arg(long)]
+    handler: String,
+    /// Invocation timeout in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// Memory limit in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory_mb: u32,
+    /// Most requests of this function in flight at once (beyond: 429).
+    #[arg(long, default_value_t = 100)]
+    max_instances: u32,
+    /// Keep instances alive for this many milliseconds after a request
+    /// instead of one fresh instance per request.
+    #[arg(long)]
+    keep_alive_ms: Option<u64>,
+    /// Environment variable for the function, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct InvokeArgs {
+    /// Function name.
+    name: String,
+    /// Request body.
+    #[arg(long, conflicts_with = "file")]
+    data: Option<String>,
+    /// Read the request body from this file ('-' for stdin).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Print the response status and headers to stderr.
+    #[arg(long, short = 'i')]
+    include: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Cold invocations per function.
+    #[arg(long, default_value_t = 300)]
+    requests: usize,
+    /// Stop after printing the table instead of serving until Ctrl-C.
+    #[arg(long)]
+    exit: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Example function to invoke (hello or cpu).
+    #[arg(long, default_value = "hello")]
+    function: String,
+    /// Requests to send.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Reuse instances (keep-alive) instead of a fresh one per request.
+    #[arg(long)]
+    keep_alive: bool,
+    /// Request body.
+    #[arg(long, default_value = "")]
+    data: String,
+    /// Output the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
+    match s {
+        "native" => Ok(RuntimeKind::Native),
+        "exec" => Ok(RuntimeKind::Exec),
+        "python" => Ok(RuntimeKind::Python),
+        "node" => Ok(RuntimeKind::Node),
+        _ => Err(format!(
+            "unknown runtime {s:?}: use native, exec, python or node"
+        )),
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FAAS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("faas: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("faas: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Deploy(a) => deploy(a).await,
+        Command::Invoke(a) => invoke(a).await,
+        Command::Ls(s) => ls(&s.server).await,
+        Command::Rm { name, server } => {
+            Client::new(&server.server)
+                .expect_ok(Method::DELETE, &format!("/functions/{name}"), Bytes::new())
+                .await?;
+            println!("deleted {name}");
+            Ok(())
+        }
+        Command::Demo(a) => demo(a).await,
+        Command::Bench(a) => bench(a).await,
+        Command::ExampleFunctions { out } => {
+            for d in embedded::write_all(&out)
+                .with_context(|| format!("writing to {}", out.display()))?
+            {
+                println!("{}", d.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("faas");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/state/faas"),
+        None => PathBuf::from("/var/lib/faas"),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let state_dir = a.state_dir.unwrap_or_else(default_state_dir);
+    let mut config = PlatformConfig::new(state_dir.clone());
+    config.slots = a.slots;
+    config.max_body = a.max_body;
+    config.inherit_stderr = !a.quiet_instances;
+    let platform = Platform::new(&config)?;
+    let (listener, addr) = Platform::bind(a.listen).await?;
+    println!(
+        "faas: listening on http://{addr} (state in {})",
+        state_dir.display()
+    );
+    eprintln!(
+        "faas: WARNING: instances run as plain processes (ProcessRuntime): not isolated, for development only"
+    );
+    let _ = std::io::stdout().flush();
+    platform.serve(listener, shutdown_signal()).await?;
+    eprintln!("faas: stopped");
+    Ok(())
+}
+
+async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&a.dir)
+        .with_context(|| format!("function directory {}", a.dir.display()))?;
+    let mut spec = FunctionSpec::new(&a.name, a.runtime, ImageRef::Dir(dir), &a.handler);
+    spec.limits.timeout_ms = a.timeout_ms;
+    spec.limits.memory_mb = a.memory_mb;
+    spec.concurrency.max_instances = a.max_instances;
+    if let Some(ms) = a.keep_alive_ms {
+        spec.reuse = Reuse::KeepAlive { idle_ms: ms };
+    }
+    spec.env = a.env.into_iter().collect();
+    spec.validate()?;
+    let body = serde_json::to_vec(&spec)?;
+    let r = Client::new(&a.server.server)
+        .expect_ok(Method::POST, "/functions", body)
+        .await?;
+    let spec: FunctionSpec =
+        serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
+    println!("deployed {} version {}", spec.name, spec.version);
+    Ok(())
+}
+
+async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
+    let body: Vec<u8> = match (&a.data, &a.file) {
+        (Some(d), _) => d.clone().into_bytes(),
+        (None, Some(f)) if f == Path::new("-") => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).context("reading stdin")?;
+            v
+        }
+        (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => Vec::new(),
+    };
+    let r = Client::new(&a.server.server)
+        .request(Method::POST, &format!("/invoke/{}", a.name), body)
+        .await?;
+    if a.include {
+        eprintln!("{}", r.status);
+        for (k, v) in &r.headers {
+            eprintln!("{k}: {}", v.to_str().unwrap_or("<binary>"));
+        }
+    }
+    if !r.status.is_success() {
+        bail!("{}: {} — {}", a.name, r.status, r.error_message());
+    }
+    let mut out = std::io::stdout();
+    out.write_all(&r.body)?;
+    if std::io::stdout().is_terminal() && !r.body.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+async fn ls(server: &str) -> anyhow::Result<()> {
+    let r = Client::new(server)
+        .expect_ok(Method::GET, "/functions", Bytes::new())
+        .await?;
+    let fns: Vec<FunctionSpec> =
+        serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
+    println!(
+        "{:<24} {:>7}  {:<8} {:<10} {:>9}  HANDLER",
+        "NAME", "VERSION", "RUNTIME", "REUSE", "TIMEOUT"
+    );
+    for f in fns {
+        let reuse = match f.reuse {
+            Reuse::PerRequest => "request".to_owned(),
+            Reuse::KeepAlive { idle_ms } => format!("keep {}s", idle_ms / 1000),
+        };
+        println!(
+            "{:<24} {:>7}  {:<8} {:<10} {:>8}s  {}",
+            f.name,
+            f.version,
+            f.runtime,
+            reuse,
+            f.limits.timeout_ms as f64 / 1000.0,
+            f.handler
+        );
+    }
+    Ok(())
+}
+
+/// An embedded platform on a private state directory, removed on drop.
+struct Embedded {
+    platform: Platform,
+    state: PathBuf,
+    functions: Vec<PathBuf>,
+}
+
+impl Embedded {
+    fn start(quiet: bool) -> anyhow::Result<Self> {
+        let state = std::env::temp_dir().join(format!("faas-embedded-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        let functions = embedded::write_all(&state.join("src"))
+            .with_context(|| format!("writing the example functions to {}", state.display()))?;
+        let mut config = PlatformConfig::new(state.join("state"));
+        config.inherit_stderr = !quiet;
+        Ok(Embedded {
+            platform: Platform::new(&config)?,
+            state,
+            functions,
+        })
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+async fn deploy_examples(client: &Client, dirs: &[PathBuf], reuse: Reuse) -> anyhow::Result<()> {
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("example function directory has no name")?;
+        let mut spec =
+            FunctionSpec::new(name, RuntimeKind::Native, ImageRef::Dir(dir.clone()), name);
+        spec.reuse = reuse;
+        client
+            .expect_ok(Method::POST, "/functions", serde_json::to_vec(&spec)?)
+            .await?;
+    }
+    Ok(())
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let emb = Embedded::start(true)?;
+    let (listener, addr) = Platform::bind(a.listen).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gateway = emb.platform.gateway.clone();
+    let server = tokio::spawn(gateway.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let base = format!("http://{addr}");
+    let client = Client::new(&base);
+    deploy_examples(&client, &emb.functions, Reuse::PerRequest).await?;
+    println!("faas demo: platform on {base}; every request below starts a fresh process (cold)\n");
+    let cases: [(&str, &[u8]); 2] = [("hello", b"hi"), ("cpu", b"200000")];
+    let tty = std::io::stderr().is_terminal();
+    let mut rows = Vec::new();
+    for (name, body) in cases {
+        let s = load::run(
+            &client,
+            name,
+            Bytes::from_static(body),
+            a.requests,
+            1,
+            |n| {
+                if tty && (n % 10 == 0 || n == a.requests) {
+                    eprint!("\r  {name}: {n}/{}", a.requests);
+                }
+            },
+        )
+        .await?;
+        if tty {
+            eprint!("\r\x1b[K");
+        }
+        rows.push((name, s));
+    }
+    println!(
+        "{:<8} {:>8} {:>7} {:>11} {:>11} {:>11}",
+        "FUNCTION", "REQUESTS", "ERRORS", "P50", "P99", "MEAN"
+    );
+    for (name, s) in &rows {
+        println!(
+            "{:<8} {:>8} {:>7} {:>11} {:>11} {:>11}",
+            name,
+            s.requests,
+            s.errors,
+            fmt_ms(s.p50),
+            fmt_ms(s.p99),
+            fmt_ms(s.mean)
+        );
+    }
+    println!(
+        "\nTry it:\n  curl -X POST {base}/invoke/hello -d hi\n  curl -X POST {base}/invoke/cpu -d 1000000"
+    );
+    if !a.exit {
+        println!("\nServing until Ctrl-C.");
+        shutdown_signal().await;
+    }
+    let _ = stop_tx.send(());
+    server.await.context("server task")??;
+    Ok(())
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let emb = Embedded::start(true)?;
+    if !emb.functions.iter().any(|d| d.ends_with(&a.function)) {
+        bail!(
+            "unknown example function {:?}: use hello or cpu",
+            a.function
+        );
+    }
+    let (listener, addr) = Platform::bind("127.0.0.1:0".parse()?).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(emb.platform.gateway.clone().serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let client = Client::new(&format!("http://{addr}"));
+    let reuse = if a.keep_alive {
+        Reuse::KeepAlive { idle_ms: 60_000 }
+    } else {
+        Reuse::PerRequest
+    };
+    deploy_examples(&client, &emb.functions, reuse).await?;
+    let tty = std::io::stderr().is_terminal();
+    let s = load::run(
+        &client,
+        &a.function,
+        Bytes::from(a.data.clone()),
+        a.requests,
+        a.concurrency,
+        |n| {
+            if tty && (n % 50 == 0 || n == a.requests) {
+                eprint!("\r  {n}/{}", a.requests);
+            }
+        },
+    )
+    .await?;
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    let mode = if a.keep_alive { "keep-alive" } else { "cold" };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "function": a.function, "mode": mode, "requests": s.requests, "errors": s.errors,
+                "concurrency": a.concurrency, "p50_us": s.p50.as_micros() as u64, "p99_us": s.p99.as_micros() as u64,
+                "mean_us": s.mean.as_micros() as u64, "max_us": s.max.as_micros() as u64, "rps": s.rps(),
+                "launched": emb.platform.node.stats().launched.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        );
+    } else {
+        println!(
+            "{} ({mode}, concurrency {}): {} requests, {} errors, p50 {}, p99 {}, mean {}, max {}, {:.0} req/s, {} instances launched",
+            a.function,
+            a.concurrency,
+            s.requests,
+            s.errors,
+            fmt_ms(s.p50),
+            fmt_ms(s.p99),
+            fmt_ms(s.mean),
+            fmt_ms(s.max),
+            s.rps(),
+            emb.platform
+                .node
+                .stats()
+                .launched
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    let _ = stop_tx.send(());
+    server.await.context("server task")??;
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Builds the example functions (`hello`, `cpu`) as static executables and
+//! puts them in `$OUT_DIR/functions/`, where `src/embedded.rs` includes them
+//! into the `faas` binary.
+//!
+//! A nested `cargo build --release --target $TARGET` with
+//! `-Ctarget-feature=+crt-static`, in its own target directory
+//! (`$OUT_DIR/functions-target`), so it never waits for the outer build's
+//! locks. The environment the outer cargo (or clippy) gives a build script
+//! is cleaned first, so the nested build is a plain one.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Package name and binary name of each embedded function.
+const FUNCTIONS: &[(&str, &str)] = &[("faas-fn-hello", "hello"), ("faas-fn-cpu", "cpu")];
+
+/// Variables the outer cargo, clippy or the user set that would change the
+/// nested build (wrappers, flags, target dir, fix mode) or leak the outer
+/// build script's context into it.
+const REMOVED_VARS: &[&str] = &[
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_WRAPPER",
+    "RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "__CARGO_FIX_PLZ",
+    "__CARGO_FIX_YOLO",
+    "CLIPPY_ARGS",
+    "CLIPPY_CONF_DIR",
+    "OUT_DIR",
+    "TARGET",
+    "HOST",
+    "PROFILE",
+    "OPT_LEVEL",
+    "DEBUG",
+    "NUM_JOBS",
+    "RUSTC_LINKER",
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_PRIMARY_PACKAGE",
+];
+
+/// Prefixes of per-package variables cargo sets for a build script.
+const REMOVED_PREFIXES: &[&str] = &["CARGO_CFG_", "CARGO_FEATURE_", "CARGO_PKG_", "DEP_"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(required_var("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(required_var("OUT_DIR"));
+    let target = required_var("TARGET");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let workspace = manifest_dir.join("../..");
+    let workspace = workspace.canonicalize().unwrap_or(workspace);
+
+    for watched in [
+        "faas-guest",
+        "faas-core",
+        "examples/functions",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+
+    let target_dir = out_dir.join("functions-target");
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(&target)
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"));
+    if workspace.join("Cargo.lock").is_file() {
+        cmd.arg("--locked");
+    }
+    for (package, _) in FUNCTIONS {
+        cmd.arg("-p").arg(package);
+    }
+    for (key, _) in env::vars_os() {
+        let Some(name) = key.to_str() else { continue };
+        if REMOVED_VARS.contains(&name) || REMOVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
+        // Only the executables are embedded: no debug info to carry.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        .env("CARGO_TERM_COLOR", "never")
+        .current_dir(&workspace);
+
+    let started = Instant::now();
+    let output = match cmd.output() {
+        Ok(output) => output,
+        Err(e) => panic!(
+            "faas-platform build.rs: cannot run {} to build the example functions: {e}",
+            Path::new(&cargo).display()
+        ),
+    };
+    if !output.status.success() {
+        panic!(
+            "faas-platform build.rs: the nested build of the example functions failed ({}):\n\
+             command: {} {} (in {}, CARGO_TARGET_DIR={})\n\
+             --- nested cargo stderr ---\n{}",
+            output.status,
+            Path::new(&cargo).display(),
+            cmd.get_args()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            workspace.display(),
+            target_dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let built = target_dir.join(&target).join("release");
+    let dest = out_dir.join("functions");
+    if let Err(e) = fs::create_dir_all(&dest) {
+        panic!("faas-platform build.rs: mkdir {}: {e}", dest.display());
+    }
+    for (_, bin) in FUNCTIONS {
+        let from = built.join(bin);
+        let to = dest.join(bin);
+        if let Err(e) = fs::copy(&from, &to) {
+            panic!(
+                "faas-platform build.rs: copy {} to {}: {e}",
+                from.display(),
+                to.display()
+            );
+        }
+        if let Some(interp) = program_interpreter(&to) {
+            panic!(
+                "faas-platform build.rs: {} is dynamically linked (interpreter {interp}); \
+                 the example functions must be static",
+                to.display()
+            );
+        }
+    }
+    // In the build script's `output` file (and with `cargo build -vv`).
+    println!(
+        "nested build of the example functions: {:.1} s (jobserver {})",
+        started.elapsed().as_secs_f64(),
+        if env::var_os("CARGO_MAKEFLAGS").is_some() {
+            "shared with the outer cargo"
+        } else {
+            "of its own"
+        }
+    );
+}
+
+fn required_var(name: &str) -> String {
+    match env::var(name) {
+        Ok(v) => v,
+        Err(e) => panic!("faas-platform build.rs: ${name}: {e} (is this run by cargo?)"),
+    }
+}
+
+/// The `PT_INTERP` of a 64-bit little-endian ELF executable, if it has one:
+/// a dynamically linked executable names its loader there, a static (or
+/// static-pie) one has none. `None` also for files that are not such ELF
+/// files (other targets are not checked).
+fn program_interpreter(path: &Path) -> Option<String> {
+    const PT_INTERP: u32 = 3;
+    let elf = fs::read(path).ok()?;
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    (0..phnum).find_map(|i| {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph)? != PT_INTERP {
+            return None;
+        }
+        let off = usize::try_from(u64_at(ph + 8)?).ok()?;
+        let size = usize::try_from(u64_at(ph + 32)?).ok()?;
+        let name = elf.get(off..off + size)?;
+        Some(
+            String::from_utf8_lossy(name)
+                .trim_end_matches('\0')
+                .to_owned(),
+        )
+    })
+}

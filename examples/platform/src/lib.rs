@@ -1,0 +1,24 @@
+//! # faas-platform
+//!
+//! The whole platform assembled from the faas crates, as a library (so the
+//! benches and tests can run it in-process) and as the `faas` binary.
+//!
+//! ```text
+//! Platform
+//!   ├─ FunctionGateway (faas-gateway)  HTTP API, body limit, trace ids
+//!   ├─ LocalScheduler  (faas-sched)    one local node, slots, per-function limits
+//!   ├─ LocalNodeGateway(faas-gateway)  queues, instances pull over fd 3
+//!   └─ ProcessRuntime  (faas-sandbox)  plain child processes (development only)
+//! ```
+
+pub mod client;
+pub mod embedded;
+pub mod load;
+mod platform;
+
+pub use platform::{Platform, PlatformConfig};
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

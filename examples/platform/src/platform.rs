@@ -1,0 +1,120 @@
+//! Assembling the components into one running platform.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use faas_core::{NodeId, NodeInfo, Scheduler};
+use faas_gateway::{FunctionGateway, GatewayConfig, LocalNodeGateway, NodeConfig, Registry};
+use faas_sandbox::ProcessRuntime;
+use faas_sched::LocalScheduler;
+
+/// Settings of an embedded platform.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Where deployed functions are kept.
+    pub state_dir: PathBuf,
+    /// Instance slots of the local node.
+    pub slots: u32,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// Whether instances write to this process's stderr.
+    pub inherit_stderr: bool,
+}
+
+impl PlatformConfig {
+    /// Defaults with the given state directory: 64 slots, 6 MiB bodies,
+    /// instance stderr shown.
+    pub fn new(state_dir: PathBuf) -> Self {
+        PlatformConfig {
+            state_dir,
+            slots: 64,
+            max_body: 6 * 1024 * 1024,
+            inherit_stderr: true,
+        }
+    }
+}
+
+/// A running platform: gateway, scheduler, one local node.
+pub struct Platform {
+    /// The HTTP gateway.
+    pub gateway: Arc<FunctionGateway>,
+    /// The scheduler.
+    pub scheduler: Arc<LocalScheduler>,
+    /// The local node's gateway.
+    pub node: LocalNodeGateway,
+}
+
+impl Platform {
+    /// Opens the state directory and wires the components.
+    ///
+    /// # Errors
+    ///
+    /// The state directory cannot be opened.
+    pub fn new(config: &PlatformConfig) -> anyhow::Result<Self> {
+        let registry =
+            Arc::new(Registry::open(&config.state_dir).with_context(|| {
+                format!("opening state directory {}", config.state_dir.display())
+            })?);
+        let node_id = NodeId("local".into());
+        let scheduler = Arc::new(LocalScheduler::new());
+        scheduler.add_node(NodeInfo {
+            id: node_id.clone(),
+            slots: config.slots,
+            memory_mb: 0,
+        });
+        let node = LocalNodeGateway::new(
+            NodeConfig {
+                node: node_id,
+                max_body: 64 * 1024 * 1024,
+                inherit_stderr: config.inherit_stderr,
+            },
+            Arc::new(ProcessRuntime::new()),
+        );
+        let gateway = Arc::new(FunctionGateway::new(
+            registry,
+            scheduler.clone(),
+            GatewayConfig {
+                max_body: config.max_body,
+            },
+        ));
+        gateway.add_node(Arc::new(node.clone()));
+        Ok(Platform {
+            gateway,
+            scheduler,
+            node,
+        })
+    }
+
+    /// Binds `addr`; returns the listener and the address actually bound
+    /// (port 0 picks a free port).
+    ///
+    /// # Errors
+    ///
+    /// The address is in use or not available.
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} (is another server running? pick another with --listen)"
+            )
+        })?;
+        let a = l.local_addr()?;
+        Ok((l, a))
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes.
+    ///
+    /// # Errors
+    ///
+    /// The server failed.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        self.gateway.clone().serve(listener, shutdown).await?;
+        Ok(())
+    }
+}

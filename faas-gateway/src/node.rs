@@ -1,0 +1,568 @@
+//! [`LocalNodeGateway`]: per-function queues, instances that pull their
+//! requests, deadlines, and exactly one answer per request.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use faas_core::protocol::{Body, DecodeLimits, Frame, ProtocolError, channel_pair};
+use faas_core::{
+    BoxFuture, FunctionSpec, Instance, Invocation, InvocationResult, InvokeError, NodeGateway,
+    NodeId, Placement, Reuse, SandboxRuntime, SandboxSpec, Stdio, Timings,
+};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::sleep_until;
+
+use crate::channel::AsyncChannel;
+
+type Reply = oneshot::Sender<Result<InvocationResult, InvokeError>>;
+
+/// Configuration of a [`LocalNodeGateway`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's id.
+    pub node: NodeId,
+    /// Largest body accepted from an instance (inline or memfd).
+    pub max_body: u64,
+    /// Whether instances inherit the node's stderr (else it is discarded).
+    pub inherit_stderr: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node: NodeId("local".into()),
+            max_body: 64 * 1024 * 1024,
+            inherit_stderr: true,
+        }
+    }
+}
+
+/// Counters of a node gateway.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Instances launched.
+    pub launched: AtomicU64,
+    /// Instances alive now.
+    pub live: AtomicU64,
+    /// Requests served by an instance that was already running.
+    pub reused: AtomicU64,
+}
+
+/// A request waiting in a function's queue.
+struct Pending {
+    inv: Invocation,
+    enqueued: Instant,
+    deadline: tokio::time::Instant,
+    reply: Reply,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// Idle keep-alive instances waiting for a request.
+    idle: VecDeque<oneshot::Sender<Pending>>,
+}
+
+impl Queue {
+    /// The oldest request whose caller is still waiting.
+    fn pop_live(&mut self) -> Option<Pending> {
+        while let Some(p) = self.pending.pop_front() {
+            if !p.reply.is_closed() {
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+/// State per function version.
+struct FnState {
+    spec: Arc<FunctionSpec>,
+    queue: Mutex<Queue>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    runtime: Arc<dyn SandboxRuntime>,
+    functions: Mutex<HashMap<(String, u32), Arc<FnState>>>,
+    stats: NodeStats,
+    next_instance: AtomicU64,
+}
+
+/// The reference [`NodeGateway`]: it runs on the node, in the same process
+/// as the instances' launcher.
+///
+/// ```text
+/// invoke(f, req) ─▶ idle instance of f? ──yes──▶ hand req to it
+///                         │ no
+///                         ▼
+///                   queue[f].push(req); launch instance ─▶ instance sends Ready
+///                                                          ─▶ pulls oldest req of f
+///                                                          ─▶ Invoke … Result
+/// ```
+///
+/// Each request gets exactly one answer: the function's result, or an
+/// [`InvokeError`] — instance exited before answering, deadline passed
+/// (instance killed), protocol violation (instance killed), launch failure.
+/// `per_request` instances are killed after their answer; `keep_alive`
+/// instances wait for the next request of their function for the idle time.
+#[derive(Clone)]
+pub struct LocalNodeGateway {
+    inner: Arc<Inner>,
+}
+
+impl LocalNodeGateway {
+    /// A node gateway launching instances with `runtime`.
+    pub fn new(config: NodeConfig, runtime: Arc<dyn SandboxRuntime>) -> Self {
+        LocalNodeGateway {
+            inner: Arc::new(Inner {
+                config,
+                runtime,
+                functions: Mutex::new(HashMap::new()),
+                stats: NodeStats::default(),
+                next_instance: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The gateway's counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.inner.stats
+    }
+
+    /// Forgets a function: idle instances of it exit; running ones finish.
+    pub fn remove_function(&self, name: &str) {
+        self.inner.functions.lock().retain(|(n, _), _| n != name);
+    }
+
+    /// The queue of this exact spec (a redeployed version with the same
+    /// number but other contents gets a fresh one).
+    fn state(&self, spec: &Arc<FunctionSpec>) -> Arc<FnState> {
+        let mut fns = self.inner.functions.lock();
+        let key = (spec.name.clone(), spec.version);
+        match fns.get(&key) {
+            Some(st) if st.spec == *spec => st.clone(),
+            _ => {
+                let st = Arc::new(FnState {
+                    spec: spec.clone(),
+                    queue: Mutex::new(Queue::default()),
+                });
+                fns.insert(key, st.clone());
+                st
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        spec: Arc<FunctionSpec>,
+        inv: Invocation,
+    ) -> Result<InvocationResult, InvokeError> {
+        let timeout = spec.limits.timeout();
+        let remaining = inv.deadline.remaining().min(timeout);
+        let deadline = tokio::time::Instant::now() + remaining;
+        let (tx, rx) = oneshot::channel();
+        let mut p = Pending {
+            inv,
+            enqueued: Instant::now(),
+            deadline,
+            reply: tx,
+        };
+        let st = self.state(&spec);
+        let launch = {
+            let mut q = st.queue.lock();
+            loop {
+                match q.idle.pop_front() {
+                    Some(idle) => match idle.send(p) {
+                        Ok(()) => break false,
+                        Err(back) => p = back,
+                    },
+                    None => {
+                        q.pending.push_back(p);
+                        break true;
+                    }
+                }
+            }
+        };
+        if launch {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { instance_task(inner, st).await });
+        }
+        // The instance task enforces the deadline once it runs the request;
+        // this bound covers a request that no instance pulled in time.
+        match tokio::time::timeout_at(deadline + Duration::from_millis(50), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(InvokeError::ShuttingDown),
+            Err(_) => Err(InvokeError::TimedOut { timeout }),
+        }
+    }
+}
+
+impl NodeGateway for LocalNodeGateway {
+    fn node(&self) -> &NodeId {
+        &self.inner.config.node
+    }
+
+    fn invoke<'a>(
+        &'a self,
+        function: Arc<FunctionSpec>,
+        placement: &'a Placement,
+        invocation: Invocation,
+    ) -> BoxFuture<'a, Result<InvocationResult, InvokeError>> {
+        Box::pin(async move {
+            if placement.node != self.inner.config.node {
+                return Err(InvokeError::WrongNode {
+                    placement: placement.node.clone(),
+                    node: self.inner.config.node.clone(),
+                });
+            }
+            self.run(function, invocation).await
+        })
+    }
+}
+
+/// Fails the oldest waiting request of `st` (the one an instance was
+/// launched for) with `err`.
+fn fail_one(st: &FnState, err: InvokeError) {
+    let p = st.queue.lock().pop_live();
+    if let Some(p) = p {
+        let _ = p.reply.send(Err(err));
+    }
+}
+
+struct LiveGuard<'a>(&'a NodeStats);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Launches one instance of `st`'s function and serves requests with it
+/// until it exits (per request: after one).
+async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
+    let spec = st.spec.clone();
+    let n = inner.next_instance.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{}-v{}-{n}", spec.name, spec.version);
+    let started = Instant::now();
+    let timeout = spec.limits.timeout();
+    let launch_err = |e: ProtocolError| {
+        InvokeError::Launch(faas_core::LaunchError::Sys {
+            name: name.clone(),
+            op: "guest channel",
+            source: std::io::Error::other(e),
+        })
+    };
+    let (ours, theirs) = match channel_pair() {
+        Ok(p) => p,
+        Err(e) => return fail_one(&st, launch_err(e)),
+    };
+    let mut chan = match AsyncChannel::new(
+        ours,
+        DecodeLimits {
+            max_body: inner.config.max_body,
+        },
+    ) {
+        Ok(c) => c,
+        Err(e) => return fail_one(&st, launch_err(e)),
+    };
+    let keep_alive = match spec.reuse {
+        Reuse::PerRequest => None,
+        Reuse::KeepAlive { idle_ms } => Some(Duration::from_millis(idle_ms)),
+    };
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
+        ("FAAS_FUNCTION_NAME".to_owned(), spec.name.clone()),
+        ("FAAS_FUNCTION_VERSION".to_owned(), spec.version.to_string()),
+        (
+            "FAAS_MEMORY_MB".to_owned(),
+            spec.limits.memory_mb.to_string(),
+        ),
+        (
+            "FAAS_TIMEOUT_MS".to_owned(),
+            spec.limits.timeout_ms.to_string(),
+        ),
+        (
+            "FAAS_REUSE".to_owned(),
+            if keep_alive.is_some() {
+                "keep_alive"
+            } else {
+                "per_request"
+            }
+            .to_owned(),
+        ),
+    ]);
+    let sandbox = SandboxSpec {
+        name: name.clone(),
+        root: spec.image.clone(),
+        program: spec.handler.clone().into(),
+        args: Vec::new(),
+        env,
+        limits: spec.limits,
+        start: spec.start,
+        channel: theirs,
+        stdin: Stdio::Null,
+        stdout: Stdio::Null,
+        stderr: if inner.config.inherit_stderr {
+            Stdio::Inherit
+        } else {
+            Stdio::Null
+        },
+    };
+    let mut inst = match inner.runtime.launch(sandbox).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(function = %spec.name, error = %e, "launch failed");
+            return fail_one(&st, InvokeError::Launch(e));
+        }
+    };
+    inner.stats.launched.fetch_add(1, Ordering::Relaxed);
+    inner.stats.live.fetch_add(1, Ordering::Relaxed);
+    let _live = LiveGuard(&inner.stats);
+
+    // Startup: the instance must say Ready within the function's timeout.
+    let mut start_us = match await_ready(&mut chan, inst.as_mut(), timeout).await {
+        Ok(()) => micros(started.elapsed()),
+        Err(e) => {
+            tracing::debug!(instance = %name, error = %e, "instance failed before Ready");
+            return fail_one(&st, e);
+        }
+    };
+    let mut cold = true;
+    loop {
+        // Pull the oldest request, or wait idle (keep-alive only).
+        let next = st.queue.lock().pop_live();
+        let p = match (next, keep_alive) {
+            (Some(p), _) => p,
+            (None, None) => break,
+            (None, Some(idle)) => match wait_idle(&st, inst.as_mut(), idle).await {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        if !cold {
+            inner.stats.reused.fetch_add(1, Ordering::Relaxed);
+        }
+        let served = serve_one(&mut chan, inst.as_mut(), p, start_us, cold, timeout).await;
+        cold = false;
+        start_us = 0;
+        if !served || keep_alive.is_none() {
+            break;
+        }
+        // A keep-alive instance announces its readiness again.
+        if let Err(e) = await_ready(&mut chan, inst.as_mut(), timeout).await {
+            tracing::debug!(instance = %name, error = %e, "keep-alive instance did not come back");
+            break;
+        }
+    }
+    let _ = inst.kill();
+    let _ = inst.wait().await;
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Waits for the instance's `Ready`, or turns its failure into the error of
+/// the request it was launched for.
+async fn await_ready(
+    chan: &mut AsyncChannel,
+    inst: &mut dyn Instance,
+    timeout: Duration,
+) -> Result<(), InvokeError> {
+    let by = tokio::time::Instant::now() + timeout;
+    let frame = tokio::select! {
+        f = chan.recv() => f,
+        () = sleep_until(by) => {
+            let _ = inst.kill();
+            let _ = inst.wait().await;
+            return Err(InvokeError::TimedOut { timeout });
+        }
+    };
+    match frame {
+        Ok(Some(Frame::Ready { .. })) => Ok(()),
+        Ok(None) => Err(exited(inst).await),
+        Ok(Some(other)) => {
+            let _ = inst.kill();
+            Err(InvokeError::Protocol(ProtocolError::Malformed {
+                kind: other.kind(),
+                what: "expected Ready",
+            }))
+        }
+        Err(e) => {
+            let _ = inst.kill();
+            Err(InvokeError::Protocol(e))
+        }
+    }
+}
+
+/// The instance closed its channel: wait (briefly) for its exit status.
+async fn exited(inst: &mut dyn Instance) -> InvokeError {
+    match tokio::time::timeout(Duration::from_secs(2), inst.wait()).await {
+        Ok(Ok(status)) => InvokeError::Exited { status },
+        _ => {
+            // It closed fd 3 but lives on: kill it and report the signal.
+            let _ = inst.kill();
+            match inst.wait().await {
+                Ok(status) => InvokeError::Exited { status },
+                Err(_) => InvokeError::Exited {
+                    status: faas_core::ExitStatus::Signal(9),
+                },
+            }
+        }
+    }
+}
+
+/// Parks a keep-alive instance until a request for its function arrives or
+/// `idle` passes.
+async fn wait_idle(st: &FnState, inst: &mut dyn Instance, idle: Duration) -> Option<Pending> {
+    let (tx, mut rx) = oneshot::channel();
+    st.queue.lock().idle.push_back(tx);
+    tokio::select! {
+        p = &mut rx => p.ok(),
+        () = tokio::time::sleep(idle) => {
+            rx.close();
+            rx.try_recv().ok()
+        }
+        _ = inst.wait() => {
+            rx.close();
+            // A request handed over in the same instant goes back to the queue's head.
+            if let Ok(p) = rx.try_recv() {
+                st.queue.lock().pending.push_front(p);
+            }
+            None
+        }
+    }
+}
+
+/// Runs one request on a ready instance. Returns whether the instance is
+/// still usable.
+async fn serve_one(
+    chan: &mut AsyncChannel,
+    inst: &mut dyn Instance,
+    p: Pending,
+    start_us: u64,
+    cold: bool,
+    timeout: Duration,
+) -> bool {
+    let Pending {
+        inv,
+        enqueued,
+        deadline,
+        reply,
+    } = p;
+    let id = inv.id;
+    let queued_us = micros(enqueued.elapsed()).saturating_sub(start_us);
+    let sent = Instant::now();
+    let body = match Body::new(inv.body) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = reply.send(Err(InvokeError::Protocol(e)));
+            return false;
+        }
+    };
+    let frame = Frame::Invoke {
+        id,
+        deadline: inv.deadline,
+        trace_id: inv.trace_id,
+        headers: inv.headers,
+        body,
+    };
+    let outcome = tokio::select! {
+        r = exchange(chan, &frame, id) => r,
+        () = sleep_until(deadline) => Err(InvokeError::TimedOut { timeout }),
+    };
+    let (result, usable) = match outcome {
+        Ok(Ok((status, headers, body))) => (
+            Ok(InvocationResult {
+                status,
+                headers,
+                body,
+                timings: Timings {
+                    queued_us,
+                    start_us,
+                    run_us: micros(sent.elapsed()),
+                },
+                cold,
+            }),
+            true,
+        ),
+        Ok(Err(e @ InvokeError::Function { .. })) => (Err(e), true),
+        Ok(Err(e)) | Err(e) => {
+            // Timeout or protocol violation: the instance is done for.
+            let _ = inst.kill();
+            let e = match e {
+                InvokeError::Exited { .. } => exited(inst).await,
+                e => e,
+            };
+            (Err(e), false)
+        }
+    };
+    let _ = reply.send(result);
+    usable
+}
+
+type Answer = Result<(u16, Vec<(String, String)>, Vec<u8>), InvokeError>;
+
+/// Sends the request and reads frames until its answer.
+async fn exchange(
+    chan: &mut AsyncChannel,
+    invoke: &Frame,
+    id: faas_core::InvocationId,
+) -> Result<Answer, InvokeError> {
+    chan.send(invoke).await.map_err(|e| match e {
+        // The instance went away before taking its request.
+        ProtocolError::Io { .. } => InvokeError::Exited {
+            status: faas_core::ExitStatus::Code(-1),
+        },
+        e => InvokeError::Protocol(e),
+    })?;
+    loop {
+        match chan.recv().await {
+            Ok(Some(Frame::Result {
+                id: rid,
+                status,
+                headers,
+                body,
+            })) if rid == id => {
+                let body = body.into_vec().map_err(InvokeError::Protocol)?;
+                return Ok(Ok((status, headers, body)));
+            }
+            Ok(Some(Frame::Error {
+                id: rid,
+                status,
+                message,
+            })) if rid == id => {
+                return Ok(Err(InvokeError::Function { status, message }));
+            }
+            Ok(Some(Frame::Log {
+                id: rid,
+                stream,
+                body,
+            })) if rid == id => {
+                if let Ok(bytes) = body.into_vec() {
+                    tracing::info!(invocation = %id, ?stream, "{}", String::from_utf8_lossy(&bytes).trim_end());
+                }
+            }
+            Ok(Some(other)) => {
+                return Err(InvokeError::Protocol(ProtocolError::Malformed {
+                    kind: other.kind(),
+                    what: "unexpected frame or invocation id while a request runs",
+                }));
+            }
+            Ok(None) => {
+                return Err(InvokeError::Exited {
+                    status: faas_core::ExitStatus::Code(-1),
+                });
+            }
+            Err(e) => return Err(InvokeError::Protocol(e)),
+        }
+    }
+}
