@@ -188,8 +188,7 @@ impl LocalNodeGateway {
             }
         };
         if launch {
-            let inner = self.inner.clone();
-            tokio::spawn(async move { instance_task(inner, st).await });
+            spawn_instance(self.inner.clone(), st);
         }
         // The instance task enforces the deadline once it runs the request;
         // this bound covers a request that no instance pulled in time.
@@ -239,6 +238,11 @@ impl Drop for LiveGuard<'_> {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Starts [`instance_task`] in the background.
+fn spawn_instance(inner: Arc<Inner>, st: Arc<FnState>) {
+    tokio::spawn(instance_task(inner, st));
 }
 
 /// Launches one instance of `st`'s function and serves requests with it
@@ -336,6 +340,10 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         }
     };
     let mut cold = true;
+    // A keep-alive instance counts as available as soon as it has answered:
+    // it is parked before its next `Ready` arrives, so a request that comes
+    // in meanwhile does not launch a second instance.
+    let mut announced = true;
     loop {
         // Pull the oldest request, or wait idle (keep-alive only).
         let next = st.queue.lock().pop_live();
@@ -347,18 +355,24 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
                 None => break,
             },
         };
+        if !announced {
+            if let Err(e) = await_ready(&mut chan, inst.as_mut(), timeout).await {
+                // It died after its last answer: the request it took goes
+                // back to the head of the queue, for a fresh instance.
+                tracing::debug!(instance = %name, error = %e, "keep-alive instance did not come back");
+                st.queue.lock().pending.push_front(p);
+                spawn_instance(inner.clone(), st.clone());
+                break;
+            }
+        }
         if !cold {
             inner.stats.reused.fetch_add(1, Ordering::Relaxed);
         }
         let served = serve_one(&mut chan, inst.as_mut(), p, start_us, cold, timeout).await;
         cold = false;
         start_us = 0;
+        announced = false;
         if !served || keep_alive.is_none() {
-            break;
-        }
-        // A keep-alive instance announces its readiness again.
-        if let Err(e) = await_ready(&mut chan, inst.as_mut(), timeout).await {
-            tracing::debug!(instance = %name, error = %e, "keep-alive instance did not come back");
             break;
         }
     }
