@@ -112,6 +112,15 @@ pub enum ImageError {
         /// What is wrong.
         what: &'static str,
     },
+    /// The image uses a feature this reader does not implement (for
+    /// example compressed data).
+    #[error("{image}: unsupported: {what}")]
+    Unsupported {
+        /// The image.
+        image: PathBuf,
+        /// The feature.
+        what: &'static str,
+    },
     /// Reading the image failed.
     #[error("{image}: {source}")]
     Io {
@@ -228,6 +237,21 @@ pub trait ImageFs: Send + Sync {
     ///
     /// Not a regular file, or not stored as one page-aligned extent.
     fn file_extent(&self, ino: Ino) -> Result<FileExtent<'_>, ImageError>;
+
+    /// The target of a symbolic link, as stored (not resolved).
+    ///
+    /// The default implementation has no symlinks and always fails.
+    ///
+    /// # Errors
+    ///
+    /// Not a symlink, or corrupt.
+    fn read_link(&self, ino: Ino) -> Result<Vec<u8>, ImageError> {
+        Err(ImageError::WrongType {
+            image: PathBuf::new(),
+            ino,
+            expected: "symlink",
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! `faas`: the whole platform in one binary, and the client of its API.
 
+mod cli_image;
+
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ enum Command {
     /// Measure invocation latency and throughput against an embedded
     /// platform (or --server).
     Bench(BenchArgs),
+    /// Build, inspect, verify and mount read-only images (faas-rofs).
+    Image(cli_image::ImageArgs),
     /// Write the bundled example functions (hello, cpu) to a directory.
     ExampleFunctions {
         /// Directory to create them in (one subdirectory per function).
@@ -221,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(a) => demo(a).await,
         Command::Bench(a) => bench(a).await,
+        Command::Image(a) => cli_image::run(a),
         Command::ExampleFunctions { out } => {
             for d in embedded::write_all(&out)
                 .with_context(|| format!("writing to {}", out.display()))?
