@@ -22,6 +22,7 @@
 //! the `sys` module only.
 
 mod process;
+pub mod seccomp;
 mod sys;
 
 pub use process::ProcessRuntime;

@@ -1,0 +1,372 @@
+//! `faas-sandbox-probe`: reports, from inside a sandbox, what the sandbox
+//! allows. A test tool; it changes nothing outside itself.
+//!
+//! ```text
+//! faas-sandbox-probe syscalls   one line per probe: NAME RESULT
+//! faas-sandbox-probe status     one line per property: KEY VALUE
+//! ```
+//!
+//! `syscalls` calls each syscall of the sandbox's denied list, and a few
+//! allowed controls, with arguments the kernel rejects (a bad fd, a NULL
+//! pointer, unknown flags), so that an allowed call fails without effect:
+//! RESULT `EPERM`/`ENOSYS` means a filter stopped it, any other errno
+//! (`EBADF`, `EFAULT`, `EINVAL`, ...) means the kernel saw it, `OK` means it
+//! succeeded. Probes that could kill the process (an x32 syscall number) or
+//! that create a process (`fork`) run in a forked child; their RESULT is the
+//! child's errno, `OK`, or `KILLED:SIGNAL`.
+
+use std::ffi::CStr;
+use std::io::Write;
+
+fn errno_name(e: i32) -> String {
+    let name = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EIO => "EIO",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EROFS => "EROFS",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::E2BIG => "E2BIG",
+        libc::ENODEV => "ENODEV",
+        _ => return format!("E{e}"),
+    };
+    name.to_owned()
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The result of a raw syscall return value.
+fn outcome(rc: libc::c_long) -> String {
+    if rc < 0 {
+        errno_name(last_errno())
+    } else {
+        "OK".to_owned()
+    }
+}
+
+/// Runs `f` in a forked child and reports how the child ended: `f`'s
+/// result (an errno, 0 for OK) as exit code, or the signal that killed it.
+fn in_child(f: fn() -> i32) -> String {
+    // SAFETY: the probe is single-threaded, so the child may run any code;
+    // it leaves with _exit, never returning into the parent's stack frames.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return format!("FORK-FAILED:{}", errno_name(last_errno()));
+    }
+    if pid == 0 {
+        let code = f();
+        // SAFETY: _exit ends the child without running the parent's atexit
+        // handlers or flushing its buffers twice.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer; `pid` is our own child.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if rc < 0 {
+        return format!("WAIT-FAILED:{}", errno_name(last_errno()));
+    }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        return if sig == libc::SIGSYS {
+            "KILLED:SIGSYS".to_owned()
+        } else {
+            format!("KILLED:{sig}")
+        };
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => "OK".to_owned(),
+        e => errno_name(e),
+    }
+}
+
+fn x32_getpid() -> i32 {
+    let nr = 0x4000_0000 | libc::SYS_getpid;
+    // SAFETY: getpid takes no arguments and touches no memory; under the x32
+    // ABI number it is the same call.
+    let rc = unsafe { libc::syscall(nr) };
+    if rc < 0 { last_errno() } else { 0 }
+}
+
+fn child_exits() -> i32 {
+    0
+}
+
+const NULL: usize = 0;
+const BAD_FD: usize = usize::MAX; // -1 as a syscall argument.
+
+fn syscalls(out: &mut impl Write) -> std::io::Result<()> {
+    // (name, number, arguments): arguments every kernel rejects before doing
+    // anything, even for root: NULL pointers, fd -1, unknown flags or
+    // commands.
+    let probes: &[(&str, libc::c_long, [usize; 6])] = &[
+        ("ptrace", libc::SYS_ptrace, [0xffff, 0, NULL, NULL, 0, 0]),
+        ("mount", libc::SYS_mount, [NULL, NULL, NULL, 0, NULL, 0]),
+        ("umount2", libc::SYS_umount2, [NULL, 0, 0, 0, 0, 0]),
+        ("unshare", libc::SYS_unshare, [usize::MAX, 0, 0, 0, 0, 0]),
+        ("setns", libc::SYS_setns, [BAD_FD, 0, 0, 0, 0, 0]),
+        ("bpf", libc::SYS_bpf, [0xffff, NULL, 0, 0, 0, 0]),
+        (
+            "perf_event_open",
+            libc::SYS_perf_event_open,
+            [NULL, 0, BAD_FD, BAD_FD, 0, 0],
+        ),
+        ("keyctl", libc::SYS_keyctl, [0xffff, 0, 0, 0, 0, 0]),
+        ("add_key", libc::SYS_add_key, [NULL, NULL, NULL, 0, 0, 0]),
+        (
+            "request_key",
+            libc::SYS_request_key,
+            [NULL, NULL, NULL, 0, 0, 0],
+        ),
+        (
+            "kexec_load",
+            libc::SYS_kexec_load,
+            [0, 0, NULL, usize::MAX, 0, 0],
+        ),
+        (
+            "kexec_file_load",
+            libc::SYS_kexec_file_load,
+            [BAD_FD, BAD_FD, 0, NULL, usize::MAX, 0],
+        ),
+        (
+            "init_module",
+            libc::SYS_init_module,
+            [NULL, 0, NULL, 0, 0, 0],
+        ),
+        (
+            "finit_module",
+            libc::SYS_finit_module,
+            [BAD_FD, NULL, 0, 0, 0, 0],
+        ),
+        (
+            "delete_module",
+            libc::SYS_delete_module,
+            [NULL, 0, 0, 0, 0, 0],
+        ),
+        (
+            "io_uring_setup",
+            libc::SYS_io_uring_setup,
+            [0, NULL, 0, 0, 0, 0],
+        ),
+        (
+            "io_uring_enter",
+            libc::SYS_io_uring_enter,
+            [BAD_FD, 0, 0, 0, NULL, 0],
+        ),
+        (
+            "io_uring_register",
+            libc::SYS_io_uring_register,
+            [BAD_FD, 0, NULL, 0, 0, 0],
+        ),
+        (
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            [usize::MAX, 0, 0, 0, 0, 0],
+        ),
+        (
+            "process_vm_readv",
+            libc::SYS_process_vm_readv,
+            [0, NULL, 1, NULL, 1, 0],
+        ),
+        (
+            "process_vm_writev",
+            libc::SYS_process_vm_writev,
+            [0, NULL, 1, NULL, 1, 0],
+        ),
+        (
+            "open_by_handle_at",
+            libc::SYS_open_by_handle_at,
+            [BAD_FD, NULL, 0, 0, 0, 0],
+        ),
+        (
+            "name_to_handle_at",
+            libc::SYS_name_to_handle_at,
+            [BAD_FD, NULL, NULL, NULL, 0, 0],
+        ),
+        ("pivot_root", libc::SYS_pivot_root, [NULL, NULL, 0, 0, 0, 0]),
+        ("chroot", libc::SYS_chroot, [NULL, 0, 0, 0, 0, 0]),
+        ("swapon", libc::SYS_swapon, [NULL, 0, 0, 0, 0, 0]),
+        ("reboot", libc::SYS_reboot, [0, 0, 0, NULL, 0, 0]),
+        // clone3 with a NULL, too-small argument struct: EINVAL/EFAULT if
+        // the kernel sees it.
+        ("clone3", libc::SYS_clone3, [NULL, 0, 0, 0, 0, 0]),
+        // Controls: allowed in every profile.
+        ("getpid", libc::SYS_getpid, [0; 6]),
+        ("read", libc::SYS_read, [BAD_FD, NULL, 0, 0, 0, 0]),
+        ("write", libc::SYS_write, [BAD_FD, NULL, 0, 0, 0, 0]),
+        ("close", libc::SYS_close, [BAD_FD, 0, 0, 0, 0, 0]),
+        ("fcntl", libc::SYS_fcntl, [BAD_FD, 0, 0, 0, 0, 0]),
+    ];
+    for (name, nr, a) in probes {
+        // SAFETY: every probe passes NULL pointers, fd -1 or unknown
+        // commands/flags (see the table), so an allowed call fails in the
+        // kernel's argument checks without reading or writing our memory.
+        let rc = unsafe { libc::syscall(*nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+        writeln!(out, "{name} {}", outcome(rc))?;
+    }
+
+    // clone with one CLONE_NEW* flag at a time (and all of them), plus
+    // CLONE_THREAD without CLONE_SIGHAND, which the kernel rejects with
+    // EINVAL before creating anything.
+    let news: &[(&str, libc::c_int)] = &[
+        ("NEWNS", libc::CLONE_NEWNS),
+        ("NEWCGROUP", libc::CLONE_NEWCGROUP),
+        ("NEWUTS", libc::CLONE_NEWUTS),
+        ("NEWIPC", libc::CLONE_NEWIPC),
+        ("NEWUSER", libc::CLONE_NEWUSER),
+        ("NEWPID", libc::CLONE_NEWPID),
+        ("NEWNET", libc::CLONE_NEWNET),
+        ("NEWUSER|NEWNS", libc::CLONE_NEWUSER | libc::CLONE_NEWNS),
+        ("none", 0),
+    ];
+    for (label, flags) in news {
+        let flags = (flags | libc::CLONE_THREAD) as usize;
+        // SAFETY: CLONE_THREAD without CLONE_SIGHAND is rejected (EINVAL)
+        // before any process is created; the NULL stack and pointers are
+        // never used.
+        let rc = unsafe { libc::syscall(libc::SYS_clone, flags, NULL, NULL, NULL, 0usize) };
+        writeln!(out, "clone:{label} {}", outcome(rc))?;
+    }
+
+    writeln!(out, "fork {}", in_child(child_exits))?;
+    writeln!(out, "x32:getpid {}", in_child(x32_getpid))?;
+    out.flush()
+}
+
+fn read_or_err(path: &str) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => format!("ERR:{}", e.raw_os_error().map_or("?".into(), errno_name)),
+    }
+}
+
+fn open_fds() -> String {
+    let mut fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => (0..1024)
+            // SAFETY: F_GETFD only reads the descriptor table.
+            .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+            .collect(),
+    };
+    fds.sort_unstable();
+    // read_dir's own descriptor is listed too when it was open.
+    let list: Vec<String> = fds.iter().map(i32::to_string).collect();
+    list.join(",")
+}
+
+fn status(out: &mut impl Write) -> std::io::Result<()> {
+    let st = read_or_err("/proc/self/status");
+    for line in st.lines() {
+        for key in [
+            "CapInh:",
+            "CapPrm:",
+            "CapEff:",
+            "CapBnd:",
+            "CapAmb:",
+            "NoNewPrivs:",
+            "Seccomp:",
+        ] {
+            if let Some(v) = line.strip_prefix(key) {
+                writeln!(out, "{} {}", key.trim_end_matches(':'), v.trim())?;
+            }
+        }
+    }
+    if st.starts_with("ERR:") {
+        writeln!(out, "status {st}")?;
+    }
+    let map = read_or_err("/proc/self/uid_map");
+    writeln!(
+        out,
+        "uid_map {}",
+        map.split_whitespace().collect::<Vec<_>>().join(" ")
+    )?;
+    writeln!(out, "pid {}", std::process::id())?;
+    // SAFETY: getuid cannot fail and touches no memory.
+    writeln!(out, "uid {}", unsafe { libc::getuid() })?;
+    // SAFETY: `uts` is a valid out-pointer; nodename is NUL-terminated.
+    let host = unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut uts) == 0 {
+            CStr::from_ptr(uts.nodename.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            format!("ERR:{}", errno_name(last_errno()))
+        }
+    };
+    writeln!(out, "hostname {host}")?;
+    writeln!(out, "fds {}", open_fds())?;
+    match std::env::current_dir() {
+        Ok(d) => writeln!(out, "cwd {}", d.display())?,
+        Err(e) => writeln!(out, "cwd ERR:{e}")?,
+    }
+    let probe_file = c"/.faas-sandbox-probe";
+    // SAFETY: a valid NUL-terminated path; O_EXCL never truncates an
+    // existing file.
+    let fd = unsafe {
+        libc::open(
+            probe_file.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: we created this file and own `fd`.
+        unsafe {
+            libc::close(fd);
+            libc::unlink(probe_file.as_ptr());
+        }
+        writeln!(out, "write_root OK")?;
+    } else {
+        writeln!(out, "write_root {}", errno_name(last_errno()))?;
+    }
+    // Set the hostname to what it is already: no change even if allowed.
+    // SAFETY: `host` bytes are valid for their length.
+    let rc = unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) };
+    writeln!(out, "sethostname {}", outcome(rc.into()))?;
+    // A tmpfs on a path that does not exist: ENOENT if mount is permitted.
+    let (src, target, fstype) = (c"none", c"/.faas-sandbox-probe-nonexistent", c"tmpfs");
+    // SAFETY: valid NUL-terminated strings and a NULL data pointer.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    writeln!(out, "mount {}", outcome(rc.into()))?;
+    out.flush()
+}
+
+fn main() {
+    let mut out = std::io::stdout().lock();
+    let cmd = std::env::args().nth(1).unwrap_or_default();
+    let r = match cmd.as_str() {
+        "syscalls" => syscalls(&mut out),
+        "status" => status(&mut out),
+        _ => {
+            eprintln!("usage: faas-sandbox-probe syscalls|status");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("faas-sandbox-probe: writing the report: {e}");
+        std::process::exit(1);
+    }
+}
