@@ -5,17 +5,19 @@ use std::time::Duration;
 
 use crate::BoxFuture;
 use crate::protocol::ProtocolError;
-use crate::sandbox::{ExitStatus, LaunchError};
+use crate::sandbox::{ExitStatus, LaunchError, LimitExceeded};
 use crate::types::{FunctionSpec, Invocation, InvocationResult, NodeId, Placement};
 
 /// Why an invocation produced no function result.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
     /// The instance exited or was killed before answering.
-    #[error("instance exited with {status} before responding")]
+    #[error("instance exited with {status} before responding{}", limit.map(|l| format!(": {l}")).unwrap_or_default())]
     Exited {
         /// How it ended.
         status: ExitStatus,
+        /// The resource limit that killed it, when known.
+        limit: Option<LimitExceeded>,
     },
     /// The deadline passed; the instance was killed.
     #[error("function did not respond within {timeout:?}; instance killed")]
@@ -133,14 +135,16 @@ mod tests {
     fn errors_map_to_http_statuses() {
         assert_eq!(
             InvokeError::Exited {
-                status: ExitStatus::Code(3)
+                status: ExitStatus::Code(3),
+                limit: None,
             }
             .to_string(),
             "instance exited with status 3 before responding"
         );
         assert_eq!(
             InvokeError::Exited {
-                status: ExitStatus::Code(3)
+                status: ExitStatus::Code(3),
+                limit: None,
             }
             .http_status(),
             502

@@ -39,6 +39,8 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// How to bring the instance up.
     pub start: StartMode,
+    /// Isolation choices beyond the limits.
+    pub policy: SandboxPolicy,
     /// The instance's end of the guest channel; it becomes fd 3.
     pub channel: OwnedFd,
     /// fd 0.
@@ -47,6 +49,43 @@ pub struct SandboxSpec {
     pub stdout: Stdio,
     /// fd 2.
     pub stderr: Stdio,
+}
+
+/// Isolation choices of one instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxPolicy {
+    /// Seccomp profile: `native`, `python`, `node` or a path to a JSON
+    /// profile; `None` lets the runtime choose by the function's runtime kind.
+    pub seccomp: Option<String>,
+    /// Mount a fresh procfs of the sandbox's own pid namespace at `/proc`.
+    pub proc: bool,
+}
+
+/// A resource limit that ended or hampered an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitExceeded {
+    /// The kernel's OOM killer ended it at the memory limit.
+    Memory {
+        /// The limit in MiB.
+        limit_mb: u32,
+    },
+    /// It tried to create more processes than allowed.
+    Pids {
+        /// The limit.
+        limit: u32,
+    },
+}
+
+impl fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitExceeded::Memory { limit_mb } => {
+                write!(f, "memory limit of {limit_mb} MiB exceeded (OOM-killed)")
+            }
+            LimitExceeded::Pids { limit } => write!(f, "process limit of {limit} reached"),
+        }
+    }
 }
 
 /// How an instance ended.
@@ -140,6 +179,12 @@ pub trait Instance: Send + Sync {
     ///
     /// The kill failed for another reason than the process being gone.
     fn kill(&mut self) -> io::Result<()>;
+
+    /// After [`Instance::wait`]: the resource limit that killed or hampered
+    /// the instance, if the runtime enforces and observes limits.
+    fn exceeded(&self) -> Option<LimitExceeded> {
+        None
+    }
 }
 
 /// Launches instances from [`SandboxSpec`]s.

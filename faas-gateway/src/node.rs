@@ -311,6 +311,17 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         env,
         limits: spec.limits,
         start: spec.start,
+        policy: faas_core::SandboxPolicy {
+            seccomp: Some(
+                match spec.runtime {
+                    faas_core::RuntimeKind::Python => "python",
+                    faas_core::RuntimeKind::Node => "node",
+                    faas_core::RuntimeKind::Native | faas_core::RuntimeKind::Exec => "native",
+                }
+                .to_owned(),
+            ),
+            proc: false,
+        },
         channel: theirs,
         stdin: Stdio::Null,
         stdout: Stdio::Null,
@@ -355,15 +366,13 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
                 None => break,
             },
         };
-        if !announced {
-            if let Err(e) = await_ready(&mut chan, inst.as_mut(), timeout).await {
-                // It died after its last answer: the request it took goes
-                // back to the head of the queue, for a fresh instance.
-                tracing::debug!(instance = %name, error = %e, "keep-alive instance did not come back");
-                st.queue.lock().pending.push_front(p);
-                spawn_instance(inner.clone(), st.clone());
-                break;
-            }
+        if !announced && let Err(e) = await_ready(&mut chan, inst.as_mut(), timeout).await {
+            // It died after its last answer: the request it took goes back
+            // to the head of the queue, for a fresh instance.
+            tracing::debug!(instance = %name, error = %e, "keep-alive instance did not come back");
+            st.queue.lock().pending.push_front(p);
+            spawn_instance(inner.clone(), st.clone());
+            break;
         }
         if !cold {
             inner.stats.reused.fetch_add(1, Ordering::Relaxed);
@@ -420,14 +429,21 @@ async fn await_ready(
 /// The instance closed its channel: wait (briefly) for its exit status.
 async fn exited(inst: &mut dyn Instance) -> InvokeError {
     match tokio::time::timeout(Duration::from_secs(2), inst.wait()).await {
-        Ok(Ok(status)) => InvokeError::Exited { status },
+        Ok(Ok(status)) => InvokeError::Exited {
+            status,
+            limit: inst.exceeded(),
+        },
         _ => {
             // It closed fd 3 but lives on: kill it and report the signal.
             let _ = inst.kill();
             match inst.wait().await {
-                Ok(status) => InvokeError::Exited { status },
+                Ok(status) => InvokeError::Exited {
+                    status,
+                    limit: inst.exceeded(),
+                },
                 Err(_) => InvokeError::Exited {
                     status: faas_core::ExitStatus::Signal(9),
+                    limit: None,
                 },
             }
         }
@@ -535,6 +551,7 @@ async fn exchange(
         // The instance went away before taking its request.
         ProtocolError::Io { .. } => InvokeError::Exited {
             status: faas_core::ExitStatus::Code(-1),
+            limit: None,
         },
         e => InvokeError::Protocol(e),
     })?;
@@ -574,6 +591,7 @@ async fn exchange(
             Ok(None) => {
                 return Err(InvokeError::Exited {
                     status: faas_core::ExitStatus::Code(-1),
+                    limit: None,
                 });
             }
             Err(e) => return Err(InvokeError::Protocol(e)),

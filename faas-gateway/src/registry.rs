@@ -220,6 +220,13 @@ impl Registry {
         let result = (|| {
             std::fs::create_dir_all(&root).map_err(state_err(&root))?;
             copy_tree(&src, &root)?;
+            // Mount points a sandbox needs in a read-only root.
+            for d in ["dev", "tmp", "proc"] {
+                let p = root.join(d);
+                if !p.exists() {
+                    std::fs::create_dir(&p).map_err(state_err(&p))?;
+                }
+            }
             spec.image = ImageRef::Dir(fin.join("root"));
             let json = serde_json::to_vec_pretty(&spec).map_err(|e| DeployError::State {
                 path: tmp.join("spec.json"),

@@ -21,8 +21,11 @@
 //! Unsafe code (the `pre_exec` hook that places the channel at fd 3) lives in
 //! the `sys` module only.
 
+pub mod cgroup;
 mod process;
+mod runtime;
 pub mod seccomp;
 mod sys;
 
 pub use process::ProcessRuntime;
+pub use runtime::{PooledSandboxRuntime, SandboxConfig, SandboxInitError};

@@ -8,7 +8,8 @@
 //!   ├─ FunctionGateway (faas-gateway)  HTTP API, body limit, trace ids
 //!   ├─ LocalScheduler  (faas-sched)    one local node, slots, per-function limits
 //!   ├─ LocalNodeGateway(faas-gateway)  queues, instances pull over fd 3
-//!   └─ ProcessRuntime  (faas-sandbox)  plain child processes (development only)
+//!   └─ PooledSandboxRuntime (faas-sandbox) namespaces, cgroups, seccomp
+//!      (or ProcessRuntime: plain processes, development only)
 //! ```
 
 pub mod client;
@@ -16,7 +17,7 @@ pub mod embedded;
 pub mod load;
 mod platform;
 
-pub use platform::{Platform, PlatformConfig};
+pub use platform::{Platform, PlatformConfig, SandboxChoice};
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]

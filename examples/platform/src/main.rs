@@ -1,6 +1,7 @@
 //! `faas`: the whole platform in one binary, and the client of its API.
 
 mod cli_image;
+mod cli_sandbox;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use faas_core::{FunctionSpec, ImageRef, Reuse, RuntimeKind};
 use faas_platform::client::Client;
-use faas_platform::{Platform, PlatformConfig, embedded, load};
+use faas_platform::{Platform, PlatformConfig, SandboxChoice, embedded, load};
 use http::Method;
 
 /// faas — per-request function instances, fast.
@@ -48,6 +49,8 @@ enum Command {
     Bench(BenchArgs),
     /// Build, inspect, verify and mount read-only images (faas-rofs).
     Image(cli_image::ImageArgs),
+    /// Run a command in a sandbox.
+    Sandbox(cli_sandbox::SandboxArgs),
     /// Write the bundled example functions (hello, cpu) to a directory.
     ExampleFunctions {
         /// Directory to create them in (one subdirectory per function).
@@ -80,6 +83,22 @@ struct ServeArgs {
     /// Discard the instances' stderr instead of showing it.
     #[arg(long)]
     quiet_instances: bool,
+    /// How instances run: `pooled` (namespaces, cgroups, seccomp; needs
+    /// root), `process` (plain processes, NOT isolated, development only) or
+    /// `auto` (pooled when root, else process).
+    #[arg(long, default_value = "auto", value_parser = parse_sandbox)]
+    sandbox: SandboxChoice,
+}
+
+fn parse_sandbox(s: &str) -> Result<SandboxChoice, String> {
+    match s {
+        "auto" => Ok(SandboxChoice::Auto),
+        "pooled" => Ok(SandboxChoice::Pooled),
+        "process" => Ok(SandboxChoice::Process),
+        _ => Err(format!(
+            "unknown sandbox {s:?}: use auto, pooled or process"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -179,7 +198,7 @@ fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
     }
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
@@ -226,6 +245,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo(a).await,
         Command::Bench(a) => bench(a).await,
         Command::Image(a) => cli_image::run(a),
+        Command::Sandbox(a) => {
+            let code = cli_sandbox::run(a).await?;
+            std::process::exit(code);
+        }
         Command::ExampleFunctions { out } => {
             for d in embedded::write_all(&out)
                 .with_context(|| format!("writing to {}", out.display()))?
@@ -268,15 +291,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.slots = a.slots;
     config.max_body = a.max_body;
     config.inherit_stderr = !a.quiet_instances;
+    config.sandbox = a.sandbox;
     let platform = Platform::new(&config)?;
     let (listener, addr) = Platform::bind(a.listen).await?;
     println!(
         "faas: listening on http://{addr} (state in {})",
         state_dir.display()
     );
-    eprintln!(
-        "faas: WARNING: instances run as plain processes (ProcessRuntime): not isolated, for development only"
-    );
+    if platform.runtime == "process" {
+        eprintln!(
+            "faas: WARNING: instances run as plain processes (ProcessRuntime): not isolated, for development only"
+        );
+    }
     let _ = std::io::stdout().flush();
     platform.serve(listener, shutdown_signal()).await?;
     eprintln!("faas: stopped");

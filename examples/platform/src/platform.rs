@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use faas_core::SandboxRuntime;
 use faas_core::{NodeId, NodeInfo, Scheduler};
 use faas_gateway::{FunctionGateway, GatewayConfig, LocalNodeGateway, NodeConfig, Registry};
-use faas_sandbox::ProcessRuntime;
+use faas_sandbox::{PooledSandboxRuntime, ProcessRuntime, SandboxConfig};
 use faas_sched::LocalScheduler;
 
 /// Settings of an embedded platform.
@@ -22,6 +23,21 @@ pub struct PlatformConfig {
     pub max_body: usize,
     /// Whether instances write to this process's stderr.
     pub inherit_stderr: bool,
+    /// How instances are started.
+    pub sandbox: SandboxChoice,
+}
+
+/// Which [`SandboxRuntime`] starts the instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxChoice {
+    /// `PooledSandboxRuntime` when running as root, else `ProcessRuntime`
+    /// with a warning.
+    #[default]
+    Auto,
+    /// `PooledSandboxRuntime`: namespaces, cgroups, seccomp.
+    Pooled,
+    /// `ProcessRuntime`: plain processes, not isolated, development only.
+    Process,
 }
 
 impl PlatformConfig {
@@ -33,7 +49,31 @@ impl PlatformConfig {
             slots: 64,
             max_body: 6 * 1024 * 1024,
             inherit_stderr: true,
+            sandbox: SandboxChoice::Auto,
         }
+    }
+}
+
+fn runtime(choice: SandboxChoice) -> anyhow::Result<Arc<dyn SandboxRuntime>> {
+    let pooled = || -> anyhow::Result<Arc<dyn SandboxRuntime>> {
+        Ok(Arc::new(
+            PooledSandboxRuntime::new(SandboxConfig::default())
+                .context("starting the sandbox runtime")?,
+        ))
+    };
+    match choice {
+        SandboxChoice::Pooled => pooled(),
+        SandboxChoice::Process => Ok(Arc::new(ProcessRuntime::new())),
+        SandboxChoice::Auto => match pooled() {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::warn!("{e:#}; falling back to plain processes (not isolated)");
+                eprintln!(
+                    "faas: WARNING: {e:#}\nfaas: WARNING: instances run as plain processes: not isolated, for development only"
+                );
+                Ok(Arc::new(ProcessRuntime::new()))
+            }
+        },
     }
 }
 
@@ -45,6 +85,8 @@ pub struct Platform {
     pub scheduler: Arc<LocalScheduler>,
     /// The local node's gateway.
     pub node: LocalNodeGateway,
+    /// The name of the sandbox runtime in use (`sandbox` or `process`).
+    pub runtime: &'static str,
 }
 
 impl Platform {
@@ -65,13 +107,15 @@ impl Platform {
             slots: config.slots,
             memory_mb: 0,
         });
+        let runtime = runtime(config.sandbox)?;
+        let runtime_name = runtime.name();
         let node = LocalNodeGateway::new(
             NodeConfig {
                 node: node_id,
                 max_body: 64 * 1024 * 1024,
                 inherit_stderr: config.inherit_stderr,
             },
-            Arc::new(ProcessRuntime::new()),
+            runtime,
         );
         let gateway = Arc::new(FunctionGateway::new(
             registry,
@@ -85,6 +129,7 @@ impl Platform {
             gateway,
             scheduler,
             node,
+            runtime: runtime_name,
         })
     }
 

@@ -17,6 +17,10 @@ use http::Method;
 
 const FAAS: &str = env!("CARGO_BIN_EXE_faas");
 
+/// Shell-script functions need the host's /bin/sh: they run as plain
+/// processes. Everything else runs in the default (sandboxed) runtime.
+const PLAIN: &[&str] = &["--sandbox", "process"];
+
 /// A `faas serve` process, killed on drop.
 struct Server {
     child: Child,
@@ -156,11 +160,11 @@ fn hello_answers_from_a_fresh_process_each_time() {
         String::from_utf8(b.body.to_vec()).unwrap(),
     );
     assert!(ta.contains("hi"), "{ta}");
-    assert_ne!(
-        ta, tb,
-        "two requests must be served by two processes (pids differ)"
-    );
+    // Each is pid 1 of a fresh pid namespace: a new instance per request.
+    assert_eq!(ta, "hello from pid 1 on host faas: hi");
+    assert_eq!(ta, tb);
     assert_eq!(a.headers["x-faas-cold"], "true");
+    assert_eq!(b.headers["x-faas-cold"], "true");
     assert!(a.headers.contains_key("x-faas-invocation-id"));
     assert!(
         a.headers["server-timing"]
@@ -168,6 +172,17 @@ fn hello_answers_from_a_fresh_process_each_time() {
             .unwrap()
             .contains("run;dur=")
     );
+}
+
+#[test]
+fn instances_run_sandboxed_by_default() {
+    let s = Server::start(&["--sandbox", "pooled"]);
+    let ex = s.examples();
+    s.deploy("hello", &ex.join("hello"), "hello", &[]);
+    let r = post(&s, "/invoke/hello", "hi");
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    // pid 1 of its own pid namespace, in its own uts namespace.
+    assert_eq!(&r.body[..], b"hello from pid 1 on host faas: hi");
 }
 
 #[test]
@@ -212,7 +227,7 @@ fn unknown_function_is_404() {
 
 #[test]
 fn instance_exiting_before_answering_is_502_with_its_status() {
-    let s = Server::start(&[]);
+    let s = Server::start(PLAIN);
     s.deploy("crash", &s.script("crash", "exit 3"), "run", &[]);
     let r = post(&s, "/invoke/crash", "x");
     assert_eq!(r.status, 502);
@@ -223,7 +238,7 @@ fn instance_exiting_before_answering_is_502_with_its_status() {
 
 #[test]
 fn deadline_is_504_and_the_instance_is_killed() {
-    let s = Server::start(&[]);
+    let s = Server::start(PLAIN);
     let marker = s.work.path().join("still-alive");
     let body = format!("sleep 3; touch {}", marker.display());
     s.deploy(
@@ -243,7 +258,7 @@ fn deadline_is_504_and_the_instance_is_killed() {
 
 #[test]
 fn hostile_frames_are_502_and_the_server_keeps_serving() {
-    let s = Server::start(&[]);
+    let s = Server::start(PLAIN);
     let ex = s.examples();
     s.deploy("hello", &ex.join("hello"), "hello", &[]);
     s.deploy(
@@ -276,7 +291,7 @@ fn oversized_body_is_413() {
 
 #[test]
 fn concurrency_limit_is_429_with_retry_after() {
-    let s = Server::start(&[]);
+    let s = Server::start(PLAIN);
     s.deploy(
         "one",
         &s.script("one", "sleep 2"),
@@ -304,7 +319,7 @@ fn concurrency_limit_is_429_with_retry_after() {
 
 #[test]
 fn bad_deploys_are_rejected_with_the_reason() {
-    let s = Server::start(&[]);
+    let s = Server::start(PLAIN);
     let dir = s.script("f", "exit 0");
     let o = s.cli(&[
         "deploy",

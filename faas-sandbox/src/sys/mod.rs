@@ -1,5 +1,9 @@
-//! The only unsafe code of the crate: work done in the child between `fork`
-//! and `exec`.
+//! The only unsafe code of the crate: system calls that std and rustix do
+//! not wrap (clone3 into namespaces, pivot_root, pidfds, setns, mounts) and
+//! the work done in a child between clone and exec.
+
+pub(crate) mod ns;
+pub(crate) mod spawn;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;

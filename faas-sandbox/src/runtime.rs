@@ -1,0 +1,744 @@
+//! [`PooledSandboxRuntime`]: namespaced, cgroup-limited, seccomp-filtered
+//! instances, with the expensive resources made ahead of time.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use faas_core::{
+    BoxFuture, ExitStatus, ImageRef, Instance, LaunchError, LimitExceeded, SandboxRuntime,
+    SandboxSpec, StartMode, Stdio,
+};
+use parking_lot::{Condvar, Mutex};
+
+use crate::cgroup::{Cgroup, CgroupError, Cgroups};
+use crate::seccomp::{SeccompFilters, SeccompProfile};
+use crate::sys::ns;
+use crate::sys::spawn::{self, ChildPlan};
+
+/// Settings of a [`PooledSandboxRuntime`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where the runtime keeps its mount points (created, and removed on
+    /// drop).
+    pub work_dir: PathBuf,
+    /// First host uid/gid of the sandboxes' range; sandbox `i` runs as host
+    /// uid `uid_base + i`.
+    pub uid_base: u32,
+    /// Size of the range: the most sandboxes alive at once.
+    pub uid_count: u32,
+    /// Network namespaces kept ready.
+    pub netns_pool: usize,
+    /// cgroups kept ready.
+    pub cgroup_pool: usize,
+    /// Size of each sandbox's `/tmp`, in MiB.
+    pub tmp_mb: u32,
+    /// `RLIMIT_NOFILE` inside.
+    pub nofile: u64,
+    /// Enforce memory, pids and CPU limits with cgroups.
+    pub cgroups: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            work_dir: PathBuf::from(format!("/run/faas/sandbox-{}", std::process::id())),
+            uid_base: 1_000_000_000,
+            uid_count: 65_536,
+            netns_pool: 8,
+            cgroup_pool: 8,
+            tmp_mb: 64,
+            nofile: 1024,
+            cgroups: true,
+        }
+    }
+}
+
+/// Why the runtime could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxInitError {
+    /// Not running as root.
+    #[error(
+        "the sandbox runtime needs root (to create user namespaces with a uid range, mount and set up cgroups); run as root or use the development-only process runtime"
+    )]
+    NotRoot,
+    /// cgroups are unavailable.
+    #[error("cgroups: {0}")]
+    Cgroup(#[from] CgroupError),
+    /// The work directory or a namespace could not be prepared.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being prepared.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A pool of ready network namespaces (loopback up), refilled by a
+/// background thread.
+struct NetnsPool {
+    ready: Mutex<Vec<OwnedFd>>,
+    want: Condvar,
+    target: usize,
+    made: AtomicU64,
+}
+
+impl NetnsPool {
+    fn start(target: usize) -> Arc<Self> {
+        let pool = Arc::new(NetnsPool {
+            ready: Mutex::new(Vec::with_capacity(target)),
+            want: Condvar::new(),
+            target,
+            made: AtomicU64::new(0),
+        });
+        if target > 0 {
+            let weak = Arc::downgrade(&pool);
+            // A thread of its own: each unshare moves it into the new netns.
+            let _ = std::thread::Builder::new()
+                .name("faas-netns-pool".into())
+                .spawn(move || {
+                    loop {
+                        let Some(pool) = weak.upgrade() else { return };
+                        {
+                            let mut ready = pool.ready.lock();
+                            while ready.len() >= pool.target {
+                                // Wake up now and then to notice the runtime is gone.
+                                if pool
+                                    .want
+                                    .wait_for(&mut ready, std::time::Duration::from_millis(500))
+                                    .timed_out()
+                                    && Arc::strong_count(&pool) == 1
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                        match ns::new_netns_on_this_thread() {
+                            Ok(fd) => {
+                                pool.made.fetch_add(1, Ordering::Relaxed);
+                                pool.ready.lock().push(fd);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "creating a network namespace failed");
+                                std::thread::sleep(std::time::Duration::from_millis(100));
+                            }
+                        }
+                    }
+                });
+        }
+        pool
+    }
+
+    fn take(&self) -> Option<OwnedFd> {
+        let fd = self.ready.lock().pop();
+        self.want.notify_one();
+        fd
+    }
+}
+
+struct Shared {
+    config: SandboxConfig,
+    base: PathBuf,
+    host_netns: OwnedFd,
+    netns: Arc<NetnsPool>,
+    cgroups: Option<Cgroups>,
+    cgroup_pool: Mutex<Vec<Cgroup>>,
+    uids: Mutex<Vec<u32>>,
+    images: Mutex<HashMap<PathBuf, PathBuf>>,
+    filters: Mutex<HashMap<String, Arc<SeccompFilters>>>,
+    cap_last: u32,
+    next: AtomicU64,
+}
+
+/// Runs every instance in a fresh sandbox:
+///
+/// - namespaces: user (one unprivileged host uid/gid per sandbox, maps
+///   written by the parent), pid (the instance is pid 1; killing it kills
+///   everything inside), mount, network (a pooled namespace with only
+///   loopback, owned by the host's user namespace so the sandbox cannot
+///   reconfigure it), ipc, uts, cgroup;
+/// - root: the function's directory (or its EROFS image, mounted once per
+///   image) bound read-only, `/tmp` a size-limited tmpfs, `/dev` with only
+///   null, zero and urandom, `/proc` only when the policy asks;
+///   `pivot_root` with the old root detached;
+/// - then rlimits, all capabilities dropped and securebits locked, every fd
+///   but 0–3 closed at exec, no_new_privs, and the seccomp filters last;
+/// - cgroups (v1 or v2) with the memory, pids and CPU limits; an OOM kill is
+///   reported as [`LimitExceeded::Memory`].
+///
+/// Network namespaces and cgroup directories come from pools refilled off
+/// the request path.
+pub struct PooledSandboxRuntime {
+    shared: Arc<Shared>,
+}
+
+impl PooledSandboxRuntime {
+    /// Prepares the runtime: checks for root, creates the work directory,
+    /// finds the cgroups and starts the pools.
+    ///
+    /// # Errors
+    ///
+    /// See [`SandboxInitError`].
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxInitError> {
+        if ns::euid() != 0 {
+            return Err(SandboxInitError::NotRoot);
+        }
+        let io_err = |what: String| move |source| SandboxInitError::Io { what, source };
+        let base = config.work_dir.join("root");
+        std::fs::create_dir_all(&base).map_err(io_err(format!("creating {}", base.display())))?;
+        let host_netns = ns::open_ns(c"/proc/self/ns/net")
+            .map_err(io_err("opening our network namespace".into()))?;
+        let cgroups = if config.cgroups {
+            Some(Cgroups::new()?)
+        } else {
+            None
+        };
+        let netns = NetnsPool::start(config.netns_pool);
+        let uids = (0..config.uid_count).rev().collect();
+        let rt = PooledSandboxRuntime {
+            shared: Arc::new(Shared {
+                base,
+                host_netns,
+                netns,
+                cgroups,
+                cgroup_pool: Mutex::new(Vec::new()),
+                uids: Mutex::new(uids),
+                images: Mutex::new(HashMap::new()),
+                filters: Mutex::new(HashMap::new()),
+                cap_last: spawn::cap_last_cap(),
+                next: AtomicU64::new(0),
+                config,
+            }),
+        };
+        rt.shared.refill_cgroups();
+        Ok(rt)
+    }
+
+    /// Network namespaces created by the pool so far.
+    pub fn netns_created(&self) -> u64 {
+        self.shared.netns.made.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PooledSandboxRuntime {
+    fn drop(&mut self) {
+        for c in self.shared.cgroup_pool.lock().drain(..) {
+            let _ = c.remove();
+        }
+        for dir in self.shared.images.lock().values() {
+            if let Ok(c) = spawn::cstring("mount point", dir.as_os_str().as_bytes()) {
+                let _ = ns::umount_detach(&c);
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        let _ = std::fs::remove_dir(&self.shared.base);
+        let _ = std::fs::remove_dir(self.shared.config.work_dir.join("roots"));
+        let _ = std::fs::remove_dir(&self.shared.config.work_dir);
+    }
+}
+
+fn sys_err<'a>(name: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> LaunchError + 'a {
+    move |source| LaunchError::Sys {
+        name: name.to_owned(),
+        op,
+        source,
+    }
+}
+
+impl Shared {
+    /// Tops the cgroup pool up to its configured size.
+    fn refill_cgroups(&self) {
+        let Some(cg) = &self.cgroups else {
+            return;
+        };
+        while self.cgroup_pool.lock().len() < self.config.cgroup_pool {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            match cg.create(&format!("sb-{n}")) {
+                Ok(c) => self.cgroup_pool.lock().push(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pre-creating a cgroup failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The host mount to bind as the sandbox's root: a read-only bind of
+    /// the directory, or the mounted EROFS image; made once per root and
+    /// shared by every sandbox of it. (A sandbox cannot bind a host
+    /// directory itself without its submounts: the kernel refuses that in
+    /// a user namespace.)
+    fn root_dir(&self, name: &str, root: &ImageRef) -> Result<PathBuf, LaunchError> {
+        let key = root.path().to_path_buf();
+        let mut roots = self.images.lock();
+        if let Some(d) = roots.get(&key) {
+            return Ok(d.clone());
+        }
+        let dir = self
+            .config
+            .work_dir
+            .join("roots")
+            .join(format!("{}", roots.len()));
+        std::fs::create_dir_all(&dir).map_err(sys_err(name, "creating a root mount point"))?;
+        let c_src = spawn::cstring("root path", key.as_os_str().as_bytes())
+            .map_err(sys_err(name, "root path"))?;
+        let c_dir = spawn::cstring("mount point", dir.as_os_str().as_bytes())
+            .map_err(sys_err(name, "mount point"))?;
+        let (what, r) = match root {
+            ImageRef::Dir(_) => ("binding the root read-only", ns::bind_ro(&c_src, &c_dir)),
+            ImageRef::Image(_) => ("mounting the EROFS image", ns::mount_erofs(&c_src, &c_dir)),
+        };
+        if let Err(e) = r {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(LaunchError::Sys {
+                name: name.to_owned(),
+                op: what,
+                source: io::Error::new(e.kind(), format!("{}: {e}", key.display())),
+            });
+        }
+        roots.insert(key, dir.clone());
+        Ok(dir)
+    }
+
+    fn filters(&self, name: &str, profile: &str) -> Result<Arc<SeccompFilters>, LaunchError> {
+        if let Some(f) = self.filters.lock().get(profile) {
+            return Ok(f.clone());
+        }
+        let p: SeccompProfile = profile.parse().map_err(|e| LaunchError::Unsupported {
+            name: name.to_owned(),
+            runtime: "sandbox",
+            what: format!("seccomp profile {profile:?}: {e}"),
+        })?;
+        let f = Arc::new(
+            SeccompFilters::compile(&p).map_err(|e| LaunchError::Unsupported {
+                name: name.to_owned(),
+                runtime: "sandbox",
+                what: format!("seccomp profile {profile:?}: {e}"),
+            })?,
+        );
+        self.filters.lock().insert(profile.to_owned(), f.clone());
+        Ok(f)
+    }
+
+    fn take_cgroup(&self, name: &str) -> Result<Option<Cgroup>, LaunchError> {
+        let Some(cgs) = &self.cgroups else {
+            return Ok(None);
+        };
+        if let Some(c) = self.cgroup_pool.lock().pop() {
+            return Ok(Some(c));
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        cgs.create(&format!("sb-{n}"))
+            .map(Some)
+            .map_err(|e| LaunchError::Sys {
+                name: name.to_owned(),
+                op: "creating the cgroup",
+                source: io::Error::other(e),
+            })
+    }
+}
+
+fn raw_stdio(s: &Stdio, null: &OwnedFd, own: &mut Vec<OwnedFd>, which: i32) -> io::Result<i32> {
+    Ok(match s {
+        Stdio::Null => ns::raw(null.as_fd()),
+        Stdio::Inherit => which,
+        Stdio::Fd(fd) => {
+            let d = fd.try_clone()?;
+            let r = ns::raw(d.as_fd());
+            own.push(d);
+            r
+        }
+    })
+}
+
+/// The synchronous part of a launch, run on a blocking thread.
+fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstance, LaunchError> {
+    let name = spec.name.as_str();
+    if spec.start != StartMode::Cold {
+        return Err(LaunchError::Unsupported {
+            name: name.to_owned(),
+            runtime: "sandbox",
+            what: format!(
+                "start mode {} (snapshots are not available yet)",
+                spec.start.as_str()
+            ),
+        });
+    }
+    let root = sh.root_dir(name, &spec.root)?;
+    for d in ["dev", "tmp"]
+        .into_iter()
+        .chain(spec.policy.proc.then_some("proc"))
+    {
+        if !root.join(d).is_dir() {
+            return Err(LaunchError::Program {
+                name: name.to_owned(),
+                program: root.join(d),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "the root {} needs an empty {d} directory as a mount point",
+                        root.display()
+                    ),
+                ),
+            });
+        }
+    }
+    let rel = spec.program.strip_prefix("/").unwrap_or(&spec.program);
+    let host_program = root.join(rel);
+    if !host_program.is_file() {
+        return Err(LaunchError::Program {
+            name: name.to_owned(),
+            program: host_program,
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+    }
+    let profile = spec.policy.seccomp.as_deref().unwrap_or("native");
+    let filters = sh.filters(name, profile)?;
+    let c = |what: &str, b: &[u8]| {
+        spawn::cstring(what, b).map_err(sys_err(name, "preparing the sandbox"))
+    };
+    let base = sh.base.as_os_str().as_bytes();
+    let join = |s: &str| [base, s.as_bytes()].concat();
+    let mut argv = vec![c(
+        "program",
+        Path::new("/").join(rel).as_os_str().as_bytes(),
+    )?];
+    for a in &spec.args {
+        argv.push(c("argument", a.as_bytes())?);
+    }
+    let mut envp = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
+        envp.push(c("environment", format!("{k}={v}").as_bytes())?);
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(sys_err(name, "opening /dev/null"))?;
+    let null = OwnedFd::from(null);
+    let mut keep = Vec::new();
+    let fds = [
+        raw_stdio(&spec.stdin, &null, &mut keep, 0).map_err(sys_err(name, "stdin"))?,
+        raw_stdio(&spec.stdout, &null, &mut keep, 1).map_err(sys_err(name, "stdout"))?,
+        raw_stdio(&spec.stderr, &null, &mut keep, 2).map_err(sys_err(name, "stderr"))?,
+        ns::raw(spec.channel.as_fd()),
+    ];
+    let limits = spec.limits;
+    let plan = ChildPlan {
+        root: c("root", root.as_os_str().as_bytes())?,
+        base: c("base", base)?,
+        base_dev: c("base", &join("/dev"))?,
+        base_dev_nodes: [
+            (c("dev", b"/dev/null")?, c("base", &join("/dev/null"))?),
+            (c("dev", b"/dev/zero")?, c("base", &join("/dev/zero"))?),
+            (
+                c("dev", b"/dev/urandom")?,
+                c("base", &join("/dev/urandom"))?,
+            ),
+        ],
+        base_tmp: c("base", &join("/tmp"))?,
+        base_proc: c("base", &join("/proc"))?,
+        tmp_opts: c(
+            "tmp",
+            format!("size={}m,mode=1777", sh.config.tmp_mb).as_bytes(),
+        )?,
+        mount_proc: spec.policy.proc,
+        program: argv[0].clone(),
+        argv,
+        envp,
+        fds,
+        rlimits: [
+            (libc::RLIMIT_CORE, 0),
+            (libc::RLIMIT_NOFILE, sh.config.nofile),
+            (
+                libc::RLIMIT_FSIZE,
+                u64::from(sh.config.tmp_mb) * 1024 * 1024,
+            ),
+        ],
+        cap_last: sh.cap_last,
+        seccomp: filters
+            .programs()
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|f| libc::sock_filter {
+                        code: f.code,
+                        jt: f.jt,
+                        jf: f.jf,
+                        k: f.k,
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    let uid_slot = sh.uids.lock().pop().ok_or_else(|| LaunchError::Sys {
+        name: name.to_owned(),
+        op: "allocating a uid",
+        source: io::Error::other(format!(
+            "all {} sandbox uids are in use",
+            sh.config.uid_count
+        )),
+    })?;
+    let host_uid = sh.config.uid_base + uid_slot;
+    let cgroup = match sh.take_cgroup(name) {
+        Ok(c) => c,
+        Err(e) => {
+            sh.uids.lock().push(uid_slot);
+            return Err(e);
+        }
+    };
+    let release_all = |cg: Option<Cgroup>| {
+        if let Some(cg) = cg {
+            let _ = cg.remove();
+        }
+        sh.uids.lock().push(uid_slot);
+    };
+    if let Some(cg) = &cgroup
+        && let Err(e) = cg.set_limits(limits.memory_mb, limits.pids, limits.cpu_millis)
+    {
+        release_all(cgroup);
+        return Err(sys_err(name, "setting cgroup limits")(io::Error::other(e)));
+    }
+    let cgroup_dir_fd = match cgroup.as_ref().and_then(Cgroup::v2_dir) {
+        Some(d) => match std::fs::File::open(d) {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => {
+                release_all(cgroup);
+                return Err(sys_err(name, "opening the cgroup")(e));
+            }
+        },
+        None => None,
+    };
+    // Clone from inside a pooled network namespace (or a fresh one when the
+    // pool is empty), then come back.
+    let netns = sh.netns.take();
+    let entered = match &netns {
+        Some(fd) => ns::setns_net(fd.as_fd()),
+        None => ns::new_netns_on_this_thread().map(drop),
+    };
+    let cloned = entered.and_then(|()| {
+        spawn::clone_child(&plan, cgroup_dir_fd.as_ref().map(|f| ns::raw(f.as_fd())))
+    });
+    if let Err(e) = ns::setns_net(sh.host_netns.as_fd()) {
+        // This blocking-pool thread is stuck in another namespace; nothing
+        // we can do but say so (the sandbox itself is unaffected).
+        tracing::error!(error = %e, "returning to the host network namespace failed");
+    }
+    drop(netns);
+    let child = match cloned {
+        Ok(c) => c,
+        Err(e) => {
+            release_all(cgroup);
+            return Err(sys_err(name, "clone3 into new namespaces")(e));
+        }
+    };
+    let pid = child.pid;
+    let setup = spawn::write_id_maps(pid, host_uid, host_uid)
+        .map_err(|e| (spawn::Stage::Sync, e))
+        .and_then(|()| match (&cgroup, &cgroup_dir_fd) {
+            (Some(cg), None) => cg
+                .add(pid)
+                .map_err(|e| (spawn::Stage::Sync, io::Error::other(e))),
+            _ => Ok(()),
+        });
+    let pidfd_for_kill = child.pidfd.try_clone().ok();
+    let result = setup.and_then(|()| child.release());
+    let pidfd = match result {
+        Ok((pidfd, _)) => pidfd,
+        Err((stage, e)) => {
+            if let Some(p) = &pidfd_for_kill {
+                let _ = ns::pidfd_kill(p.as_fd(), libc::SIGKILL);
+                // Reap it: the kill makes this quick.
+                for _ in 0..1000 {
+                    match ns::pidfd_try_reap(p.as_fd()) {
+                        Ok(ns::Reaped::Running) => {
+                            std::thread::sleep(std::time::Duration::from_micros(200))
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            release_all(cgroup);
+            let source = io::Error::new(e.kind(), format!("{}: {e}", stage.describe()));
+            return Err(if stage == spawn::Stage::Exec {
+                LaunchError::Program {
+                    name: name.to_owned(),
+                    program: host_program,
+                    source,
+                }
+            } else {
+                LaunchError::Sys {
+                    name: name.to_owned(),
+                    op: "setting up the sandbox",
+                    source,
+                }
+            });
+        }
+    };
+    drop(pidfd_for_kill);
+    Ok(SandboxInstance {
+        shared: sh.clone(),
+        pid: u32::try_from(pid).unwrap_or(0),
+        pidfd: Some(pidfd),
+        afd: None,
+        cgroup,
+        uid_slot: Some(uid_slot),
+        memory_mb: limits.memory_mb,
+        pids: limits.pids,
+        exit: None,
+        exceeded: None,
+    })
+}
+
+impl SandboxRuntime for PooledSandboxRuntime {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
+    fn launch(&self, spec: SandboxSpec) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>> {
+        let sh = self.shared.clone();
+        Box::pin(async move {
+            let name = spec.name.clone();
+            let inst = tokio::task::spawn_blocking(move || {
+                let r = launch_blocking(&sh, &spec);
+                // The child has its copies now; ours close here.
+                drop(spec);
+                r
+            })
+            .await
+            .map_err(|e| LaunchError::Sys {
+                name,
+                op: "launch thread",
+                source: io::Error::other(e),
+            })??;
+            let sh = &self.shared;
+            if sh.cgroups.is_some() && sh.cgroup_pool.lock().len() < sh.config.cgroup_pool / 2 {
+                let sh = sh.clone();
+                tokio::task::spawn_blocking(move || sh.refill_cgroups());
+            }
+            Ok(Box::new(inst) as Box<dyn Instance>)
+        })
+    }
+}
+
+/// One sandbox, addressed by its pidfd.
+struct SandboxInstance {
+    shared: Arc<Shared>,
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    afd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    cgroup: Option<Cgroup>,
+    uid_slot: Option<u32>,
+    memory_mb: u32,
+    pids: u32,
+    exit: Option<ExitStatus>,
+    exceeded: Option<LimitExceeded>,
+}
+
+impl SandboxInstance {
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.pidfd
+            .as_ref()
+            .map(|f| f.as_fd())
+            .or_else(|| self.afd.as_ref().map(|a| a.get_ref().as_fd()))
+    }
+
+    /// After the exit: note the limit that was hit, remove the cgroup, give
+    /// the uid back.
+    fn teardown(&mut self, status: ExitStatus) {
+        self.exit = Some(status);
+        if let Some(cg) = self.cgroup.take() {
+            if cg.oom_kills() > 0 {
+                self.exceeded = Some(LimitExceeded::Memory {
+                    limit_mb: self.memory_mb,
+                });
+            } else if cg.pids_refused() > 0 {
+                self.exceeded = Some(LimitExceeded::Pids { limit: self.pids });
+            }
+            if let Err(e) = cg.remove() {
+                tracing::warn!(error = %e, "removing a sandbox cgroup failed");
+            }
+        }
+        if let Some(slot) = self.uid_slot.take() {
+            self.shared.uids.lock().push(slot);
+        }
+    }
+
+    fn try_reap(&mut self) -> io::Result<Option<ExitStatus>> {
+        if let Some(s) = self.exit {
+            return Ok(Some(s));
+        }
+        let Some(fd) = self.fd() else {
+            return Ok(self.exit);
+        };
+        let st = match ns::pidfd_try_reap(fd)? {
+            ns::Reaped::Running => return Ok(None),
+            ns::Reaped::Exited(c) => ExitStatus::Code(c),
+            ns::Reaped::Signaled(s) => ExitStatus::Signal(s),
+        };
+        self.teardown(st);
+        Ok(Some(st))
+    }
+}
+
+impl Instance for SandboxInstance {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>> {
+        Box::pin(async move {
+            if let Some(fd) = self.pidfd.take() {
+                self.afd = Some(ns::register(fd)?);
+            }
+            loop {
+                if let Some(s) = self.try_reap()? {
+                    return Ok(s);
+                }
+                let Some(afd) = &self.afd else {
+                    return Err(io::Error::other("sandbox has no pidfd"));
+                };
+                let mut g = afd.readable().await?;
+                g.clear_ready();
+            }
+        })
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        match self.fd() {
+            // The instance is pid 1 of its pid namespace: killing it ends
+            // every process inside.
+            Some(fd) => ns::pidfd_kill(fd, libc::SIGKILL),
+            None => Ok(()),
+        }
+    }
+
+    fn exceeded(&self) -> Option<LimitExceeded> {
+        self.exceeded
+    }
+}
+
+impl Drop for SandboxInstance {
+    fn drop(&mut self) {
+        if self.exit.is_some() {
+            return;
+        }
+        let _ = self.kill();
+        // SIGKILL ends it promptly; reap it so nothing is left behind.
+        for _ in 0..5000 {
+            match self.try_reap() {
+                Ok(None) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                _ => break,
+            }
+        }
+    }
+}
