@@ -32,16 +32,15 @@ pub mod protocol;
 mod sandbox;
 mod scheduler;
 mod snapshot;
+pub mod ticket;
 pub mod types;
 
 pub use image::{DirEntry, FileExtent, FileType, ImageError, ImageFs, Ino, Stat};
 pub use node::{InvokeError, NodeGateway};
-pub use sandbox::{
-    ExitStatus, Instance, LaunchError, LimitExceeded, SandboxPolicy, SandboxRuntime, SandboxSpec,
-    Stdio,
-};
-pub use scheduler::{ScheduleError, Scheduler};
+pub use sandbox::{ExitStatus, Instance, LaunchError, SandboxRuntime, SandboxSpec, Stdio};
+pub use scheduler::{Admission, ScheduleError, Scheduler};
 pub use snapshot::{RestoreSpec, SnapshotError, SnapshotInfo, Snapshotter};
+pub use ticket::{Ticket, TicketSender};
 pub use types::{
     Concurrency, FunctionSpec, ImageRef, Invocation, InvocationId, InvocationResult, Limits,
     NodeId, NodeInfo, Outcome, Placement, Reuse, RuntimeKind, SpecError, StartMode, Timings,

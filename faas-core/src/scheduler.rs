@@ -2,7 +2,19 @@
 
 use std::time::Duration;
 
+use crate::ticket::Ticket;
 use crate::types::{FunctionSpec, NodeId, NodeInfo, Outcome, Placement};
+
+/// The answer of [`Scheduler::schedule_queued`]: placed now, or waiting in
+/// the function's queue.
+#[derive(Debug)]
+pub enum Admission {
+    /// Placed now.
+    Placed(Placement),
+    /// At the function's limit, queued: the ticket resolves to a placement
+    /// when a slot frees up, or to an error when the wait is over.
+    Queued(Ticket),
+}
 
 /// Why a request could not be placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +118,24 @@ pub trait Scheduler: Send + Sync {
     /// Gives the slot of a finished request back. Called exactly once per
     /// successful [`Scheduler::schedule`].
     fn release(&self, placement: &Placement, outcome: Outcome);
+
+    /// Like [`Scheduler::schedule`], but at the function's concurrency limit
+    /// the request may wait in a bounded queue instead of being refused.
+    /// The default never queues.
+    ///
+    /// # Errors
+    ///
+    /// As [`Scheduler::schedule`]; [`ScheduleError::OverLimit`] when the
+    /// queue is full too.
+    fn schedule_queued(&self, function: &FunctionSpec) -> Result<Admission, ScheduleError> {
+        self.schedule(function).map(Admission::Placed)
+    }
+
+    /// A node reports that it is alive. Schedulers that track node health
+    /// by heartbeat deadline use it; the default ignores it.
+    fn heartbeat(&self, node: &NodeId) {
+        let _ = node;
+    }
 }
 
 impl<T: Scheduler + ?Sized> Scheduler for std::sync::Arc<T> {
@@ -120,6 +150,12 @@ impl<T: Scheduler + ?Sized> Scheduler for std::sync::Arc<T> {
     }
     fn release(&self, placement: &Placement, outcome: Outcome) {
         (**self).release(placement, outcome)
+    }
+    fn schedule_queued(&self, function: &FunctionSpec) -> Result<Admission, ScheduleError> {
+        (**self).schedule_queued(function)
+    }
+    fn heartbeat(&self, node: &NodeId) {
+        (**self).heartbeat(node)
     }
 }
 
