@@ -752,7 +752,7 @@ impl Builder {
             ..Default::default()
         };
         hdr.header_crc = U32::new(format::header_crc(&hdr));
-        let digest = image_digest(&hdr, &meta[so..], &ext);
+        let digest = format::image_digest(&hdr, &meta[so..], &ext);
         hdr.image_digest = digest;
         meta[..size_of::<ExtHeader>()].copy_from_slice(hdr.as_bytes());
 
@@ -838,21 +838,6 @@ struct Layout {
     ext_start: u64,
     dedup_blocks: u64,
     mtimes: Vec<(i64, u32)>,
-}
-
-/// The image digest: BLAKE3 over the domain string, the faas header (with
-/// `image_digest` zeroed), the metadata bytes `1024..data_start` and the
-/// extension area. File data is covered through the per-file digests in the
-/// extension area.
-pub(crate) fn image_digest(hdr: &ExtHeader, meta: &[u8], ext: &[u8]) -> [u8; 32] {
-    let mut h = *hdr;
-    h.image_digest = [0; 32];
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(format::IMAGE_DIGEST_DOMAIN);
-    hasher.update(h.as_bytes());
-    hasher.update(meta);
-    hasher.update(ext);
-    *hasher.finalize().as_bytes()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1013,11 +998,7 @@ impl std::ops::Deref for Src<'_> {
 }
 
 /// BLAKE3 of a file and, for sparse files, its data extents.
-fn hash_file(
-    tree: &Tree,
-    node: &crate::tree::Node,
-    buf: &mut [u8],
-) -> Result<Hashed, BuildError> {
+fn hash_file(tree: &Tree, node: &crate::tree::Node, buf: &mut [u8]) -> Result<Hashed, BuildError> {
     let Kind::File {
         content,
         size,

@@ -272,9 +272,10 @@ pub fn xattr_split(name: &[u8]) -> Option<(u8, &[u8])> {
                 return Some((idx, &[]));
             }
         } else if let Some(rest) = name.strip_prefix(pfx)
-            && !rest.is_empty() {
-                return Some((idx, rest));
-            }
+            && !rest.is_empty()
+        {
+            return Some((idx, rest));
+        }
     }
     None
 }
@@ -457,6 +458,21 @@ pub fn header_crc(h: &ExtHeader) -> u32 {
     crc32c_raw(!0, c.as_bytes())
 }
 
+/// The image digest: BLAKE3 over the domain string, the faas header (with
+/// `image_digest` zeroed), the metadata bytes `1024..data_start` and the
+/// extension area. File data is covered through the per-file digests in the
+/// extension area.
+pub fn image_digest(hdr: &ExtHeader, meta: &[u8], ext: &[u8]) -> [u8; 32] {
+    let mut h = *hdr;
+    h.image_digest = [0; 32];
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(IMAGE_DIGEST_DOMAIN);
+    hasher.update(h.as_bytes());
+    hasher.update(meta);
+    hasher.update(ext);
+    *hasher.finalize().as_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,7 +519,10 @@ mod tests {
         // independent implementation of the documented algorithm).
         assert_eq!(path_hash(b""), 0xfdbd_f6ab_5f97_6db6);
         assert_eq!(path_hash(b"a"), 0x72e2_4fa3_cc7f_1703);
-        assert_eq!(path_hash(b"usr/lib/python3.11/os.py"), 0x3efa_00b5_4758_9cfa);
+        assert_eq!(
+            path_hash(b"usr/lib/python3.11/os.py"),
+            0x3efa_00b5_4758_9cfa
+        );
         assert_ne!(path_hash(b"a/b"), path_hash(b"a/c"));
         assert_ne!(path_hash(b"abcdefgh"), path_hash(b"abcdefgh\0"));
     }

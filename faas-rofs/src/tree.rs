@@ -117,13 +117,15 @@ impl Tree {
                 }
                 let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
                 let ft = meta.file_type();
-                if !ft.is_dir() && meta.nlink() > 1
-                    && let Some(&n) = links.get(&(meta.dev(), meta.ino())) {
-                        if let Some(c) = self.children(dir) {
-                            c.insert(name.as_bytes().to_vec(), n);
-                        }
-                        continue;
+                if !ft.is_dir()
+                    && meta.nlink() > 1
+                    && let Some(&n) = links.get(&(meta.dev(), meta.ino()))
+                {
+                    if let Some(c) = self.children(dir) {
+                        c.insert(name.as_bytes().to_vec(), n);
                     }
+                    continue;
+                }
                 let kind = if ft.is_dir() {
                     Kind::Dir(BTreeMap::new())
                 } else if ft.is_file() {
@@ -248,13 +250,14 @@ impl Tree {
                     // An existing directory keeps its children.
                     let existing = self.children(parent).and_then(|c| c.get(name).copied());
                     if let Some(ex) = existing
-                        && matches!(self.nodes[ex].kind, Kind::Dir(_)) {
-                            let n = &mut self.nodes[ex];
-                            set_tar_meta(n, &hdr, layer).map_err(|e| terr(&raw_path, e))?;
-                            n.xattrs.clear();
-                            read_pax_xattrs(&mut entry, n).map_err(|e| terr(&raw_path, e))?;
-                            continue;
-                        }
+                        && matches!(self.nodes[ex].kind, Kind::Dir(_))
+                    {
+                        let n = &mut self.nodes[ex];
+                        set_tar_meta(n, &hdr, layer).map_err(|e| terr(&raw_path, e))?;
+                        n.xattrs.clear();
+                        read_pax_xattrs(&mut entry, n).map_err(|e| terr(&raw_path, e))?;
+                        continue;
+                    }
                     Kind::Dir(BTreeMap::new())
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -438,14 +441,15 @@ fn read_pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, node: &mut Node) -> i
                 // Sub-second mtime, "SECS.FRAC".
                 if let Ok(s) = std::str::from_utf8(ext.value_bytes())
                     && let Some((secs, frac)) = s.split_once('.')
-                        && let Ok(secs) = secs.parse::<i64>() {
-                            node.mtime = secs;
-                            let mut f = frac.chars().take(9).collect::<String>();
-                            while f.len() < 9 {
-                                f.push('0');
-                            }
-                            node.mtime_nsec = f.parse().unwrap_or(0);
-                        }
+                    && let Ok(secs) = secs.parse::<i64>()
+                {
+                    node.mtime = secs;
+                    let mut f = frac.chars().take(9).collect::<String>();
+                    while f.len() < 9 {
+                        f.push('0');
+                    }
+                    node.mtime_nsec = f.parse().unwrap_or(0);
+                }
             }
         }
     }

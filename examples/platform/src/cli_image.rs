@@ -74,8 +74,26 @@ enum ImageCmd {
     },
 }
 
-/// Runs `faas image ...`.
+/// Runs `faas image ...`. The error chain becomes one line; a cause whose
+/// text its parent already shows (the library errors name their cause) is
+/// not repeated.
 pub(crate) fn run(args: ImageArgs) -> anyhow::Result<()> {
+    run_inner(args).map_err(|e| {
+        let mut line = String::new();
+        for cause in e.chain() {
+            let text = cause.to_string();
+            if !line.contains(&text) {
+                if !line.is_empty() {
+                    line.push_str(": ");
+                }
+                line.push_str(&text);
+            }
+        }
+        anyhow::anyhow!(line)
+    })
+}
+
+fn run_inner(args: ImageArgs) -> anyhow::Result<()> {
     match args.cmd {
         ImageCmd::Build {
             src,
@@ -202,11 +220,11 @@ fn line(img: &MmapImage, name: &str, s: &Stat) -> String {
         s.size,
         name
     );
-    if s.file_type == FileType::Symlink {
-        if let Ok(t) = img.read_link(s.ino) {
-            l.push_str(" -> ");
-            l.push_str(&String::from_utf8_lossy(&t));
-        }
+    if s.file_type == FileType::Symlink
+        && let Ok(t) = img.read_link(s.ino)
+    {
+        l.push_str(" -> ");
+        l.push_str(&String::from_utf8_lossy(&t));
     }
     l
 }
