@@ -1,7 +1,7 @@
 //! # faas-sched
 //!
 //! Reference implementations of [`faas_core::Scheduler`], keep-alive
-//! policies.
+//! policies, and a replay of real Azure Functions traces.
 //!
 //! - [`LocalScheduler`]: one mutex, first fit, per-function limits; what
 //!   `faas serve` uses on a single machine.
@@ -13,6 +13,8 @@
 //!   queue, and keep-alive policies ([`KeepAlivePolicy`]: fixed windows and
 //!   the hybrid histogram policy of "Serverless in the Wild"). No global
 //!   lock on the decision path.
+//! - [`replay`]: drives a [`PoolScheduler`] through an Azure Functions trace
+//!   (2019 per-minute counts or 2021 per-invocation records) in virtual time.
 //!
 //! ```text
 //! schedule(f) ──▶ f's state (sharded map, one mutex per function)
@@ -37,6 +39,7 @@ mod clock;
 mod local;
 mod policy;
 mod pool;
+pub mod replay;
 
 mod rng;
 

@@ -1373,7 +1373,15 @@ impl Inner {
                 Windows::keep(Duration::ZERO)
             } else {
                 let spec_idle = st.keep_ms.map_or(Duration::ZERO, Duration::from_millis);
-                self.windows(st, spec_idle)
+                let w = self.windows(st, spec_idle);
+                if st.in_flight > 0 {
+                    // Other requests of the function still run: it is not
+                    // idle, so no pre-warm gap; keep this instance until the
+                    // end of the window.
+                    Windows::keep(w.prewarm + w.keep_alive)
+                } else {
+                    w
+                }
             };
             if w.prewarm.is_zero() && !w.keep_alive.is_zero() {
                 let exp = now.saturating_add(ns(w.keep_alive));

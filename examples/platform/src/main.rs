@@ -2,6 +2,7 @@
 
 mod cli_image;
 mod cli_sandbox;
+mod cli_sched;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ enum Command {
     Image(cli_image::ImageArgs),
     /// Run a command in a sandbox.
     Sandbox(cli_sandbox::SandboxArgs),
+    /// Scheduler tools: replay a real trace through the pool scheduler.
+    Sched(cli_sched::SchedArgs),
     /// Write the bundled example functions (hello, cpu) to a directory.
     ExampleFunctions {
         /// Directory to create them in (one subdirectory per function).
@@ -245,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo(a).await,
         Command::Bench(a) => bench(a).await,
         Command::Image(a) => cli_image::run(a),
+        Command::Sched(a) => cli_sched::run(a),
         Command::Sandbox(a) => {
             let code = cli_sandbox::run(a).await?;
             std::process::exit(code);
