@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
 use faas_core::{FunctionSpec, ImageRef, NodeId, Outcome, Reuse, RuntimeKind, Scheduler};
 use faas_sched::replay::{ReplayConfig, Trace, replay};
 use faas_sched::{KeepAlivePolicy, NodeCapacity, PoolConfig, PoolScheduler};
@@ -162,5 +162,11 @@ fn replay_100(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decide_release, replay_100);
+/// The criterion entry point: every case of this file.
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    decide_release(&mut c);
+    replay_100(&mut c);
+}
+
 criterion_main!(benches);

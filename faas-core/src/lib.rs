@@ -37,7 +37,10 @@ pub mod types;
 
 pub use image::{DirEntry, FileExtent, FileType, ImageError, ImageFs, Ino, Stat};
 pub use node::{InvokeError, NodeGateway};
-pub use sandbox::{ExitStatus, Instance, LaunchError, SandboxRuntime, SandboxSpec, Stdio};
+pub use sandbox::{
+    ExitStatus, Instance, LaunchError, LimitExceeded, SandboxPolicy, SandboxRuntime, SandboxSpec,
+    Stdio,
+};
 pub use scheduler::{Admission, ScheduleError, Scheduler};
 pub use snapshot::{RestoreSpec, SnapshotError, SnapshotInfo, Snapshotter};
 pub use ticket::{Ticket, TicketSender};

@@ -2,7 +2,7 @@
 //!
 //! Sandboxes' cgroups are created beneath the cgroup this process runs in
 //! (per controller, as `/proc/self/cgroup` names it), in a directory
-//! `faas-<pid>` of our own, so they stay inside whatever limits the host set
+//! `faas-<pid>-<n>` of our own, so they stay inside whatever limits the host set
 //! for the platform; nothing is created or changed anywhere else.
 //!
 //! ```text
@@ -156,7 +156,9 @@ impl Cgroups {
     pub fn new() -> Result<Self, CgroupError> {
         let mounts = mounts()?;
         let own = own_cgroups()?;
-        let tag = format!("faas-{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("faas-{}-{n}", std::process::id());
         let v1_memory = own.iter().any(|(c, _)| c.iter().any(|c| c == "memory"));
         if v1_memory {
             let mut bases = Vec::new();
@@ -175,7 +177,9 @@ impl Cgroups {
                         controller: ctrl,
                         why: "its v1 hierarchy is not mounted".into(),
                     })?;
-                let base = dir_on(m, path)?.join(&tag);
+                let own_dir = dir_on(m, path)?;
+                clean_stale(&own_dir);
+                let base = own_dir.join(&tag);
                 std::fs::create_dir_all(&base).map_err(io_at(&base))?;
                 bases.push(base);
             }
@@ -192,6 +196,7 @@ impl Cgroups {
             .find(|m| m.fstype == "cgroup2")
             .ok_or_else(|| CgroupError::Discover("cgroup2 is not mounted".into()))?;
         let own_dir = dir_on(m, path)?;
+        clean_stale(&own_dir);
         let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(io_at(&p));
         let available = read(own_dir.join("cgroup.controllers"))?;
         for ctrl in CONTROLLERS {
@@ -213,7 +218,7 @@ impl Cgroups {
         if !missing.is_empty() {
             // Leave our own cgroup for a leaf of it, then enable the
             // controllers for its children.
-            let sup = own_dir.join(format!("{tag}-supervisor"));
+            let sup = own_dir.join(format!("faas-{}-supervisor", std::process::id()));
             std::fs::create_dir_all(&sup).map_err(io_at(&sup))?;
             let procs = sup.join("cgroup.procs");
             std::fs::write(&procs, std::process::id().to_string()).map_err(io_at(&procs))?;
@@ -272,6 +277,36 @@ impl Drop for Cgroups {
             // Only empty directories go; sandboxes still alive keep theirs.
             let _ = std::fs::remove_dir(b);
         }
+    }
+}
+
+/// Removes the (empty) sandbox cgroups that runtimes of processes that
+/// died without cleaning up left beneath `own`: only `faas-<pid>-*`
+/// directories of dead pids, which a faas runtime created.
+fn clean_stale(own: &Path) {
+    let Ok(rd) = std::fs::read_dir(own) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("faas-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if name.ends_with("-supervisor") || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(children) = std::fs::read_dir(e.path()) {
+            for c in children.flatten() {
+                if c.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(e.path());
     }
 }
 

@@ -46,7 +46,11 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
-            work_dir: PathBuf::from(format!("/run/faas/sandbox-{}", std::process::id())),
+            work_dir: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                PathBuf::from(format!("/run/faas/sandbox-{}-{n}", std::process::id()))
+            },
             uid_base: 1_000_000_000,
             uid_count: 65_536,
             netns_pool: 8,
@@ -190,6 +194,9 @@ impl PooledSandboxRuntime {
             return Err(SandboxInitError::NotRoot);
         }
         let io_err = |what: String| move |source| SandboxInitError::Io { what, source };
+        if let Some(parent) = config.work_dir.parent() {
+            clean_stale_work_dirs(parent);
+        }
         let base = config.work_dir.join("root");
         std::fs::create_dir_all(&base).map_err(io_err(format!("creating {}", base.display())))?;
         let host_netns = ns::open_ns(c"/proc/self/ns/net")
@@ -240,6 +247,52 @@ impl Drop for PooledSandboxRuntime {
         let _ = std::fs::remove_dir(&self.shared.base);
         let _ = std::fs::remove_dir(self.shared.config.work_dir.join("roots"));
         let _ = std::fs::remove_dir(&self.shared.config.work_dir);
+    }
+}
+
+/// Whether `pid` names a live process.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pid in a name `PREFIX<pid>-...` or `PREFIX<pid>`.
+pub(crate) fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
+}
+
+/// Removes what runtimes of processes that died without cleaning up (killed
+/// by SIGKILL) left in `parent`: their root mounts and work directories.
+fn clean_stale_work_dirs(parent: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = owner_pid(&name.to_string_lossy(), "sandbox-") else {
+            continue;
+        };
+        if alive(pid) {
+            continue;
+        }
+        let dir = e.path();
+        if let Ok(roots) = std::fs::read_dir(dir.join("roots")) {
+            for r in roots.flatten() {
+                if let Ok(c) = spawn::cstring("mount point", r.path().as_os_str().as_bytes()) {
+                    let _ = ns::umount_detach(&c);
+                }
+                let _ = std::fs::remove_dir(r.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir.join("roots"));
+        let _ = std::fs::remove_dir(dir.join("root"));
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed a dead runtime's work directory")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a dead runtime's work directory")
+            }
+        }
     }
 }
 

@@ -253,19 +253,13 @@ fn read_or_err(path: &str) -> String {
 }
 
 fn open_fds() -> String {
-    let mut fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => dir
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect(),
-        Err(_) => (0..1024)
-            // SAFETY: F_GETFD only reads the descriptor table.
-            .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
-            .collect(),
-    };
-    fds.sort_unstable();
-    // read_dir's own descriptor is listed too when it was open.
-    let list: Vec<String> = fds.iter().map(i32::to_string).collect();
-    list.join(",")
+    // fcntl on every number: opening /proc/self/fd would list its own fd.
+    let fds: Vec<String> = (0..4096)
+        // SAFETY: F_GETFD only reads the descriptor table.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+        .map(|fd: i32| fd.to_string())
+        .collect();
+    fds.join(",")
 }
 
 fn status(out: &mut impl Write) -> std::io::Result<()> {
@@ -315,12 +309,13 @@ fn status(out: &mut impl Write) -> std::io::Result<()> {
         Err(e) => writeln!(out, "cwd ERR:{e}")?,
     }
     let probe_file = c"/.faas-sandbox-probe";
-    // SAFETY: a valid NUL-terminated path; O_EXCL never truncates an
-    // existing file.
+    // SAFETY: a valid NUL-terminated path; without O_TRUNC an existing file
+    // is not changed. (No O_EXCL: on a read-only root, EEXIST would hide
+    // EROFS.)
     let fd = unsafe {
         libc::open(
             probe_file.as_ptr(),
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
             0o600,
         )
     };

@@ -366,9 +366,21 @@ unsafe fn child_main(plan: &ChildPlan, p: &Ptrs, sync_r: RawFd, err_w: RawFd) ->
         }
         libc::close(sync_r);
         // 2. Become uid/gid 0 of the new user namespace: the host range.
-        check!(libc::setgroups(0, std::ptr::null()), Stage::SetIds);
-        check!(libc::setresgid(0, 0, 0), Stage::SetIds);
-        check!(libc::setresuid(0, 0, 0), Stage::SetIds);
+        //    Raw system calls: glibc's wrappers would try to change the
+        //    credentials of every thread of the parent it still believes
+        //    exist, and wait for them forever.
+        check!(
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) as libc::c_int,
+            Stage::SetIds
+        );
+        check!(
+            libc::syscall(libc::SYS_setresgid, 0, 0, 0) as libc::c_int,
+            Stage::SetIds
+        );
+        check!(
+            libc::syscall(libc::SYS_setresuid, 0, 0, 0) as libc::c_int,
+            Stage::SetIds
+        );
         // 3. The new root.
         let none: *const libc::c_char = std::ptr::null();
         check!(

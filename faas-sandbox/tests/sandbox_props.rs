@@ -1,0 +1,322 @@
+//! Every isolation property of `PooledSandboxRuntime`, checked from inside
+//! a sandbox (the host's `/` as a read-only root, the probe binary or the
+//! host's shell as the program). Needs root, as CI runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use faas_core::protocol::channel_pair;
+use faas_core::{
+    ExitStatus, ImageRef, LimitExceeded, Limits, SandboxPolicy, SandboxRuntime, SandboxSpec,
+    StartMode, Stdio,
+};
+use faas_sandbox::{PooledSandboxRuntime, SandboxConfig};
+
+/// The probe, copied onto the root file system: the sandbox's `/tmp` is
+/// its own tmpfs, so a build directory under the host's /tmp is not visible
+/// inside.
+fn probe() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dst = format!("/var/tmp/faas-sandbox-probe-{}", std::process::id());
+        // Copied by another process: a write fd of ours would be inherited
+        // by sandboxes cloned meanwhile and make the exec fail (ETXTBSY).
+        let ok = std::process::Command::new("cp")
+            .arg(env!("CARGO_BIN_EXE_faas-sandbox-probe"))
+            .arg(&dst)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        dst
+    })
+    .clone()
+}
+
+fn runtime() -> PooledSandboxRuntime {
+    assert_eq!(
+        rustix_euid(),
+        0,
+        "these tests need root (user namespaces with a uid range, mounts, cgroups); CI runs as root"
+    );
+    PooledSandboxRuntime::new(SandboxConfig {
+        netns_pool: 2,
+        cgroup_pool: 2,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox runtime")
+}
+
+fn rustix_euid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1).map(|x| x.parse().unwrap()))
+        .unwrap()
+}
+
+struct Run {
+    status: ExitStatus,
+    out: String,
+    exceeded: Option<LimitExceeded>,
+}
+
+fn spec(
+    program: &str,
+    args: &[&str],
+    proc_: bool,
+    seccomp: &str,
+    limits: Limits,
+) -> (SandboxSpec, std::io::PipeReader, OwnedFd) {
+    let (ours, theirs) = channel_pair().unwrap();
+    let (r, w) = std::io::pipe().unwrap();
+    (
+        SandboxSpec {
+            name: "test".into(),
+            root: ImageRef::Dir("/".into()),
+            program: PathBuf::from(program),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            limits,
+            start: StartMode::Cold,
+            policy: SandboxPolicy {
+                seccomp: Some(seccomp.into()),
+                proc: proc_,
+            },
+            channel: theirs,
+            stdin: Stdio::Null,
+            stdout: Stdio::Fd(OwnedFd::from(w)),
+            stderr: Stdio::Inherit,
+        },
+        r,
+        ours,
+    )
+}
+
+async fn run(
+    rt: &PooledSandboxRuntime,
+    program: &str,
+    args: &[&str],
+    proc_: bool,
+    seccomp: &str,
+    limits: Limits,
+) -> Run {
+    let (s, mut r, _ours) = spec(program, args, proc_, seccomp, limits);
+    let mut inst = rt.launch(s).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), inst.wait())
+        .await
+        .expect("sandbox did not finish")
+        .unwrap();
+    let mut out = String::new();
+    r.read_to_string(&mut out).unwrap();
+    Run {
+        status,
+        out,
+        exceeded: inst.exceeded(),
+    }
+}
+
+fn kv(out: &str) -> HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_caps_seccomp_fds_and_root_from_inside() {
+    let rt = runtime();
+    let r = run(
+        &rt,
+        &probe(),
+        &["status"],
+        true,
+        "python",
+        Limits::default(),
+    )
+    .await;
+    assert_eq!(r.status, ExitStatus::Code(0), "{}", r.out);
+    let m = kv(&r.out);
+    // uid 0 inside is an unprivileged host uid of the sandbox range.
+    let map: Vec<u64> = m["uid_map"]
+        .split(' ')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(map[0], 0);
+    assert!(
+        map[1] >= 1_000_000_000,
+        "host uid {} is not in the sandbox range",
+        map[1]
+    );
+    assert_eq!(map[2], 1);
+    assert_eq!(m["pid"], "1");
+    assert_eq!(m["hostname"], "faas");
+    for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"] {
+        assert_eq!(m[cap], "0000000000000000", "{cap}");
+    }
+    assert_eq!(m["NoNewPrivs"], "1");
+    assert_eq!(m["Seccomp"], "2");
+    assert_eq!(m["fds"], "0,1,2,3", "only fds 0-3 may be open");
+    assert_eq!(m["cwd"], "/");
+    assert_eq!(m["write_root"], "EROFS");
+    assert_eq!(m["sethostname"], "EPERM");
+    assert_eq!(m["mount"], "EPERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_syscalls_are_denied_inside() {
+    let rt = runtime();
+    let r = run(
+        &rt,
+        &probe(),
+        &["syscalls"],
+        false,
+        "native",
+        Limits::default(),
+    )
+    .await;
+    let m = kv(&r.out);
+    for name in faas_sandbox::seccomp::DENIED_SYSCALLS {
+        assert_eq!(
+            m.get(*name).map(String::as_str),
+            Some("EPERM"),
+            "{name} in:\n{}",
+            r.out
+        );
+    }
+    assert_eq!(m["clone3"], "ENOSYS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_net_ipc_namespaces_hide_the_host() {
+    let rt = runtime();
+    let host_pid = std::process::id().to_string();
+    let script = format!(
+        "kill -0 {host_pid} 2>/dev/null && echo kill=ok || echo kill=fail; \
+         cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | tr '\\n' ,; echo; \
+         cat /proc/sysvipc/shm | wc -l; ls /proc | grep -c '^[0-9]'"
+    );
+    // A host SysV segment the sandbox must not see.
+    let shm = std::process::Command::new("ipcmk")
+        .args(["-M", "4096"])
+        .output();
+    let r = run(
+        &rt,
+        "/bin/sh",
+        &["-c", &script],
+        true,
+        "python",
+        Limits::default(),
+    )
+    .await;
+    let lines: Vec<&str> = r.out.lines().collect();
+    assert_eq!(lines[0], "kill=fail", "a host pid is visible: {}", r.out);
+    assert_eq!(lines[1], "lo,", "interfaces: {}", r.out);
+    assert_eq!(lines[2], "1", "host SysV IPC is visible: {}", r.out);
+    assert!(
+        lines[3].parse::<u32>().unwrap() <= 6,
+        "too many pids visible: {}",
+        r.out
+    );
+    if let Ok(o) = shm {
+        let id = String::from_utf8_lossy(&o.stdout);
+        if let Some(id) = id.split_whitespace().last() {
+            let _ = std::process::Command::new("ipcrm")
+                .args(["-m", id])
+                .output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_is_oom_killed_and_reported() {
+    let rt = runtime();
+    let limits = Limits {
+        memory_mb: 32,
+        ..Limits::default()
+    };
+    let r = run(
+        &rt,
+        "/usr/bin/python3",
+        &["-c", "b = [bytearray(1 << 20) for _ in range(256)]"],
+        false,
+        "python",
+        limits,
+    )
+    .await;
+    assert_eq!(r.status, ExitStatus::Signal(9));
+    assert_eq!(r.exceeded, Some(LimitExceeded::Memory { limit_mb: 32 }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_stops_at_the_pids_limit() {
+    let rt = runtime();
+    let limits = Limits {
+        pids: 8,
+        ..Limits::default()
+    };
+    let r = run(
+        &rt,
+        "/bin/sh",
+        &["-c", "n=0; for i in $(seq 30); do sleep 2 & n=$((n+1)); done 2>/dev/null; echo started; exit 0"],
+        false,
+        "python",
+        limits,
+    )
+    .await;
+    assert_eq!(
+        r.exceeded,
+        Some(LimitExceeded::Pids { limit: 8 }),
+        "{}",
+        r.out
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_ends_every_process_inside() {
+    let rt = runtime();
+    let (s, _r, _ours) = spec(
+        "/bin/sh",
+        &["-c", "sleep 60 & sleep 60 & sleep 60"],
+        false,
+        "python",
+        Limits::default(),
+    );
+    let mut inst = rt.launch(s).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = inst.pid();
+    let children = descendants(pid);
+    assert!(
+        children.len() >= 2,
+        "the sleeps did not start ({children:?})"
+    );
+    inst.kill().unwrap();
+    assert_eq!(inst.wait().await.unwrap(), ExitStatus::Signal(9));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let alive: Vec<_> = children
+        .iter()
+        .filter(|c| std::path::Path::new(&format!("/proc/{c}")).exists())
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "processes of the sandbox survived its kill: {alive:?}"
+    );
+}
+
+/// Pids of the processes whose parent is `pid`.
+fn descendants(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let st = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (_, rest) = st.rsplit_once(") ")?;
+            (rest.split(' ').nth(1)? == pid.to_string())
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
