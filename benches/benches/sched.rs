@@ -140,6 +140,7 @@ fn replay_100(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(10));
     for (name, policy) in [
         ("fixed10m", KeepAlivePolicy::fixed_10_min()),
+        ("fixed20m", KeepAlivePolicy::fixed_20_min()),
         ("hybrid", KeepAlivePolicy::hybrid()),
     ] {
         let mut cfg = ReplayConfig::new(100, 64 * 1024);

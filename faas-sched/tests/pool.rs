@@ -349,6 +349,52 @@ fn hybrid_policy_prewarms_a_periodic_function_in_virtual_time() {
 }
 
 #[test]
+fn one_instance_per_function_measures_idle_time_only_when_nothing_runs() {
+    // The replay's per-function model: one instance serves every concurrent
+    // invocation. Every 30 minutes two invocations overlap: A at +0 s
+    // (ends +20 s) and B at +10 s (ends +40 s). A's end starts no window
+    // (B still runs); the function is idle from +40 s to the next period:
+    // 30 min - 40 s = 1760 s, bin 29 (1740..1800 s). After 5 such idle
+    // times (observed at the arrivals of periods 1..=5) the histogram has
+    // head = tail = bin 29: at the end of period 5 the instance is unloaded,
+    // pre-warmed 29 min * 0.9 = 1566 s later and kept to 30 min * 1.1 =
+    // 1980 s; the next arrival, 1760 s after the end, finds it loaded.
+    let cfg = PoolConfig::default().with_keep_alive(KeepAlivePolicy::hybrid());
+    let (s, clock) = sched(cfg, &[("a", 8)]);
+    let mut f = func("f", 1, keep(1));
+    f.concurrency.per_instance = 100;
+    let mut colds = Vec::new();
+    for k in 0..10u64 {
+        let start = k * 30 * MIN;
+        clock.set(start);
+        s.tick();
+        let a = s.place(&f).unwrap();
+        clock.set(start + 10 * SEC);
+        let b = s.place(&f).unwrap();
+        assert_eq!(a.placement, b.placement, "one instance");
+        colds.extend([a.cold, b.cold]);
+        clock.set(start + 20 * SEC);
+        s.release(&a.placement, Outcome::Ok);
+        clock.set(start + 40 * SEC);
+        s.release(&b.placement, Outcome::Ok);
+        s.tick();
+    }
+    // Only the very first invocation is cold (periods 1..=5 ride the 4 h
+    // fallback, periods 6..=9 the pre-warmed instance).
+    let mut expect_colds = vec![false; 20];
+    expect_colds[0] = true;
+    assert_eq!(colds, expect_colds);
+    let st = s.stats();
+    assert_eq!(st.cold_starts, 1);
+    assert_eq!(st.prewarmed, 4); // after periods 5..=8
+    // Wasted (100 MiB): periods 0..=4 idle 1760 s each (kept by the
+    // fallback); periods 5..=8 loaded 1566 s after the end, idle until the
+    // next arrival: 1760 - 1566 = 194 s each; none after period 9.
+    let expect = 100u128 * u128::from((5 * 1760 + 4 * 194) * SEC);
+    assert_eq!(st.wasted_mb_ns, expect);
+}
+
+#[test]
 fn a_double_release_is_ignored() {
     let (s, _) = sched(PoolConfig::default(), &[("a", 2)]);
     let f = func("f", 10, Reuse::PerRequest);

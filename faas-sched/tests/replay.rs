@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use faas_sched::KeepAlivePolicy;
-use faas_sched::replay::{LoadTraceError, ReplayConfig, Trace, TraceFormat, replay};
+use faas_sched::replay::{InstanceModel, LoadTraceError, ReplayConfig, Trace, TraceFormat, replay};
 
 const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/traces");
 
@@ -72,9 +72,42 @@ fn the_example_trio_replays_with_checked_totals() {
 }
 
 #[test]
+fn one_instance_per_function_starts_cold_less_than_one_per_invocation() {
+    let trace = Trace::load(&traces().join("azure2019/example")).unwrap();
+    assert_eq!(
+        InstanceModel::parse("function"),
+        Some(InstanceModel::PerFunction)
+    );
+    assert_eq!(
+        InstanceModel::parse("invocation"),
+        Some(InstanceModel::PerInvocation)
+    );
+    assert_eq!(InstanceModel::parse("app"), None);
+    for policy in [KeepAlivePolicy::fixed_10_min(), KeepAlivePolicy::hybrid()] {
+        let mut cfg = ReplayConfig::new(4, 32 * 1024);
+        cfg.policy = policy.clone();
+        assert_eq!(cfg.instances, InstanceModel::PerFunction);
+        let per_fn = replay(&trace, &cfg, |_| {}).unwrap();
+        cfg.instances = InstanceModel::PerInvocation;
+        let per_inv = replay(&trace, &cfg, |_| {}).unwrap();
+        assert_eq!(per_fn.placed + per_fn.rejected, per_fn.invocations);
+        assert_eq!(per_fn.rejected, 0, "{policy:?}");
+        // Every function starts cold at least once; concurrent invocations
+        // share the loaded instance, so never more cold starts than with an
+        // instance per concurrent invocation.
+        assert!(per_fn.cold_starts >= 4, "{per_fn:?}");
+        assert!(
+            per_fn.cold_starts <= per_inv.cold_starts,
+            "{policy:?}: {per_fn:?} vs {per_inv:?}"
+        );
+    }
+}
+
+#[test]
 fn a_small_cluster_rejects_and_still_accounts_for_every_invocation() {
     let trace = Trace::load(&traces().join("azure2019/example")).unwrap();
     let mut cfg = ReplayConfig::new(1, 200);
+    cfg.instances = InstanceModel::PerInvocation;
     cfg.max_instances = 2;
     let r = replay(&trace, &cfg, |_| {}).unwrap();
     assert!(r.rejected > 0, "{r:?}");

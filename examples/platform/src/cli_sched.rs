@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use faas_sched::KeepAlivePolicy;
-use faas_sched::replay::{Progress, ReplayConfig, ReplayReport, Trace, replay};
+use faas_sched::replay::{InstanceModel, Progress, ReplayConfig, ReplayReport, Trace, replay};
 
 /// `faas sched ...`
 #[derive(Args)]
@@ -43,12 +43,21 @@ struct ReplayArgs {
     /// Seed of every random draw; the same seed gives the same counts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Concurrent instances allowed per function.
+    /// Instances per function: `function` (one instance serves all of a
+    /// function's invocations, the model of "Serverless in the Wild") or
+    /// `invocation` (one instance per concurrent invocation).
+    #[arg(long, default_value = "function", value_parser = parse_instances)]
+    instances: InstanceModel,
+    /// Concurrent instances allowed per function (`--instances invocation`).
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_instances(s: &str) -> Result<InstanceModel, String> {
+    InstanceModel::parse(s).ok_or_else(|| format!("{s:?} is not one of function, invocation"))
 }
 
 fn parse_policy(s: &str) -> Result<KeepAlivePolicy, String> {
@@ -67,6 +76,7 @@ fn run_replay(a: ReplayArgs) -> anyhow::Result<()> {
     let mut cfg = ReplayConfig::new(a.nodes, a.node_memory);
     cfg.policy = a.policy.clone();
     cfg.seed = a.seed;
+    cfg.instances = a.instances;
     cfg.max_instances = a.max_instances;
     let tty = std::io::stderr().is_terminal();
     let mut last = 0u64;
@@ -122,13 +132,17 @@ fn fmt_secs(s: u64) -> String {
 
 fn print_text(a: &ReplayArgs, r: &ReplayReport) {
     println!(
-        "trace {} ({} functions, {:.0} virtual minutes), {} nodes x {} MiB, policy {}, seed {}",
+        "trace {} ({} functions, {:.0} virtual minutes), {} nodes x {} MiB, policy {}, instances per {}, seed {}",
         a.trace.display(),
         r.functions,
         r.virtual_secs / 60.0,
         a.nodes,
         a.node_memory,
         policy_name(&a.policy),
+        match a.instances {
+            InstanceModel::PerFunction => "function",
+            InstanceModel::PerInvocation => "invocation",
+        },
         a.seed
     );
     println!("invocations       {}", r.invocations);

@@ -13,6 +13,12 @@
 //!                 real decision latency p50/p99/p99.9
 //! ```
 //!
+//! By default a function's invocations share one instance
+//! ([`InstanceModel::PerFunction`], the model of "Serverless in the Wild"):
+//! it is idle only while none of them runs, and a keep-alive policy's windows
+//! start when it becomes idle. Cold starts and idle memory-time (memory of
+//! loaded idle instances × time) are counted the same way for every policy.
+//!
 //! The same trace, configuration and seed give the same counts.
 
 mod trace;
@@ -50,7 +56,10 @@ pub struct ReplayConfig {
     /// Seed of every random draw (arrival times, durations, memory, node
     /// choice).
     pub seed: u64,
-    /// Concurrent instances allowed per function.
+    /// How many instances a function's invocations run on.
+    pub instances: InstanceModel,
+    /// Concurrent instances allowed per function (with
+    /// [`InstanceModel::PerInvocation`]).
     pub max_instances: u32,
     /// Memory of an instance when the trace gives none (2021 trace), MiB.
     pub default_memory_mb: u32,
@@ -74,11 +83,46 @@ impl ReplayConfig {
                 .clamp(1, MAX_NODE_SLOTS),
             policy: KeepAlivePolicy::fixed_10_min(),
             seed: 0,
+            instances: InstanceModel::PerFunction,
             max_instances: 1000,
             default_memory_mb: 128,
             default_duration_ms: 1000,
             queue: (64, Duration::from_secs(1)),
             tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How the replay maps a function's invocations onto instances.
+///
+/// The keep-alive policies are compared in the model of "Serverless in the
+/// Wild" (ATC'20, §4): an application is one image that is either loaded in
+/// memory or not; every invocation that arrives while it is loaded is warm,
+/// whatever else of the application runs at that moment; it is idle when no
+/// invocation runs, and only then does the policy's pre-warm or keep-alive
+/// window start. [`InstanceModel::PerFunction`] is that model. The trace
+/// does not say how invocations of one function share an instance, so
+/// [`InstanceModel::PerInvocation`] (one instance per concurrent
+/// invocation, each with its own window) is kept as a stress model of the
+/// scheduler: there most cold starts are scale-ups of busy functions, which
+/// no keep-alive policy of the paper addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceModel {
+    /// One instance per function that serves all of its concurrent
+    /// invocations (the paper's model; the default).
+    PerFunction,
+    /// One instance per concurrent invocation, up to
+    /// [`ReplayConfig::max_instances`].
+    PerInvocation,
+}
+
+impl InstanceModel {
+    /// Parses `function` or `invocation`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "function" => Some(InstanceModel::PerFunction),
+            "invocation" => Some(InstanceModel::PerInvocation),
+            _ => None,
         }
     }
 }
@@ -283,8 +327,16 @@ pub fn replay(
                 "handler",
             );
             f.reuse = Reuse::KeepAlive { idle_ms: 600_000 };
-            f.concurrency.max_instances = cfg.max_instances.max(1);
-            f.concurrency.per_instance = 1;
+            match cfg.instances {
+                InstanceModel::PerFunction => {
+                    f.concurrency.max_instances = 1;
+                    f.concurrency.per_instance = u32::MAX;
+                }
+                InstanceModel::PerInvocation => {
+                    f.concurrency.max_instances = cfg.max_instances.max(1);
+                    f.concurrency.per_instance = 1;
+                }
+            }
             f.limits.cpu_millis = 1000;
             f
         })
