@@ -128,6 +128,79 @@ pub fn diff_r(a: &Path, b: &Path, exclude: &[&str]) {
     );
 }
 
+/// Reads `buf.len()` bytes at an offset, returns how many it read.
+pub type ThirdReader<'a> = dyn FnMut(u64, &mut [u8]) -> usize + 'a;
+
+/// Compares two files byte for byte, like `cmp`, and with them a third
+/// reader when given (the loader's `read_at`), in 8 MiB windows. After each
+/// window the page cache of both files up to its end is dropped
+/// (`posix_fadvise(DONTNEED)`), so even a 5 GiB sparse file streams through
+/// a few MiB of recycled pages. `diff -r` on the same file fills 2 x 5 GiB of
+/// page cache instead; on the CI VM that took 2-22 s depending on how much
+/// guest memory had been touched before (first touch of a guest page is the
+/// cost; the erofs hole lookups are not, see BENCHMARKS.md). Returns the
+/// number of bytes compared.
+pub fn cmp_streaming(a: &Path, b: &Path, mut third: Option<&mut ThirdReader<'_>>) -> u64 {
+    use rustix::fs::{Advice, fadvise};
+    use std::os::unix::fs::FileExt;
+    const WINDOW: usize = 8 << 20;
+    let fa = fs::File::open(a).expect("open a");
+    let fb = fs::File::open(b).expect("open b");
+    let len = fa.metadata().expect("stat a").len();
+    assert_eq!(
+        len,
+        fb.metadata().expect("stat b").len(),
+        "cmp {} {}: sizes differ",
+        a.display(),
+        b.display()
+    );
+    let (mut ba, mut bb, mut bc) = (vec![0u8; WINDOW], vec![0u8; WINDOW], vec![0u8; WINDOW]);
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(WINDOW as u64) as usize;
+        fa.read_exact_at(&mut ba[..n], off).expect("read a");
+        fb.read_exact_at(&mut bb[..n], off).expect("read b");
+        // Slice equality is a memcmp, fast in debug builds too.
+        if ba[..n] != bb[..n] {
+            let i = (0..n).find(|&i| ba[i] != bb[i]).unwrap_or(0);
+            panic!(
+                "cmp {} {}: differ at byte {}",
+                a.display(),
+                b.display(),
+                off + i as u64 + 1
+            );
+        }
+        if let Some(read) = third.as_mut() {
+            assert_eq!(
+                read(off, &mut bc[..n]),
+                n,
+                "third reader: short read at {off}"
+            );
+            if ba[..n] != bc[..n] {
+                let i = (0..n).find(|&i| ba[i] != bc[i]).unwrap_or(0);
+                panic!(
+                    "cmp {} and the third reader: differ at byte {}",
+                    a.display(),
+                    off + i as u64 + 1
+                );
+            }
+        }
+        off += n as u64;
+        // From 0, so pages a readahead left behind an earlier window go too.
+        let upto = std::num::NonZeroU64::new(off);
+        fadvise(&fa, 0, upto, Advice::DontNeed).expect("fadvise a");
+        fadvise(&fb, 0, upto, Advice::DontNeed).expect("fadvise b");
+    }
+    let mut one = [0u8; 1];
+    assert_eq!(fa.read_at(&mut one, len).expect("read a"), 0, "a grew");
+    assert_eq!(
+        fb.read_at(&mut one, len).expect("read b"),
+        0,
+        "b is longer than its size"
+    );
+    len
+}
+
 /// Every path under `root` (relative, sorted), root excluded.
 pub fn walk(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
