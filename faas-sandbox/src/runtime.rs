@@ -2,6 +2,7 @@
 //! instances, with the expensive resources made ahead of time.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -41,6 +42,9 @@ pub struct SandboxConfig {
     pub nofile: u64,
     /// Enforce memory, pids and CPU limits with cgroups.
     pub cgroups: bool,
+    /// Sandboxes kept parked (set up up to their exec) per kind of sandbox
+    /// (root, limits, seccomp profile, /proc) once that kind was launched.
+    pub parked: usize,
 }
 
 impl Default for SandboxConfig {
@@ -58,6 +62,7 @@ impl Default for SandboxConfig {
             tmp_mb: 64,
             nofile: 1024,
             cgroups: true,
+            parked: 2,
         }
     }
 }
@@ -156,6 +161,7 @@ struct Shared {
     uids: Mutex<Vec<u32>>,
     images: Mutex<HashMap<PathBuf, PathBuf>>,
     filters: Mutex<HashMap<String, Arc<SeccompFilters>>>,
+    parked: Mutex<HashMap<ParkKey, Vec<Parked>>>,
     cap_last: u32,
     next: AtomicU64,
 }
@@ -218,6 +224,7 @@ impl PooledSandboxRuntime {
                 uids: Mutex::new(uids),
                 images: Mutex::new(HashMap::new()),
                 filters: Mutex::new(HashMap::new()),
+                parked: Mutex::new(HashMap::new()),
                 cap_last: spawn::cap_last_cap(),
                 next: AtomicU64::new(0),
                 config,
@@ -235,6 +242,16 @@ impl PooledSandboxRuntime {
 
 impl Drop for PooledSandboxRuntime {
     fn drop(&mut self) {
+        let parked: Vec<Parked> = self
+            .shared
+            .parked
+            .lock()
+            .drain()
+            .flat_map(|(_, v)| v)
+            .collect();
+        for p in parked {
+            p.discard(&self.shared);
+        }
         for c in self.shared.cgroup_pool.lock().drain(..) {
             let _ = c.remove();
         }
@@ -305,6 +322,57 @@ fn sys_err<'a>(name: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> Lau
 }
 
 impl Shared {
+    fn take_parked(&self, key: &ParkKey) -> Option<Parked> {
+        self.parked.lock().get_mut(key)?.pop()
+    }
+
+    /// Tops the parked sandboxes of `key` up to the configured number.
+    fn park_more(&self, key: &ParkKey, root: &Path) {
+        loop {
+            let have = self.parked.lock().get(key).map_or(0, Vec::len);
+            if have >= self.config.parked {
+                return;
+            }
+            let (ours, theirs) = match rustix::net::socketpair(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::SEQPACKET,
+                rustix::net::SocketFlags::CLOEXEC,
+                None,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "parking a sandbox: socketpair failed");
+                    return;
+                }
+            };
+            let st = match start(
+                self,
+                "parked",
+                key,
+                root,
+                Mode::Park {
+                    ctl: ns::raw(theirs.as_fd()),
+                },
+            ) {
+                Ok(st) => st,
+                Err(e) => {
+                    tracing::warn!(error = %e, "parking a sandbox failed");
+                    return;
+                }
+            };
+            drop(theirs);
+            let p = Parked {
+                pid: st.pid,
+                pidfd: st.pidfd,
+                err_r: st.err_r,
+                ctl: ours,
+                cgroup: st.cgroup,
+                uid_slot: st.uid_slot,
+            };
+            self.parked.lock().entry(key.clone()).or_default().push(p);
+        }
+    }
+
     /// Tops the cgroup pool up to its configured size.
     fn refill_cgroups(&self) {
         let Some(cg) = &self.cgroups else {
@@ -410,8 +478,74 @@ fn raw_stdio(s: &Stdio, null: &OwnedFd, own: &mut Vec<OwnedFd>, which: i32) -> i
     })
 }
 
-/// The synchronous part of a launch, run on a blocking thread.
-fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstance, LaunchError> {
+/// What a parked sandbox is interchangeable on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ParkKey {
+    root: PathBuf,
+    memory_mb: u32,
+    pids: u32,
+    cpu_millis: u32,
+    seccomp: String,
+    proc: bool,
+}
+
+impl ParkKey {
+    fn of(spec: &SandboxSpec) -> Self {
+        ParkKey {
+            root: spec.root.path().to_path_buf(),
+            memory_mb: spec.limits.memory_mb,
+            pids: spec.limits.pids,
+            cpu_millis: spec.limits.cpu_millis,
+            seccomp: spec
+                .policy
+                .seccomp
+                .clone()
+                .unwrap_or_else(|| "native".into()),
+            proc: spec.policy.proc,
+        }
+    }
+}
+
+/// A sandbox set up up to its exec, waiting for a request on `ctl`.
+struct Parked {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    err_r: OwnedFd,
+    ctl: OwnedFd,
+    cgroup: Option<Cgroup>,
+    uid_slot: u32,
+}
+
+impl Parked {
+    /// Kills, reaps and frees it (pool shutdown, or a failed hand-off).
+    fn discard(self, sh: &Shared) {
+        kill_and_reap(&self.pidfd);
+        if let Some(cg) = self.cgroup {
+            let _ = cg.remove();
+        }
+        sh.uids.lock().push(self.uid_slot);
+    }
+}
+
+fn kill_and_reap(pidfd: &OwnedFd) {
+    let _ = ns::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+    for _ in 0..5000 {
+        match ns::pidfd_try_reap(pidfd.as_fd()) {
+            Ok(ns::Reaped::Running) => std::thread::sleep(std::time::Duration::from_micros(200)),
+            _ => break,
+        }
+    }
+}
+
+/// The checks and strings every launch of `spec` needs.
+struct Prepared {
+    root: PathBuf,
+    host_program: PathBuf,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+fn prepare(sh: &Shared, spec: &SandboxSpec) -> Result<Prepared, LaunchError> {
     let name = spec.name.as_str();
     if spec.start != StartMode::Cold {
         return Err(LaunchError::Unsupported {
@@ -451,13 +585,9 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
             source: io::Error::from(io::ErrorKind::NotFound),
         });
     }
-    let profile = spec.policy.seccomp.as_deref().unwrap_or("native");
-    let filters = sh.filters(name, profile)?;
     let c = |what: &str, b: &[u8]| {
         spawn::cstring(what, b).map_err(sys_err(name, "preparing the sandbox"))
     };
-    let base = sh.base.as_os_str().as_bytes();
-    let join = |s: &str| [base, s.as_bytes()].concat();
     let mut argv = vec![c(
         "program",
         Path::new("/").join(rel).as_os_str().as_bytes(),
@@ -469,20 +599,56 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
     for (k, v) in &spec.env {
         envp.push(c("environment", format!("{k}={v}").as_bytes())?);
     }
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(sys_err(name, "opening /dev/null"))?;
-    let null = OwnedFd::from(null);
-    let mut keep = Vec::new();
-    let fds = [
-        raw_stdio(&spec.stdin, &null, &mut keep, 0).map_err(sys_err(name, "stdin"))?,
-        raw_stdio(&spec.stdout, &null, &mut keep, 1).map_err(sys_err(name, "stdout"))?,
-        raw_stdio(&spec.stderr, &null, &mut keep, 2).map_err(sys_err(name, "stderr"))?,
-        ns::raw(spec.channel.as_fd()),
-    ];
-    let limits = spec.limits;
+    Ok(Prepared {
+        root,
+        host_program,
+        argv,
+        envp,
+    })
+}
+
+/// How the child is to get its program.
+enum Mode<'a> {
+    /// Exec right away with these fds.
+    Cold { fds: [i32; 4], p: &'a Prepared },
+    /// Park, waiting on this control socket end.
+    Park { ctl: i32 },
+}
+
+/// A cloned, released child with its resources.
+struct Started {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    err_r: OwnedFd,
+    cgroup: Option<Cgroup>,
+    uid_slot: u32,
+}
+
+/// Clones a sandbox child for `key` into a fresh netns/cgroup/uid and lets
+/// it run its set-up (cold: up to exec; park: up to waiting for a request).
+fn start(
+    sh: &Shared,
+    name: &str,
+    key: &ParkKey,
+    root: &Path,
+    mode: Mode<'_>,
+) -> Result<Started, LaunchError> {
+    let filters = sh.filters(name, &key.seccomp)?;
+    let c = |what: &str, b: &[u8]| {
+        spawn::cstring(what, b).map_err(sys_err(name, "preparing the sandbox"))
+    };
+    let base = sh.base.as_os_str().as_bytes();
+    let join = |s: &str| [base, s.as_bytes()].concat();
+    let (fds, program, argv, envp, park) = match mode {
+        Mode::Cold { fds, p } => (fds, p.argv[0].clone(), p.argv.clone(), p.envp.clone(), None),
+        Mode::Park { ctl } => (
+            [-1; 4],
+            c("program", b"/")?,
+            Vec::new(),
+            Vec::new(),
+            Some(ctl),
+        ),
+    };
     let plan = ChildPlan {
         root: c("root", root.as_os_str().as_bytes())?,
         base: c("base", base)?,
@@ -501,8 +667,8 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
             "tmp",
             format!("size={}m,mode=1777", sh.config.tmp_mb).as_bytes(),
         )?,
-        mount_proc: spec.policy.proc,
-        program: argv[0].clone(),
+        mount_proc: key.proc,
+        program,
         argv,
         envp,
         fds,
@@ -529,6 +695,7 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
                     .collect()
             })
             .collect(),
+        park,
     };
     let uid_slot = sh.uids.lock().pop().ok_or_else(|| LaunchError::Sys {
         name: name.to_owned(),
@@ -553,7 +720,7 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
         sh.uids.lock().push(uid_slot);
     };
     if let Some(cg) = &cgroup
-        && let Err(e) = cg.set_limits(limits.memory_mb, limits.pids, limits.cpu_millis)
+        && let Err(e) = cg.set_limits(key.memory_mb, key.pids, key.cpu_millis)
     {
         release_all(cgroup);
         return Err(sys_err(name, "setting cgroup limits")(io::Error::other(e)));
@@ -592,6 +759,7 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
         }
     };
     let pid = child.pid;
+    let pidfd_for_kill = child.pidfd.try_clone().ok();
     let setup = spawn::write_id_maps(pid, host_uid, host_uid)
         .map_err(|e| (spawn::Stage::Sync, e))
         .and_then(|()| match (&cgroup, &cgroup_dir_fd) {
@@ -599,54 +767,136 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
                 .add(pid)
                 .map_err(|e| (spawn::Stage::Sync, io::Error::other(e))),
             _ => Ok(()),
-        });
-    let pidfd_for_kill = child.pidfd.try_clone().ok();
-    let result = setup.and_then(|()| child.release());
-    let pidfd = match result {
-        Ok((pidfd, _)) => pidfd,
+        })
+        .and_then(|()| child.go());
+    match setup {
+        Ok((pidfd, pid, err_r)) => Ok(Started {
+            pid,
+            pidfd,
+            err_r,
+            cgroup,
+            uid_slot,
+        }),
         Err((stage, e)) => {
             if let Some(p) = &pidfd_for_kill {
-                let _ = ns::pidfd_kill(p.as_fd(), libc::SIGKILL);
-                // Reap it: the kill makes this quick.
-                for _ in 0..1000 {
-                    match ns::pidfd_try_reap(p.as_fd()) {
-                        Ok(ns::Reaped::Running) => {
-                            std::thread::sleep(std::time::Duration::from_micros(200))
-                        }
-                        _ => break,
-                    }
-                }
+                kill_and_reap(p);
             }
             release_all(cgroup);
-            let source = io::Error::new(e.kind(), format!("{}: {e}", stage.describe()));
-            return Err(if stage == spawn::Stage::Exec {
-                LaunchError::Program {
-                    name: name.to_owned(),
-                    program: host_program,
-                    source,
-                }
-            } else {
-                LaunchError::Sys {
-                    name: name.to_owned(),
-                    op: "setting up the sandbox",
-                    source,
-                }
-            });
+            Err(LaunchError::Sys {
+                name: name.to_owned(),
+                op: "setting up the sandbox",
+                source: io::Error::new(e.kind(), format!("{}: {e}", stage.describe())),
+            })
         }
-    };
-    drop(pidfd_for_kill);
+    }
+}
+
+/// Turns a child's exec result into an instance (or a clean error).
+fn finish(
+    sh: &Arc<Shared>,
+    name: &str,
+    key: &ParkKey,
+    host_program: &Path,
+    st: Started,
+) -> Result<SandboxInstance, LaunchError> {
+    if let Err((stage, e)) = spawn::exec_result(&st.err_r) {
+        kill_and_reap(&st.pidfd);
+        if let Some(cg) = st.cgroup {
+            let _ = cg.remove();
+        }
+        sh.uids.lock().push(st.uid_slot);
+        let source = io::Error::new(e.kind(), format!("{}: {e}", stage.describe()));
+        return Err(if stage == spawn::Stage::Exec {
+            LaunchError::Program {
+                name: name.to_owned(),
+                program: host_program.to_path_buf(),
+                source,
+            }
+        } else {
+            LaunchError::Sys {
+                name: name.to_owned(),
+                op: "setting up the sandbox",
+                source,
+            }
+        });
+    }
     Ok(SandboxInstance {
         shared: sh.clone(),
-        pid: u32::try_from(pid).unwrap_or(0),
-        pidfd: Some(pidfd),
+        pid: u32::try_from(st.pid).unwrap_or(0),
+        pidfd: Some(st.pidfd),
         afd: None,
-        cgroup,
-        uid_slot: Some(uid_slot),
-        memory_mb: limits.memory_mb,
-        pids: limits.pids,
+        cgroup: st.cgroup,
+        uid_slot: Some(st.uid_slot),
+        memory_mb: key.memory_mb,
+        pids: key.pids,
         exit: None,
         exceeded: None,
     })
+}
+
+/// The synchronous part of a launch, run on a blocking thread: a parked
+/// sandbox of the same kind if one is ready, else a cold one.
+fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstance, LaunchError> {
+    let name = spec.name.as_str();
+    let p = prepare(sh, spec)?;
+    let key = ParkKey::of(spec);
+    let null = OwnedFd::from(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(sys_err(name, "opening /dev/null"))?,
+    );
+    let mut keep = Vec::new();
+    let fds = [
+        raw_stdio(&spec.stdin, &null, &mut keep, 0).map_err(sys_err(name, "stdin"))?,
+        raw_stdio(&spec.stdout, &null, &mut keep, 1).map_err(sys_err(name, "stdout"))?,
+        raw_stdio(&spec.stderr, &null, &mut keep, 2).map_err(sys_err(name, "stderr"))?,
+        ns::raw(spec.channel.as_fd()),
+    ];
+    while let Some(parked) = sh.take_parked(&key) {
+        match hand_off(&parked, fds, &p) {
+            Ok(()) => {
+                let Parked {
+                    pid,
+                    pidfd,
+                    err_r,
+                    ctl,
+                    cgroup,
+                    uid_slot,
+                } = parked;
+                drop(ctl);
+                let st = Started {
+                    pid,
+                    pidfd,
+                    err_r,
+                    cgroup,
+                    uid_slot,
+                };
+                return finish(sh, name, &key, &p.host_program, st);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a parked sandbox could not take its request");
+                parked.discard(sh);
+            }
+        }
+    }
+    let st = start(sh, name, &key, &p.root, Mode::Cold { fds, p: &p })?;
+    finish(sh, name, &key, &p.host_program, st)
+}
+
+/// Sends a parked sandbox its fds and program.
+fn hand_off(parked: &Parked, fds: [i32; 4], p: &Prepared) -> io::Result<()> {
+    if !matches!(
+        ns::pidfd_try_reap(parked.pidfd.as_fd())?,
+        ns::Reaped::Running
+    ) {
+        return Err(io::Error::other("the parked sandbox has exited"));
+    }
+    let payload = spawn::encode_request(&p.argv, &p.envp)?;
+    // The raw fds stay open in this process for the call.
+    let borrowed = fds.map(ns::borrow_raw_fd);
+    spawn::send_request(parked.ctl.as_fd(), borrowed, &payload)
 }
 
 impl SandboxRuntime for PooledSandboxRuntime {
@@ -658,6 +908,7 @@ impl SandboxRuntime for PooledSandboxRuntime {
         let sh = self.shared.clone();
         Box::pin(async move {
             let name = spec.name.clone();
+            let key = ParkKey::of(&spec);
             let inst = tokio::task::spawn_blocking(move || {
                 let r = launch_blocking(&sh, &spec);
                 // The child has its copies now; ours close here.
@@ -674,6 +925,17 @@ impl SandboxRuntime for PooledSandboxRuntime {
             if sh.cgroups.is_some() && sh.cgroup_pool.lock().len() < sh.config.cgroup_pool / 2 {
                 let sh = sh.clone();
                 tokio::task::spawn_blocking(move || sh.refill_cgroups());
+            }
+            let short = sh.parked.lock().get(&key).map_or(0, Vec::len) < sh.config.parked;
+            if short {
+                // Off the request path: park sandboxes of this kind for the
+                // next requests.
+                let sh = sh.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Some(root) = sh.images.lock().get(&key.root).cloned() {
+                        sh.park_more(&key, &root);
+                    }
+                });
             }
             Ok(Box::new(inst) as Box<dyn Instance>)
         })

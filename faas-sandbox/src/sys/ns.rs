@@ -181,3 +181,12 @@ pub(crate) fn bind_ro(src: &CString, dst: &CString) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Borrows a raw fd number that the caller keeps open for the borrow's
+/// (short) lifetime.
+pub(crate) fn borrow_raw_fd<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: callers pass fds they hold open (the spec's stdio and channel,
+    // or /dev/null) for the duration of the single call that uses the
+    // borrow; fd numbers 0-2 are this process's standard streams.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}

@@ -166,13 +166,26 @@ pub(crate) struct ChildPlan {
     pub rlimits: [(libc::__rlimit_resource_t, u64); 3],
     pub cap_last: u32,
     pub seccomp: Vec<Vec<libc::sock_filter>>,
+    /// Parked mode: the child's end of a control socket. After its set-up
+    /// the child waits there for its request (fds 0-3 as `SCM_RIGHTS` and an
+    /// [`encode_request`] payload) instead of using `fds`, `program`, `argv`
+    /// and `envp`.
+    pub park: Option<RawFd>,
 }
+
+/// Largest request a parked sandbox accepts (program, arguments and
+/// environment).
+pub(crate) const PARK_MAX: usize = 64 * 1024;
+const PARK_MAX_PTRS: usize = 4096;
 
 /// The null-terminated pointer arrays of a plan, built before the clone.
 struct Ptrs {
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     progs: Vec<libc::sock_fprog>,
+    /// Parked mode: where the request and its pointer arrays go.
+    park_buf: Vec<u8>,
+    park_ptrs: Vec<*const libc::c_char>,
 }
 
 fn ptrs(plan: &ChildPlan) -> io::Result<Ptrs> {
@@ -192,7 +205,21 @@ fn ptrs(plan: &ChildPlan) -> io::Result<Ptrs> {
             })
         })
         .collect::<io::Result<Vec<_>>>()?;
-    Ok(Ptrs { argv, envp, progs })
+    let (park_buf, park_ptrs) = if plan.park.is_some() {
+        (
+            vec![0u8; PARK_MAX + 1],
+            vec![std::ptr::null(); PARK_MAX_PTRS],
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(Ptrs {
+        argv,
+        envp,
+        progs,
+        park_buf,
+        park_ptrs,
+    })
 }
 
 /// A child that was cloned and is waiting for [`Spawned::release`].
@@ -221,7 +248,7 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 /// blocked before its set-up. `cgroup_fd` places it with
 /// `CLONE_INTO_CGROUP` (cgroup v2).
 pub(crate) fn clone_child(plan: &ChildPlan, cgroup_fd: Option<RawFd>) -> io::Result<Spawned> {
-    let ptrs = ptrs(plan)?;
+    let mut ptrs = ptrs(plan)?;
     let (sync_r, sync_w) = pipe_cloexec()?;
     let (err_r, err_w) = pipe_cloexec()?;
     let mut pidfd: RawFd = -1;
@@ -258,7 +285,7 @@ pub(crate) fn clone_child(plan: &ChildPlan, cgroup_fd: Option<RawFd>) -> io::Res
     }
     if rc == 0 {
         // SAFETY: we are the freshly cloned child; see `child_main`.
-        unsafe { child_main(plan, &ptrs, sync_r.as_raw_fd(), err_w.as_raw_fd()) }
+        unsafe { child_main(plan, &mut ptrs, sync_r.as_raw_fd(), err_w.as_raw_fd()) }
     }
     drop(sync_r);
     drop(err_w);
@@ -273,52 +300,63 @@ pub(crate) fn clone_child(plan: &ChildPlan, cgroup_fd: Option<RawFd>) -> io::Res
 }
 
 impl Spawned {
-    /// Lets the child go on, then waits until it has executed the program
-    /// (the error pipe closes on exec) or reports the stage that failed.
-    pub(crate) fn release(self) -> Result<(OwnedFd, libc::pid_t), (Stage, io::Error)> {
+    /// Lets the child go on without waiting: a parked child sets itself up
+    /// and waits for its request. Returns its pidfd, pid and error pipe.
+    pub(crate) fn go(self) -> Result<(OwnedFd, libc::pid_t, OwnedFd), (Stage, io::Error)> {
         let b = [1u8];
         // SAFETY: writing one byte from a valid buffer to our pipe end.
         let n = unsafe { libc::write(self.sync_w.as_raw_fd(), b.as_ptr().cast(), 1) };
         if n != 1 {
             return Err((Stage::Sync, io::Error::last_os_error()));
         }
-        drop(self.sync_w);
-        let mut buf = [0u8; 8];
-        let mut got = 0usize;
-        loop {
-            // SAFETY: reading into the unfilled tail of a valid buffer.
-            let n = unsafe {
-                libc::read(
-                    self.err_r.as_raw_fd(),
-                    buf[got..].as_mut_ptr().cast(),
-                    buf.len() - got,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err((Stage::Sync, e));
-            }
-            if n == 0 {
-                break;
-            }
-            got += n as usize;
-            if got == buf.len() {
-                break;
-            }
-        }
-        if got == 0 {
-            return Ok((self.pidfd, self.pid));
-        }
-        let stage = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let errno = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        Err((
-            Stage::from_u32(stage).unwrap_or(Stage::Exec),
-            io::Error::from_raw_os_error(errno),
-        ))
+        Ok((self.pidfd, self.pid, self.err_r))
     }
+}
+
+/// Waits on a child's error pipe: `Ok` when it closed at exec, else the
+/// stage that failed and its errno.
+pub(crate) fn exec_result(err_r: &OwnedFd) -> Result<(), (Stage, io::Error)> {
+    let mut buf = [0u8; 8];
+    let mut got = 0usize;
+    loop {
+        // SAFETY: reading into the unfilled tail of a valid buffer.
+        let n = unsafe {
+            libc::read(
+                err_r.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err((Stage::Sync, e));
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+        if got == buf.len() {
+            break;
+        }
+    }
+    if got == 0 {
+        return Ok(());
+    }
+    if got < buf.len() {
+        return Err((
+            Stage::Sync,
+            io::Error::other("sandbox child died during set-up"),
+        ));
+    }
+    let stage = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let errno = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Err((
+        Stage::from_u32(stage).unwrap_or(Stage::Exec),
+        io::Error::from_raw_os_error(errno),
+    ))
 }
 
 /// Reports `stage` and the current errno to the parent and exits.
@@ -346,7 +384,7 @@ unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
 ///
 /// Only to be called once, in the child of `clone_child`, with the plan and
 /// pointers the parent prepared; it uses nothing but raw system calls.
-unsafe fn child_main(plan: &ChildPlan, p: &Ptrs, sync_r: RawFd, err_w: RawFd) -> ! {
+unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd) -> ! {
     macro_rules! check {
         ($e:expr, $stage:expr) => {
             if $e < 0 {
@@ -507,9 +545,24 @@ unsafe fn child_main(plan: &ChildPlan, p: &Ptrs, sync_r: RawFd, err_w: RawFd) ->
             };
             check!(libc::setrlimit(res, &lim), Stage::Rlimits);
         }
+        // Parked: wait here for the request.
+        let mut fds = plan.fds;
+        let (mut program, mut argv, mut envp) =
+            (plan.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
+        if let Some(ctl) = plan.park {
+            match receive_request(ctl, p) {
+                Some((f, prog, a, e)) => {
+                    fds = f;
+                    (program, argv, envp) = (prog, a, e);
+                }
+                // The pool is closing (or sent garbage): leave quietly.
+                None => libc::_exit(0),
+            }
+            libc::close(ctl);
+        }
         // 6. fds 0-3: first out of the way (sources may be 0-3), then in place.
         let mut high = [0 as RawFd; 4];
-        for (i, fd) in plan.fds.iter().enumerate() {
+        for (i, fd) in fds.iter().enumerate() {
             high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
             check!(high[i], Stage::Fds);
         }
@@ -577,9 +630,150 @@ unsafe fn child_main(plan: &ChildPlan, p: &Ptrs, sync_r: RawFd, err_w: RawFd) ->
                 Stage::Seccomp
             );
         }
-        libc::execve(plan.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
+        libc::execve(program, argv, envp);
         fail(err_w, Stage::Exec)
     }
+}
+
+type Request = (
+    [RawFd; 4],
+    *const libc::c_char,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+);
+
+/// Parked child: receives its request on `ctl` into the preallocated
+/// buffers of `p`. `None` when the socket closed or the request is
+/// malformed.
+///
+/// # Safety
+///
+/// Only in the cloned child; uses raw system calls and the buffers of `p`.
+unsafe fn receive_request(ctl: RawFd, p: &mut Ptrs) -> Option<Request> {
+    // Room for one SCM_RIGHTS message of 4 fds, 8-byte aligned.
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: p.park_buf.as_mut_ptr().cast(),
+        iov_len: PARK_MAX,
+    };
+    // SAFETY: msghdr is plain old data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let n = loop {
+        // SAFETY: recvmsg into buffers that live for the whole call.
+        let n = unsafe { libc::recvmsg(ctl, &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+        // SAFETY: errno is thread-local and always readable.
+        if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+            continue;
+        }
+        break n;
+    };
+    if n <= 0 || msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return None;
+    }
+    let n = n as usize;
+    // SAFETY: the control buffer was filled by recvmsg; CMSG_FIRSTHDR and
+    // CMSG_DATA stay inside it.
+    let fds = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        if c.is_null()
+            || (*c).cmsg_level != libc::SOL_SOCKET
+            || (*c).cmsg_type != libc::SCM_RIGHTS
+            || (*c).cmsg_len != libc::CMSG_LEN((4 * std::mem::size_of::<RawFd>()) as u32) as usize
+        {
+            return None;
+        }
+        let d = libc::CMSG_DATA(c).cast::<RawFd>();
+        [
+            d.read_unaligned(),
+            d.add(1).read_unaligned(),
+            d.add(2).read_unaligned(),
+            d.add(3).read_unaligned(),
+        ]
+    };
+    // `argc` (u32 LE), then NUL-terminated strings: argc for argv (the
+    // program first), the rest for envp. The last byte must be a NUL.
+    let buf = &p.park_buf;
+    if n < 5 || buf[n - 1] != 0 {
+        return None;
+    }
+    let argc = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let ptrs = &mut p.park_ptrs;
+    let mut k = 0usize;
+    let mut start = 4usize;
+    for i in 4..n {
+        if buf[i] != 0 {
+            continue;
+        }
+        if k == argc {
+            // argv's terminator.
+            ptrs[k] = std::ptr::null();
+            k += 1;
+        }
+        if k + 2 >= ptrs.len() {
+            return None;
+        }
+        ptrs[k] = buf[start..].as_ptr().cast();
+        k += 1;
+        start = i + 1;
+    }
+    if argc == 0 || k < argc {
+        return None;
+    }
+    if k == argc {
+        ptrs[k] = std::ptr::null();
+        k += 1;
+    }
+    ptrs[k] = std::ptr::null();
+    let argv = ptrs.as_ptr();
+    // SAFETY: argc + 1 <= k < ptrs.len().
+    let envp = unsafe { ptrs.as_ptr().add(argc + 1) };
+    Some((fds, ptrs[0], argv, envp))
+}
+
+/// Encodes a parked sandbox's request: `argc` (u32 LE) and the
+/// NUL-terminated strings of argv (program first) and envp.
+pub(crate) fn encode_request(argv: &[CString], envp: &[CString]) -> io::Result<Vec<u8>> {
+    let argc = u32::try_from(argv.len()).map_err(|_| io::Error::other("too many arguments"))?;
+    let mut out = argc.to_le_bytes().to_vec();
+    for s in argv.iter().chain(envp) {
+        out.extend_from_slice(s.as_bytes_with_nul());
+    }
+    if out.len() > PARK_MAX || argv.len() + envp.len() + 3 > PARK_MAX_PTRS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "arguments and environment too large for a parked sandbox",
+        ));
+    }
+    Ok(out)
+}
+
+/// Sends a parked sandbox its request: fds 0-3 and an [`encode_request`]
+/// payload.
+pub(crate) fn send_request(
+    ctl: std::os::fd::BorrowedFd<'_>,
+    fds: [std::os::fd::BorrowedFd<'_>; 4],
+    payload: &[u8],
+) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("control buffer too small"));
+    }
+    let n = rustix::net::sendmsg(
+        ctl,
+        &[io::IoSlice::new(payload)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if n != payload.len() {
+        return Err(io::Error::other("request truncated"));
+    }
+    Ok(())
 }
 
 /// `CString` of a path or string, with a clear error for interior NULs.

@@ -1,0 +1,102 @@
+//! Sandbox spawn benchmarks (`PooledSandboxRuntime`).
+//!
+//! | case | what is timed |
+//! |---|---|
+//! | `sandbox_spawn/pools_warm` | `launch()` until the guest has executed (the exec closes the error pipe): clone3 into new namespaces, uid maps, cgroup placement, the child's mounts, pivot_root, caps, seccomp, execve — with a network namespace and a cgroup taken from warm pools |
+//! | `sandbox_spawn/pools_empty` | the same with both pools empty: a network namespace and a cgroup are created on the request path |
+//!
+//! The guest is the bundled static `hello` function (it blocks on its
+//! channel after exec); between iterations, untimed, it is killed and reaped
+//! and the pools get time to refill. Needs root.
+//!
+//! Run with `cargo bench -p faas-benches --bench sandbox`; whole-command
+//! comparisons with bubblewrap and runc are in
+//! `benches/scripts/sandbox-vs-peers.py`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_main};
+use faas_core::protocol::channel_pair;
+use faas_core::{ImageRef, Limits, SandboxPolicy, SandboxRuntime, SandboxSpec, StartMode, Stdio};
+use faas_platform::embedded;
+use faas_sandbox::{PooledSandboxRuntime, SandboxConfig};
+
+fn spec(root: &std::path::Path) -> (SandboxSpec, std::os::fd::OwnedFd) {
+    let (ours, theirs) = channel_pair().unwrap();
+    (
+        SandboxSpec {
+            name: "bench".into(),
+            root: ImageRef::Dir(root.to_path_buf()),
+            program: PathBuf::from("/hello"),
+            args: vec![],
+            env: vec![],
+            limits: Limits::default(),
+            start: StartMode::Cold,
+            policy: SandboxPolicy {
+                seccomp: Some("native".into()),
+                proc: false,
+            },
+            channel: theirs,
+            stdin: Stdio::Null,
+            stdout: Stdio::Null,
+            stderr: Stdio::Null,
+        },
+        ours,
+    )
+}
+
+fn spawn(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let fns = embedded::write_all(&dir.path().join("src")).unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for d in ["dev", "tmp", "proc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let hello = fns.iter().find(|d| d.ends_with("hello")).unwrap();
+    std::fs::copy(hello.join("hello"), root.join("hello")).unwrap();
+
+    let mut g = c.benchmark_group("sandbox_spawn");
+    g.sample_size(50);
+    for (name, pool) in [("pools_warm", 8), ("pools_empty", 0)] {
+        let sb = PooledSandboxRuntime::new(SandboxConfig {
+            netns_pool: pool,
+            cgroup_pool: pool,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (s, _ours) = spec(&root);
+                    let t = Instant::now();
+                    let mut inst = rt.block_on(sb.launch(s)).unwrap();
+                    total += t.elapsed();
+                    inst.kill().unwrap();
+                    rt.block_on(inst.wait()).unwrap();
+                    if pool > 0 {
+                        // Let the background refill catch up, untimed.
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                total
+            });
+        });
+    }
+    g.finish();
+}
+
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    spawn(&mut c);
+}
+
+criterion_main!(benches);
