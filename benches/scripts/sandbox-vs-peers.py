@@ -76,7 +76,7 @@ def main():
                 if name == "runc":
                     cmd = ["runc", "run", "--bundle", bundle, f"faas-bench-{os.getpid()}-{i}"]
                 t = time.perf_counter()
-                r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 dt = time.perf_counter() - t
                 if r.returncode != 0 or r.stdout != b"hello\n":
                     sys.exit(f"sandbox-vs-peers: {name} failed ({r.returncode}): {r.stderr.decode(errors='replace').strip()}")

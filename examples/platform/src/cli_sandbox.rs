@@ -49,6 +49,10 @@ struct RunArgs {
     /// Mount a procfs of the sandbox's own pid namespace at /proc.
     #[arg(long)]
     proc: bool,
+    /// No cgroup: no memory, pids or CPU limit (like bubblewrap). Moving a
+    /// process into a cgroup v1 memory cgroup costs an RCU grace period.
+    #[arg(long, conflicts_with_all = ["memory", "pids", "cpu"])]
+    no_cgroups: bool,
     /// Environment variable, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = crate::parse_env)]
     env: Vec<(String, String)>,
@@ -96,8 +100,11 @@ async fn run_one(a: RunArgs) -> anyhow::Result<i32> {
     };
     let program = resolve(root.path(), &a.cmd[0])?;
     let rt = PooledSandboxRuntime::new(SandboxConfig {
+        // One sandbox: nothing to pool.
         netns_pool: 0,
         cgroup_pool: 0,
+        parked: 0,
+        cgroups: !a.no_cgroups,
         ..SandboxConfig::default()
     })?;
     let (_ours, theirs) = channel_pair()?;

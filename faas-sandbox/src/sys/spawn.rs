@@ -403,6 +403,28 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
             fail(err_w, Stage::Sync);
         }
         libc::close(sync_r);
+        // A parked child lives on: it must not keep the parent's fds (other
+        // parked sandboxes' control sockets among them, which would never
+        // see their peer close). Keep only the error pipe and our control
+        // socket.
+        if let Some(ctl) = plan.park {
+            let (a, b) = if err_w < ctl {
+                (err_w, ctl)
+            } else {
+                (ctl, err_w)
+            };
+            let ranges = [(0, a - 1), (a + 1, b - 1), (b + 1, libc::c_int::MAX)];
+            for (lo, hi) in ranges {
+                if lo <= hi {
+                    libc::syscall(
+                        libc::SYS_close_range,
+                        lo as libc::c_uint,
+                        hi as libc::c_uint,
+                        0 as libc::c_uint,
+                    );
+                }
+            }
+        }
         // 2. Become uid/gid 0 of the new user namespace: the host range.
         //    Raw system calls: glibc's wrappers would try to change the
         //    credentials of every thread of the parent it still believes
