@@ -4,6 +4,10 @@
 //! |---|---|
 //! | `sandbox_spawn/pools_warm` | `launch()` until the guest has executed (the exec closes the error pipe): clone3 into new namespaces, uid maps, cgroup placement, the child's mounts, pivot_root, caps, seccomp, execve — with a network namespace and a cgroup taken from warm pools |
 //! | `sandbox_spawn/pools_empty` | the same with both pools empty: a network namespace and a cgroup are created on the request path |
+//! | `sandbox_spawn/parked` | hand-off to a parked sandbox (already set up up to its exec): the request and fds 0-3 sent over its control socket, until its exec |
+//!
+//! Before the criterion runs, each case is also timed 200 times and its
+//! p50/p99 printed (criterion reports means and medians only).
 //!
 //! The guest is the bundled static `hello` function (it blocks on its
 //! channel after exec); between iterations, untimed, it is killed and reaped
@@ -64,14 +68,48 @@ fn spawn(c: &mut Criterion) {
     std::fs::copy(hello.join("hello"), root.join("hello")).unwrap();
 
     let mut g = c.benchmark_group("sandbox_spawn");
-    g.sample_size(50);
-    for (name, pool) in [("pools_warm", 8), ("pools_empty", 0)] {
+    g.sample_size(20);
+    for (name, pool, parked) in [
+        ("pools_warm", 8, 0),
+        ("pools_empty", 0, 0),
+        ("parked", 8, 2),
+    ] {
         let sb = PooledSandboxRuntime::new(SandboxConfig {
             netns_pool: pool,
             cgroup_pool: pool,
+            parked,
             ..SandboxConfig::default()
         })
         .unwrap();
+        // Let the pools fill (and, for `parked`, park the first ones).
+        let one = |sb: &PooledSandboxRuntime| {
+            let (s, _ours) = spec(&root);
+            let t = Instant::now();
+            let mut inst = rt.block_on(sb.launch(s)).unwrap();
+            let d = t.elapsed();
+            inst.kill().unwrap();
+            rt.block_on(inst.wait()).unwrap();
+            // Untimed: time for the background refills (a parked sandbox
+            // needs a cgroup migration, ~10 ms on cgroup v1).
+            std::thread::sleep(Duration::from_millis(if parked > 0 {
+                25
+            } else if pool > 0 {
+                2
+            } else {
+                0
+            }));
+            d
+        };
+        one(&sb);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut xs: Vec<Duration> = (0..200).map(|_| one(&sb)).collect();
+        xs.sort();
+        eprintln!(
+            "sandbox_spawn/{name}: p50 {:?} p99 {:?} over {} launches",
+            xs[xs.len() / 2],
+            xs[xs.len() * 99 / 100 - 1],
+            xs.len()
+        );
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -82,10 +120,14 @@ fn spawn(c: &mut Criterion) {
                     total += t.elapsed();
                     inst.kill().unwrap();
                     rt.block_on(inst.wait()).unwrap();
-                    if pool > 0 {
-                        // Let the background refill catch up, untimed.
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
+                    // Let the background refills catch up, untimed.
+                    std::thread::sleep(Duration::from_millis(if parked > 0 {
+                        25
+                    } else if pool > 0 {
+                        2
+                    } else {
+                        0
+                    }));
                 }
                 total
             });
