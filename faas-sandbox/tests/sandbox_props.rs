@@ -233,6 +233,23 @@ async fn pid_net_ipc_namespaces_hide_the_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_cannot_be_taken_down() {
+    let rt = runtime();
+    // The network namespace belongs to the host's user namespace, so even
+    // uid 0 of the sandbox has no CAP_NET_ADMIN over it.
+    let r = run(
+        &rt,
+        &probe(),
+        &["lo-down"],
+        false,
+        "python",
+        Limits::default(),
+    )
+    .await;
+    assert_eq!(r.out.trim(), "lo_down EPERM", "{}", r.out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_is_oom_killed_and_reported() {
     let rt = runtime();
     let limits = Limits {

@@ -349,14 +349,47 @@ fn status(out: &mut impl Write) -> std::io::Result<()> {
     out.flush()
 }
 
+/// Tries to take the loopback interface down (SIOCSIFFLAGS without IFF_UP)
+/// and prints `lo_down OK` or `lo_down ERRNO`.
+fn lo_down(out: &mut impl Write) -> std::io::Result<()> {
+    // SAFETY: a plain socket(2) call; the fd is closed below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return writeln!(out, "lo_down socket:{}", errno_name(last_errno()));
+    }
+    // SAFETY: ifreq is plain old data; zeroed is valid. The ioctls read and
+    // write only the ifreq we own.
+    let rc = unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, b) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *b as libc::c_char;
+        }
+        let mut rc = libc::ioctl(s, libc::SIOCGIFFLAGS, &raw mut ifr);
+        if rc == 0 {
+            ifr.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+            rc = libc::ioctl(s, libc::SIOCSIFFLAGS, &raw mut ifr);
+        }
+        rc
+    };
+    let e = last_errno();
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(s) };
+    if rc == 0 {
+        writeln!(out, "lo_down OK")
+    } else {
+        writeln!(out, "lo_down {}", errno_name(e))
+    }
+}
+
 fn main() {
     let mut out = std::io::stdout().lock();
     let cmd = std::env::args().nth(1).unwrap_or_default();
     let r = match cmd.as_str() {
         "syscalls" => syscalls(&mut out),
         "status" => status(&mut out),
+        "lo-down" => lo_down(&mut out),
         _ => {
-            eprintln!("usage: faas-sandbox-probe syscalls|status");
+            eprintln!("usage: faas-sandbox-probe syscalls|status|lo-down");
             std::process::exit(2);
         }
     };
