@@ -62,7 +62,7 @@ impl Default for SandboxConfig {
             tmp_mb: 64,
             nofile: 1024,
             cgroups: true,
-            parked: 2,
+            parked: 4,
         }
     }
 }
