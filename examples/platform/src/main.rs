@@ -454,7 +454,12 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let base = format!("http://{addr}");
     let client = Client::new(&base);
     deploy_examples(&client, &emb.functions, Reuse::PerRequest).await?;
-    println!("faas demo: platform on {base}; every request below starts a fresh process (cold)\n");
+    let how = if emb.platform.runtime == "process" {
+        "a fresh plain process (not isolated)"
+    } else {
+        "a fresh sandbox (namespaces, cgroup, seccomp)"
+    };
+    println!("faas demo: platform on {base}; every request below starts {how}: a cold start\n");
     let cases: [(&str, &[u8]); 2] = [("hello", b"hi"), ("cpu", b"200000")];
     let tty = std::io::stderr().is_terminal();
     let mut rows = Vec::new();
