@@ -162,6 +162,8 @@ struct Shared {
     images: Mutex<HashMap<PathBuf, PathBuf>>,
     filters: Mutex<HashMap<String, Arc<SeccompFilters>>>,
     parked: Mutex<HashMap<ParkKey, Vec<Parked>>>,
+    /// Set when the runtime is dropped: background tasks stop parking.
+    closing: std::sync::atomic::AtomicBool,
     cap_last: u32,
     next: AtomicU64,
 }
@@ -225,6 +227,7 @@ impl PooledSandboxRuntime {
                 images: Mutex::new(HashMap::new()),
                 filters: Mutex::new(HashMap::new()),
                 parked: Mutex::new(HashMap::new()),
+                closing: std::sync::atomic::AtomicBool::new(false),
                 cap_last: spawn::cap_last_cap(),
                 next: AtomicU64::new(0),
                 config,
@@ -242,28 +245,28 @@ impl PooledSandboxRuntime {
 
 impl Drop for PooledSandboxRuntime {
     fn drop(&mut self) {
-        let parked: Vec<Parked> = self
-            .shared
-            .parked
-            .lock()
-            .drain()
-            .flat_map(|(_, v)| v)
-            .collect();
-        for p in parked {
-            p.discard(&self.shared);
-        }
-        for c in self.shared.cgroup_pool.lock().drain(..) {
+        // No more parking; the parked ones go now. The rest is cleaned up
+        // when the last instance or background task lets go of `Shared`.
+        self.shared.closing.store(true, Ordering::Relaxed);
+        self.shared.discard_parked();
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.discard_parked();
+        for c in self.cgroup_pool.lock().drain(..) {
             let _ = c.remove();
         }
-        for dir in self.shared.images.lock().values() {
+        for dir in self.images.lock().values() {
             if let Ok(c) = spawn::cstring("mount point", dir.as_os_str().as_bytes()) {
                 let _ = ns::umount_detach(&c);
             }
             let _ = std::fs::remove_dir(dir);
         }
-        let _ = std::fs::remove_dir(&self.shared.base);
-        let _ = std::fs::remove_dir(self.shared.config.work_dir.join("roots"));
-        let _ = std::fs::remove_dir(&self.shared.config.work_dir);
+        let _ = std::fs::remove_dir(&self.base);
+        let _ = std::fs::remove_dir(self.config.work_dir.join("roots"));
+        let _ = std::fs::remove_dir(&self.config.work_dir);
     }
 }
 
@@ -322,6 +325,13 @@ fn sys_err<'a>(name: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> Lau
 }
 
 impl Shared {
+    fn discard_parked(&self) {
+        let parked: Vec<Parked> = self.parked.lock().drain().flat_map(|(_, v)| v).collect();
+        for p in parked {
+            p.discard(self);
+        }
+    }
+
     fn take_parked(&self, key: &ParkKey) -> Option<Parked> {
         self.parked.lock().get_mut(key)?.pop()
     }
@@ -330,7 +340,7 @@ impl Shared {
     fn park_more(&self, key: &ParkKey, root: &Path) {
         loop {
             let have = self.parked.lock().get(key).map_or(0, Vec::len);
-            if have >= self.config.parked {
+            if have >= self.config.parked || self.closing.load(Ordering::Relaxed) {
                 return;
             }
             let (ours, theirs) = match rustix::net::socketpair(
@@ -369,6 +379,10 @@ impl Shared {
                 cgroup: st.cgroup,
                 uid_slot: st.uid_slot,
             };
+            if self.closing.load(Ordering::Relaxed) {
+                p.discard(self);
+                return;
+            }
             self.parked.lock().entry(key.clone()).or_default().push(p);
         }
     }

@@ -308,22 +308,21 @@ fn status(out: &mut impl Write) -> std::io::Result<()> {
         Ok(d) => writeln!(out, "cwd {}", d.display())?,
         Err(e) => writeln!(out, "cwd ERR:{e}")?,
     }
-    let probe_file = c"/.faas-sandbox-probe";
-    // SAFETY: a valid NUL-terminated path; without O_TRUNC an existing file
-    // is not changed. (No O_EXCL: on a read-only root, EEXIST would hide
-    // EROFS.)
+    // An unnamed file (O_TMPFILE): on a writable root it vanishes when
+    // closed, so probing outside a sandbox (or under a filter that denies
+    // unlink) leaves nothing behind; on a read-only mount it fails with EROFS.
+    // SAFETY: a valid NUL-terminated path; O_TMPFILE creates no name.
     let fd = unsafe {
         libc::open(
-            probe_file.as_ptr(),
-            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+            c"/".as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
             0o600,
         )
     };
     if fd >= 0 {
-        // SAFETY: we created this file and own `fd`.
+        // SAFETY: we own `fd`.
         unsafe {
             libc::close(fd);
-            libc::unlink(probe_file.as_ptr());
         }
         writeln!(out, "write_root OK")?;
     } else {
