@@ -13,9 +13,10 @@
 //!   write uid_map/gid_map, cgroup.procs
 //!   write(sync) ──────────────────────▶  setresgid/setresuid(0) = host range
 //!                                         / private; root bound ro; /dev, /tmp (, /proc)
-//!                                         pivot_root; hostname; rlimits; fds 0-3
-//!                                         caps dropped, securebits locked
-//!                                         close_range(4.., CLOEXEC); no_new_privs
+//!                                         pivot_root; hostname; rlimits
+//!                                         caps dropped, securebits locked; no_new_privs
+//!                                         (parked: wait here for fds 0-3 + argv/envp)
+//!                                         fds 0-3; close_range(4.., CLOEXEC)
 //!                                         seccomp filters (last)
 //!   read(err) ◀── EOF on exec ─────────  execve(program)
 //! ```
@@ -567,31 +568,8 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
             };
             check!(libc::setrlimit(res, &lim), Stage::Rlimits);
         }
-        // Parked: wait here for the request.
-        let mut fds = plan.fds;
-        let (mut program, mut argv, mut envp) =
-            (plan.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
-        if let Some(ctl) = plan.park {
-            match receive_request(ctl, p) {
-                Some((f, prog, a, e)) => {
-                    fds = f;
-                    (program, argv, envp) = (prog, a, e);
-                }
-                // The pool is closing (or sent garbage): leave quietly.
-                None => libc::_exit(0),
-            }
-            libc::close(ctl);
-        }
-        // 6. fds 0-3: first out of the way (sources may be 0-3), then in place.
-        let mut high = [0 as RawFd; 4];
-        for (i, fd) in fds.iter().enumerate() {
-            high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
-            check!(high[i], Stage::Fds);
-        }
-        for (i, fd) in high.iter().enumerate() {
-            check!(libc::dup2(*fd, i as RawFd), Stage::Fds);
-        }
-        // 7. Capabilities: bounding set, securebits, ambient, then the rest.
+        // 6. Capabilities: bounding set, securebits, ambient, then the rest
+        //    (before parking, so a hand-off does not pay for them).
         for cap in 0..=plan.cap_last {
             check!(
                 libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0),
@@ -625,8 +603,37 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
             libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr()) as libc::c_int,
             Stage::Caps
         );
-        // 8. Every other fd closes at exec (the error pipe included, which
-        //    tells the parent the exec happened).
+        // 7. No new privileges (also before parking).
+        check!(
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+            Stage::NoNewPrivs
+        );
+        // 8. Parked: wait here for the request.
+        let mut fds = plan.fds;
+        let (mut program, mut argv, mut envp) =
+            (plan.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
+        if let Some(ctl) = plan.park {
+            match receive_request(ctl, p) {
+                Some((f, prog, a, e)) => {
+                    fds = f;
+                    (program, argv, envp) = (prog, a, e);
+                }
+                // The pool is closing (or sent garbage): leave quietly.
+                None => libc::_exit(0),
+            }
+            libc::close(ctl);
+        }
+        // 9. fds 0-3: first out of the way (sources may be 0-3), then in place.
+        let mut high = [0 as RawFd; 4];
+        for (i, fd) in fds.iter().enumerate() {
+            high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
+            check!(high[i], Stage::Fds);
+        }
+        for (i, fd) in high.iter().enumerate() {
+            check!(libc::dup2(*fd, i as RawFd), Stage::Fds);
+        }
+        // 10. Every other fd closes at exec (the error pipe included, which
+        //     tells the parent the exec happened).
         check!(
             libc::syscall(
                 libc::SYS_close_range,
@@ -636,11 +643,7 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
             ) as libc::c_int,
             Stage::CloseRange
         );
-        check!(
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-            Stage::NoNewPrivs
-        );
-        // 9. Seccomp, last.
+        // 11. Seccomp, last.
         for prog in &p.progs {
             check!(
                 libc::syscall(
