@@ -159,7 +159,9 @@ struct Shared {
     cgroups: Option<Cgroups>,
     cgroup_pool: Mutex<Vec<Cgroup>>,
     uids: Mutex<Vec<u32>>,
-    images: Mutex<HashMap<PathBuf, PathBuf>>,
+    /// Host mount of each root (a read-only bind or an EROFS mount), by
+    /// the root's path.
+    roots: Mutex<HashMap<PathBuf, PathBuf>>,
     filters: Mutex<HashMap<String, Arc<SeccompFilters>>>,
     parked: Mutex<HashMap<ParkKey, Vec<Parked>>>,
     /// Set when the runtime is dropped: background tasks stop parking.
@@ -224,7 +226,7 @@ impl PooledSandboxRuntime {
                 cgroups,
                 cgroup_pool: Mutex::new(Vec::new()),
                 uids: Mutex::new(uids),
-                images: Mutex::new(HashMap::new()),
+                roots: Mutex::new(HashMap::new()),
                 filters: Mutex::new(HashMap::new()),
                 parked: Mutex::new(HashMap::new()),
                 closing: std::sync::atomic::AtomicBool::new(false),
@@ -258,7 +260,7 @@ impl Drop for Shared {
         for c in self.cgroup_pool.lock().drain(..) {
             let _ = c.remove();
         }
-        for dir in self.images.lock().values() {
+        for dir in self.roots.lock().values() {
             if let Ok(c) = spawn::cstring("mount point", dir.as_os_str().as_bytes()) {
                 let _ = ns::umount_detach(&c);
             }
@@ -411,7 +413,7 @@ impl Shared {
     /// a user namespace.)
     fn root_dir(&self, name: &str, root: &ImageRef) -> Result<PathBuf, LaunchError> {
         let key = root.path().to_path_buf();
-        let mut roots = self.images.lock();
+        let mut roots = self.roots.lock();
         if let Some(d) = roots.get(&key) {
             return Ok(d.clone());
         }
@@ -946,7 +948,7 @@ impl SandboxRuntime for PooledSandboxRuntime {
                 // next requests.
                 let sh = sh.clone();
                 tokio::task::spawn_blocking(move || {
-                    if let Some(root) = sh.images.lock().get(&key.root).cloned() {
+                    if let Some(root) = sh.roots.lock().get(&key.root).cloned() {
                         sh.park_more(&key, &root);
                     }
                 });

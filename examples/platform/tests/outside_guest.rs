@@ -3,11 +3,10 @@
 //! including a handler panic, which must come back as a 500, not a hang.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
 
-const FAAS: &str = env!("CARGO_BIN_EXE_faas");
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const MAIN_RS: &str = r#"
 fn main() {
@@ -72,35 +71,8 @@ fn outside_guest_crate_builds_deploys_and_answers() {
     )
     .unwrap();
 
-    let state = tempfile::tempdir().unwrap();
-    let mut server = Command::new(FAAS)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--quiet-instances",
-            "--state-dir",
-        ])
-        .arg(state.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
-    let faas = |args: &[&str]| {
-        Command::new(FAAS)
-            .args(args)
-            .env("FAAS_SERVER", &url)
-            .output()
-            .unwrap()
-    };
+    let server = common::Server::start(&[]);
+    let faas = |args: &[&str]| server.cli(args);
     let o = faas(&[
         "deploy",
         "outside",
@@ -128,6 +100,4 @@ fn outside_guest_crate_builds_deploys_and_answers() {
         e.contains("500") && e.contains("the handler gave up"),
         "{e}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -70,78 +70,52 @@ struct CapData {
     inheritable: u32,
 }
 
-/// A step of the child's set-up, reported to the parent when it fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub(crate) enum Stage {
-    Sync = 1,
-    SetIds,
-    MountPrivate,
-    BindRoot,
-    RemountRoot,
-    MountDev,
-    DevNodes,
-    MountTmp,
-    MountProc,
-    PivotRoot,
-    Hostname,
-    Rlimits,
-    Fds,
-    Caps,
-    CloseRange,
-    NoNewPrivs,
-    Seccomp,
-    Exec,
+/// Declares [`Stage`], its list and its descriptions from one table.
+macro_rules! stages {
+    ($($name:ident => $desc:literal,)*) => {
+        /// A step of the child's set-up, reported to the parent when it fails.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        pub(crate) enum Stage {
+            $($name,)*
+        }
+
+        impl Stage {
+            const ALL: &[Stage] = &[$(Stage::$name,)*];
+
+            pub(crate) fn describe(self) -> &'static str {
+                match self {
+                    $(Stage::$name => $desc,)*
+                }
+            }
+        }
+    };
+}
+
+stages! {
+    Sync => "waiting for the parent",
+    SetIds => "switching to the sandbox uid/gid",
+    MountPrivate => "making mounts private",
+    BindRoot => "binding the root",
+    RemountRoot => "making the root read-only",
+    MountDev => "mounting /dev (does the root have a dev directory?)",
+    DevNodes => "binding /dev/null, /dev/zero, /dev/urandom",
+    MountTmp => "mounting /tmp (does the root have a tmp directory?)",
+    MountProc => "mounting /proc (does the root have a proc directory?)",
+    PivotRoot => "pivot_root",
+    Hostname => "sethostname",
+    Rlimits => "setrlimit",
+    Fds => "placing fds 0-3",
+    Caps => "dropping capabilities",
+    CloseRange => "close_range",
+    NoNewPrivs => "no_new_privs",
+    Seccomp => "installing the seccomp filter",
+    Exec => "execve",
 }
 
 impl Stage {
     pub(crate) fn from_u32(v: u32) -> Option<Stage> {
-        use Stage::*;
-        [
-            Sync,
-            SetIds,
-            MountPrivate,
-            BindRoot,
-            RemountRoot,
-            MountDev,
-            DevNodes,
-            MountTmp,
-            MountProc,
-            PivotRoot,
-            Hostname,
-            Rlimits,
-            Fds,
-            Caps,
-            CloseRange,
-            NoNewPrivs,
-            Seccomp,
-            Exec,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
-    }
-
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            Stage::Sync => "waiting for the parent",
-            Stage::SetIds => "switching to the sandbox uid/gid",
-            Stage::MountPrivate => "making mounts private",
-            Stage::BindRoot => "binding the root",
-            Stage::RemountRoot => "making the root read-only",
-            Stage::MountDev => "mounting /dev (does the root have a dev directory?)",
-            Stage::DevNodes => "binding /dev/null, /dev/zero, /dev/urandom",
-            Stage::MountTmp => "mounting /tmp (does the root have a tmp directory?)",
-            Stage::MountProc => "mounting /proc (does the root have a proc directory?)",
-            Stage::PivotRoot => "pivot_root",
-            Stage::Hostname => "sethostname",
-            Stage::Rlimits => "setrlimit",
-            Stage::Fds => "placing fds 0-3",
-            Stage::Caps => "dropping capabilities",
-            Stage::CloseRange => "close_range",
-            Stage::NoNewPrivs => "no_new_privs",
-            Stage::Seccomp => "installing the seccomp filter",
-            Stage::Exec => "execve",
-        }
+        Stage::ALL.get(usize::try_from(v).ok()?).copied()
     }
 }
 

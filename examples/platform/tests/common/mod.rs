@@ -1,0 +1,129 @@
+//! Shared by the end-to-end tests: a `faas serve` process on a free port
+//! with its own state directory, and the CLI pointed at it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use faas_platform::client::Client;
+
+/// The binary under test.
+pub(crate) const FAAS: &str = env!("CARGO_BIN_EXE_faas");
+
+/// A `faas serve` process, killed on drop.
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) url: String,
+    _state: tempfile::TempDir,
+    pub(crate) work: tempfile::TempDir,
+}
+
+impl Server {
+    pub(crate) fn start(extra: &[&str]) -> Server {
+        let state = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let mut child = Command::new(FAAS)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--quiet-instances",
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_owned();
+        Server {
+            child,
+            url,
+            _state: state,
+            work,
+        }
+    }
+
+    pub(crate) fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    /// Runs the `faas` CLI against this server.
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(FAAS)
+            .args(args)
+            .env("FAAS_SERVER", &self.url)
+            .output()
+            .unwrap()
+    }
+
+    /// Writes the bundled example functions; returns their directories.
+    pub(crate) fn examples(&self) -> PathBuf {
+        let out = self.work.path().join("examples");
+        let o = Command::new(FAAS)
+            .args(["example-functions", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    }
+
+    /// A function directory holding one shell script `run`.
+    pub(crate) fn script(&self, name: &str, body: &str) -> PathBuf {
+        let dir = self.work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("run");
+        let mut f = std::fs::File::create(&p).unwrap();
+        writeln!(f, "#!/bin/sh\n{body}").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    pub(crate) fn deploy(&self, name: &str, dir: &Path, handler: &str, extra: &[&str]) {
+        let mut args = vec![
+            "deploy",
+            name,
+            "--dir",
+            dir.to_str().unwrap(),
+            "--handler",
+            handler,
+        ];
+        args.extend_from_slice(extra);
+        let o = self.cli(&args);
+        assert!(
+            o.status.success(),
+            "deploy {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: a graceful stop, so the sandbox runtime cleans up.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
