@@ -18,38 +18,8 @@ use std::time::Instant;
 /// Package name and binary name of each embedded function.
 const FUNCTIONS: &[(&str, &str)] = &[("faas-fn-hello", "hello"), ("faas-fn-cpu", "cpu")];
 
-/// Variables the outer cargo, clippy or the user set that would change the
-/// nested build (wrappers, flags, target dir, fix mode) or leak the outer
-/// build script's context into it.
-const REMOVED_VARS: &[&str] = &[
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTC_WRAPPER",
-    "RUSTFLAGS",
-    "CARGO_BUILD_RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "__CARGO_FIX_PLZ",
-    "__CARGO_FIX_YOLO",
-    "CLIPPY_ARGS",
-    "CLIPPY_CONF_DIR",
-    "OUT_DIR",
-    "TARGET",
-    "HOST",
-    "PROFILE",
-    "OPT_LEVEL",
-    "DEBUG",
-    "NUM_JOBS",
-    "RUSTC_LINKER",
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-    "CARGO_MANIFEST_LINKS",
-    "CARGO_PRIMARY_PACKAGE",
-];
-
-/// Prefixes of per-package variables cargo sets for a build script.
-const REMOVED_PREFIXES: &[&str] = &["CARGO_CFG_", "CARGO_FEATURE_", "CARGO_PKG_", "DEP_"];
+#[path = "../../build-support/nested_cargo.rs"]
+mod nested_cargo;
 
 fn main() {
     let manifest_dir = PathBuf::from(required_var("CARGO_MANIFEST_DIR"));
@@ -87,12 +57,7 @@ fn main() {
     for (package, _) in FUNCTIONS {
         cmd.arg("-p").arg(package);
     }
-    for (key, _) in env::vars_os() {
-        let Some(name) = key.to_str() else { continue };
-        if REMOVED_VARS.contains(&name) || REMOVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
-            cmd.env_remove(&key);
-        }
-    }
+    nested_cargo::clean_env(&mut cmd);
     cmd.env("CARGO_TARGET_DIR", &target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
         // Only the executables are embedded: no debug info to carry.

@@ -3,6 +3,7 @@
 mod cli_image;
 mod cli_sandbox;
 mod cli_sched;
+mod cli_snapshot;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ enum Command {
     Sandbox(cli_sandbox::SandboxArgs),
     /// Scheduler tools: replay a real trace through the pool scheduler.
     Sched(cli_sched::SchedArgs),
+    /// Checkpoint a process and restore it (faas-snapshot).
+    Snapshot(cli_snapshot::SnapshotArgs),
     /// Write the bundled example functions (hello, cpu) to a directory.
     ExampleFunctions {
         /// Directory to create them in (one subdirectory per function).
@@ -249,6 +252,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench(a).await,
         Command::Image(a) => cli_image::run(a),
         Command::Sched(a) => cli_sched::run(a),
+        Command::Snapshot(a) => {
+            let code = cli_snapshot::run(a)?;
+            std::process::exit(code);
+        }
         Command::Sandbox(a) => {
             let code = cli_sandbox::run(a).await?;
             std::process::exit(code);

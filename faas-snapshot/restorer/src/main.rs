@@ -1,0 +1,267 @@
+//! faas-restorer: turns itself into a snapshotted process.
+//!
+//! faas-snapshot starts this small static program (no libc, so no rseq, no
+//! TLS and no signal handlers of its own) with the guest's fds 0–3 in place
+//! and a socket on fd 4, sends it a restore plan (see `plan.rs`) with the
+//! descriptors of the page file and the mapped files, and the restorer
+//! executes the plan itself — no ptrace round trip per step:
+//!
+//! 1. unmap everything but its own image and the running kernel's
+//!    vvar/vvar_vclock/vdso;
+//! 2. move those three to the snapshot's addresses, keeping their relative
+//!    offsets (glibc caches pointers into the vDSO);
+//! 3. map every area: private memory copy-on-write from the page file,
+//!    code and read-only data from the original files;
+//! 4. mm fields and auxv (PR_SET_MM_MAP), signal actions, the robust list,
+//!    the clear-tid address, fs/gs base;
+//! 5. close every descriptor above 3, register the guest's rseq area, install
+//!    the sandbox's seccomp filter (last: nothing the restorer does after it
+//!    needs more than `munmap` and `rt_sigreturn`);
+//! 6. unmap its own writable pages and `rt_sigreturn` on a frame placed
+//!    below the guest's stack pointer: general registers, the full xsave
+//!    state, the signal mask and the sigaltstack come back in one step.
+//!
+//! The restorer's read-only text (a few KiB, shared page cache) stays mapped
+//! at its fixed link address; faas-snapshot refuses a snapshot whose areas
+//! collide with it. On any failure the restorer writes one line to fd 2 and
+//! exits with one of the `plan::exit` codes; the guest never runs half
+//! restored.
+#![no_std]
+#![no_main]
+
+mod plan;
+mod sys;
+
+use plan::{
+    AREA_LEN, Area, FILTER_INSN_LEN, HEADER_LEN, Header, PLAN_MAGIC, PLAN_VERSION, SIGACTION_LEN,
+    SigAction, VDSO_PARTS, exit,
+};
+
+/// Lowest address the restorer unmaps from.
+const LOW: u64 = 0x1000;
+/// The end of the 47-bit user address space.
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+
+/// Gives up: one line on fd 2, then exit.
+fn fail(code: i32, what: &str, err: isize) -> ! {
+    sys::write_all(2, b"faas-restorer: ");
+    sys::write_all(2, what.as_bytes());
+    if err < 0 {
+        sys::write_all(2, b": errno ");
+        let mut digits = [0u8; 20];
+        sys::write_all(2, itoa(err.unsigned_abs() as u64, &mut digits));
+    }
+    sys::write_all(2, b"\n");
+    sys::exit_group(code)
+}
+
+fn itoa(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Entered from `_start` on the restorer's own stack; `vdso` is the running
+/// vDSO's base (`AT_SYSINFO_EHDR`, 0 without one).
+pub(crate) fn run(vdso: u64) -> ! {
+    let (len, fds) = match sys::recv_plan() {
+        Ok(got) => got,
+        Err(e) => fail(exit::NO_PLAN, "cannot receive the restore plan", e),
+    };
+    let plan = sys::plan_bytes(len);
+    let Some(header) = sys::read::<Header>(plan, 0) else {
+        fail(exit::BAD_PLAN, "plan shorter than its header", 0)
+    };
+    if header.magic != PLAN_MAGIC || header.version != PLAN_VERSION {
+        fail(exit::BAD_PLAN, "plan has a foreign magic or version", 0);
+    }
+    let areas_at = HEADER_LEN;
+    let sig_at = areas_at + header.n_areas as usize * AREA_LEN;
+    let filter_at = sig_at + header.n_sigactions as usize * SIGACTION_LEN;
+    let frame_at = filter_at + header.n_filter as usize * FILTER_INSN_LEN;
+    let end = frame_at + header.frame_len as usize;
+    if end != plan.len() || header.auxv_len as usize > header.auxv.len() {
+        fail(exit::BAD_PLAN, "plan length does not match its header", 0);
+    }
+
+    let (image_start, image_end) = sys::image_range();
+    unmap_all_but(image_start, image_end, &header, vdso);
+    move_vdso(&header, vdso, image_start, image_end);
+
+    for i in 0..header.n_areas as usize {
+        let Some(area) = sys::read::<Area>(plan, areas_at + i * AREA_LEN) else {
+            fail(exit::BAD_PLAN, "area outside the plan", 0)
+        };
+        map_area(&area, fds);
+    }
+
+    let rc = sys::set_mm_map(&header.mm, &header.auxv[..header.auxv_len as usize]);
+    if rc < 0 {
+        fail(exit::STATE, "prctl(PR_SET_MM_MAP)", rc);
+    }
+    for i in 0..header.n_sigactions as usize {
+        let Some(act) = sys::read::<SigAction>(plan, sig_at + i * SIGACTION_LEN) else {
+            fail(exit::BAD_PLAN, "signal action outside the plan", 0)
+        };
+        let rc = sys::rt_sigaction(&act);
+        if rc < 0 {
+            fail(exit::STATE, "rt_sigaction", rc);
+        }
+    }
+    if header.robust_list != 0 {
+        let rc = sys::set_robust_list(header.robust_list, header.robust_len);
+        if rc < 0 {
+            fail(exit::STATE, "set_robust_list", rc);
+        }
+    }
+    sys::set_tid_address(header.clear_tid);
+    let rc = sys::set_fs_gs(header.fs_base, header.gs_base);
+    if rc < 0 {
+        fail(exit::STATE, "arch_prctl(ARCH_SET_FS/GS)", rc);
+    }
+
+    // The frame goes below the guest's stack pointer; from here on the
+    // guest's memory is complete.
+    let rc = sys::copy_out(header.frame_addr, &plan[frame_at..end]);
+    if rc < 0 {
+        fail(
+            exit::STATE,
+            "signal frame outside the guest's writable memory",
+            rc,
+        );
+    }
+    let rc = sys::close_above(3);
+    if rc < 0 {
+        fail(exit::STATE, "close_range", rc);
+    }
+    if header.rseq != 0 {
+        let rc = sys::rseq(header.rseq, header.rseq_len, header.rseq_sig);
+        if rc < 0 {
+            fail(exit::STATE, "rseq registration", rc);
+        }
+    }
+    if header.n_filter > 0 {
+        let rc = sys::seccomp(
+            &plan[filter_at..frame_at],
+            header.n_filter,
+            header.no_new_privs != 0,
+        );
+        if rc < 0 {
+            fail(exit::SECCOMP, "seccomp filter", rc);
+        }
+    }
+    sys::sigreturn(header.frame_addr + 8)
+}
+
+/// Unmaps the whole user address space except `[image_start, image_end)` and
+/// the running vDSO parts.
+fn unmap_all_but(image_start: u64, image_end: u64, header: &Header, vdso: u64) {
+    let mut keep = [(0u64, 0u64); 1 + VDSO_PARTS];
+    keep[0] = (image_start, image_end);
+    let mut n = 1;
+    if vdso != 0 {
+        for part in header.vdso.iter().filter(|p| p.len > 0) {
+            let start = vdso.wrapping_add_signed(part.offset);
+            keep[n] = (start, start + part.len);
+            n += 1;
+        }
+    }
+    let keep = &mut keep[..n];
+    keep.sort_unstable();
+    let mut from = LOW;
+    for &(start, end) in keep.iter() {
+        if start > from {
+            let rc = sys::munmap(from, start - from);
+            if rc < 0 {
+                fail(exit::UNMAP, "munmap", rc);
+            }
+        }
+        from = from.max(end);
+    }
+    if from < TASK_SIZE {
+        let rc = sys::munmap(from, TASK_SIZE - from);
+        if rc < 0 {
+            fail(exit::UNMAP, "munmap", rc);
+        }
+    }
+}
+
+/// Moves vvar, vvar_vclock and vdso to the snapshot's addresses, through the
+/// scratch range when the old and new places overlap.
+fn move_vdso(header: &Header, vdso: u64, image_start: u64, image_end: u64) {
+    if vdso == 0 {
+        if header.vdso.iter().any(|p| p.len > 0) {
+            fail(exit::VDSO, "this process has no vDSO to move", 0);
+        }
+        return;
+    }
+    let parts = &header.vdso;
+    let (mut lo, mut hi, mut tlo, mut thi) = (u64::MAX, 0, u64::MAX, 0);
+    for p in parts.iter().filter(|p| p.len > 0) {
+        let cur = vdso.wrapping_add_signed(p.offset);
+        lo = lo.min(cur);
+        hi = hi.max(cur + p.len);
+        tlo = tlo.min(p.target);
+        thi = thi.max(p.target + p.len);
+        if p.target.wrapping_sub(cur) != parts[VDSO_PARTS - 1].target.wrapping_sub(vdso) {
+            fail(
+                exit::VDSO,
+                "vDSO parts would not keep their relative offsets",
+                0,
+            );
+        }
+    }
+    if lo == u64::MAX || tlo == lo {
+        return;
+    }
+    if tlo < image_end && image_start < thi {
+        fail(
+            exit::VDSO,
+            "the snapshot's vDSO collides with the restorer",
+            0,
+        );
+    }
+    let via_scratch = tlo < hi && lo < thi;
+    for p in parts.iter().filter(|p| p.len > 0) {
+        let mut cur = vdso.wrapping_add_signed(p.offset);
+        if via_scratch {
+            let stop = header.scratch + (cur - lo);
+            let rc = sys::mremap(cur, p.len, stop);
+            if rc < 0 {
+                fail(exit::VDSO, "mremap of the vDSO to the scratch range", rc);
+            }
+            cur = stop;
+        }
+        let rc = sys::mremap(cur, p.len, p.target);
+        if rc < 0 {
+            fail(exit::VDSO, "mremap of the vDSO", rc);
+        }
+    }
+}
+
+fn map_area(area: &Area, fds: &[i32]) {
+    let fd = if area.fd == plan::ANON {
+        -1
+    } else {
+        match fds.get(area.fd as usize) {
+            Some(&fd) => fd,
+            None => fail(exit::BAD_PLAN, "area names a descriptor the plan lacks", 0),
+        }
+    };
+    let rc = sys::mmap_fixed(area.start, area.len, area.prot, area.flags, fd, area.offset);
+    if rc < 0 {
+        fail(exit::MAP, "mmap of a snapshot area", rc);
+    }
+    if area.advice != 0 {
+        let rc = sys::madvise(area.start, area.len, area.advice);
+        if rc < 0 {
+            fail(exit::MAP, "madvise of a snapshot area", rc);
+        }
+    }
+}

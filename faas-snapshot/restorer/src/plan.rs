@@ -1,0 +1,200 @@
+//! The restore plan: what `faas-snapshot` sends the restorer, and the only
+//! interface between them.
+//!
+//! This file is compiled twice: into the restorer (`no_std`) and into
+//! faas-snapshot (`#[path]` module), so both sides agree on every byte. A plan
+//! is one message on fd [`PLAN_FD`]: a [`Header`], then `n_areas` [`Area`]s,
+//! `n_sigactions` [`SigAction`]s, `n_filter` seccomp instructions (8 bytes
+//! each), and `frame_len` bytes of signal frame. The file descriptors the
+//! areas map from travel with it (SCM_RIGHTS) and are numbered by their
+//! position in that message.
+//!
+//! All fields are native-endian `u64`/`u32`s; the layout is `#[repr(C)]` with
+//! no implicit padding.
+
+/// The restorer receives its plan on this descriptor (a SOCK_SEQPACKET
+/// socket), and closes it and every descriptor above 3 before the guest runs.
+pub const PLAN_FD: i32 = 4;
+
+/// `b"FAASPLAN"` read as a little-endian u64.
+pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"FAASPLAN");
+
+/// Bumped whenever the layout changes; the build embeds the restorer, so both
+/// sides always come from the same build.
+pub const PLAN_VERSION: u32 = 1;
+
+/// The largest plan the restorer accepts, in bytes.
+pub const PLAN_MAX: usize = 192 * 1024;
+
+/// The most descriptors one plan passes.
+pub const MAX_FDS: usize = 250;
+
+/// Words of auxv the kernel keeps (`AT_VECTOR_SIZE` on x86-64 is 2 * (2 + 20 + 24)).
+pub const AUXV_WORDS: usize = 64;
+
+/// `Area::fd` of an anonymous mapping.
+pub const ANON: u32 = u32::MAX;
+
+/// The three kernel-provided areas, in address order.
+pub const VDSO_PARTS: usize = 3;
+
+/// One of `[vvar]`, `[vvar_vclock]`, `[vdso]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VdsoPart {
+    /// Where the running kernel put it, relative to the vDSO base
+    /// (`AT_SYSINFO_EHDR`); the same for every process on one kernel.
+    pub offset: i64,
+    /// Its length; 0 when this kernel has no such area.
+    pub len: u64,
+    /// Where the snapshot had it.
+    pub target: u64,
+}
+
+/// The fields of `struct prctl_mm_map` (PR_SET_MM_MAP), without auxv.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmFields {
+    /// `start_code`.
+    pub start_code: u64,
+    /// `end_code`.
+    pub end_code: u64,
+    /// `start_data`.
+    pub start_data: u64,
+    /// `end_data`.
+    pub end_data: u64,
+    /// `start_brk`.
+    pub start_brk: u64,
+    /// The current program break.
+    pub brk: u64,
+    /// `start_stack`.
+    pub start_stack: u64,
+    /// `arg_start`.
+    pub arg_start: u64,
+    /// `arg_end`.
+    pub arg_end: u64,
+    /// `env_start`.
+    pub env_start: u64,
+    /// `env_end`.
+    pub env_end: u64,
+}
+
+/// The plan's fixed part.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// [`PLAN_MAGIC`].
+    pub magic: u64,
+    /// [`PLAN_VERSION`].
+    pub version: u32,
+    /// Areas that follow.
+    pub n_areas: u32,
+    /// Signal actions that follow.
+    pub n_sigactions: u32,
+    /// Seccomp instructions that follow (0: no filter).
+    pub n_filter: u32,
+    /// Bytes of signal frame that follow.
+    pub frame_len: u32,
+    /// Offset of the xsave area inside the frame (64-byte aligned).
+    pub frame_fpstate: u32,
+    /// Where the frame goes (in a writable area of the snapshot, below the
+    /// saved stack pointer and its red zone; 64-byte aligned).
+    pub frame_addr: u64,
+    /// vvar, vvar_vclock, vdso.
+    pub vdso: [VdsoPart; VDSO_PARTS],
+    /// A free range, as long as the three vDSO parts together, that collides
+    /// with neither the snapshot nor the restorer: a stop-over when the
+    /// running vDSO overlaps its destination.
+    pub scratch: u64,
+    /// mm fields for PR_SET_MM_MAP.
+    pub mm: MmFields,
+    /// Words of `auxv` in use (even).
+    pub auxv_len: u32,
+    /// 1: the restorer sets no_new_privs before the filter.
+    pub no_new_privs: u32,
+    /// The saved auxv.
+    pub auxv: [u64; AUXV_WORDS],
+    /// `fs_base`.
+    pub fs_base: u64,
+    /// `gs_base`.
+    pub gs_base: u64,
+    /// The rseq area (0: none).
+    pub rseq: u64,
+    /// Its registered length.
+    pub rseq_len: u32,
+    /// Its signature.
+    pub rseq_sig: u32,
+    /// The robust futex list head (0: none).
+    pub robust_list: u64,
+    /// Its length.
+    pub robust_len: u64,
+    /// The clear-child-tid address.
+    pub clear_tid: u64,
+}
+
+/// One mapping to create.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Area {
+    /// Start address (page aligned).
+    pub start: u64,
+    /// Length (page aligned, non-zero).
+    pub len: u64,
+    /// Offset in the file (page aligned).
+    pub offset: u64,
+    /// `PROT_*`.
+    pub prot: u32,
+    /// `MAP_*` without MAP_FIXED (the restorer adds it).
+    pub flags: u32,
+    /// Index of the descriptor in the plan's message, or [`ANON`].
+    pub fd: u32,
+    /// `MADV_*` to apply after mapping, 0 for none.
+    pub advice: u32,
+}
+
+/// One `rt_sigaction` to perform (`struct kernel_sigaction` layout after
+/// `signo`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigAction {
+    /// The signal.
+    pub signo: u64,
+    /// `sa_handler`.
+    pub handler: u64,
+    /// `sa_flags`.
+    pub flags: u64,
+    /// `sa_restorer`.
+    pub restorer: u64,
+    /// `sa_mask`.
+    pub mask: u64,
+}
+
+/// Bytes of the fixed part.
+pub const HEADER_LEN: usize = core::mem::size_of::<Header>();
+/// Bytes per area.
+pub const AREA_LEN: usize = core::mem::size_of::<Area>();
+/// Bytes per signal action.
+pub const SIGACTION_LEN: usize = core::mem::size_of::<SigAction>();
+/// Bytes per seccomp instruction (`struct sock_filter`).
+pub const FILTER_INSN_LEN: usize = 8;
+
+/// Exit statuses of a restorer that gave up (it also writes one line to
+/// fd 2 saying why).
+pub mod exit {
+    /// No plan could be received.
+    pub const NO_PLAN: i32 = 120;
+    /// The plan is malformed.
+    pub const BAD_PLAN: i32 = 121;
+    /// Unmapping the restorer's own surroundings failed.
+    pub const UNMAP: i32 = 122;
+    /// Moving the vDSO failed.
+    pub const VDSO: i32 = 123;
+    /// Mapping an area failed.
+    pub const MAP: i32 = 124;
+    /// Restoring process state (mm fields, signals, rseq, fs base) failed.
+    pub const STATE: i32 = 125;
+    /// Installing the seccomp filter failed.
+    pub const SECCOMP: i32 = 126;
+    /// rt_sigreturn returned (a rejected frame).
+    pub const SIGRETURN: i32 = 127;
+}

@@ -1,0 +1,784 @@
+//! Restore: a snapshot → a restore plan (once) → a running process per
+//! restore.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use faas_core::{ExitStatus, SnapshotError};
+
+use crate::dump::VDSO_NAMES;
+use crate::meta::{self, FileId, META_FILE, Meta, PAGE, PAGES_FILE, Source, TASK_SIZE};
+use crate::plan::{self, Header, VdsoPart};
+use crate::sys::{self, spawn};
+
+/// The restorer executable, built by build.rs.
+const RESTORER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/faas-restorer"));
+
+fn invalid(dir: &Path, what: impl Into<String>) -> SnapshotError {
+    SnapshotError::Invalid {
+        dir: dir.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+fn sys_err(op: &'static str) -> impl Fn(io::Error) -> SnapshotError {
+    move |source| SnapshotError::Sys { op, source }
+}
+
+/// What this host offers a snapshot: compared with what it recorded.
+struct Host {
+    kernel: String,
+    xcr0: u64,
+    vdso_base: u64,
+    /// (name, start, end) of vvar, vvar_vclock, vdso as this kernel lays
+    /// them out.
+    vdso: Vec<(String, u64, u64)>,
+    vdso_hash: String,
+    /// The restorer's image: [start, end).
+    restorer: (u64, u64),
+    /// The restorer as an executable memfd.
+    exe: OwnedFd,
+}
+
+fn host() -> Result<&'static Host, String> {
+    static HOST: OnceLock<Result<Host, String>> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let maps =
+            fs::read_to_string("/proc/self/maps").map_err(|e| format!("/proc/self/maps: {e}"))?;
+        let vdso: Vec<(String, u64, u64)> = maps
+            .lines()
+            .filter_map(crate::maps::parse_line)
+            .filter(|v| VDSO_NAMES.contains(&v.name.as_str()))
+            .map(|v| (v.name, v.start, v.end))
+            .collect();
+        let vdso_base = sys::vdso_base();
+        let own = vdso
+            .iter()
+            .find(|(n, _, _)| n == "[vdso]")
+            .map(|&(_, s, e)| sys::own_vdso(s, e - s))
+            .unwrap_or_default();
+        let restorer =
+            elf_range(RESTORER).ok_or("the embedded restorer is not a valid ELF executable")?;
+        let exe = restorer_memfd().map_err(|e| format!("cannot stage the restorer: {e}"))?;
+        Ok(Host {
+            kernel: sys::kernel(),
+            xcr0: sys::xcr0(),
+            vdso_base,
+            vdso,
+            vdso_hash: blake3::hash(&own).to_hex().to_string(),
+            restorer,
+            exe,
+        })
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+fn restorer_memfd() -> io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "faas-restorer",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut f = File::from(fd);
+    f.write_all(RESTORER)?;
+    let fd = OwnedFd::from(f);
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )?;
+    Ok(fd)
+}
+
+/// The page-aligned address range the PT_LOAD segments of a static ELF
+/// executable occupy.
+fn elf_range(elf: &[u8]) -> Option<(u64, u64)> {
+    const PT_LOAD: u32 = 1;
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for i in 0..usize::from(u16_at(0x38)?) {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph)? == PT_LOAD {
+            let vaddr = u64_at(ph + 16)?;
+            lo = lo.min(vaddr & !(PAGE - 1));
+            hi = hi.max((vaddr + u64_at(ph + 40)? + PAGE - 1) & !(PAGE - 1));
+        }
+    }
+    (lo < hi).then_some((lo, hi))
+}
+
+/// A snapshot opened for restoring: checked against this host once, its
+/// files open and its restore plan built, so each restore only starts the
+/// restorer and hands it the plan.
+#[derive(Debug)]
+pub struct Snapshot {
+    dir: PathBuf,
+    meta: Meta,
+    /// The page file, then every mapped file, in plan order.
+    fds: Vec<File>,
+    plan: Vec<u8>,
+    cwd: Option<CString>,
+}
+
+/// The descriptors a restored process starts with.
+#[derive(Debug, Default)]
+pub struct RestoreIo {
+    /// fd 0 (None: closed).
+    pub stdin: Option<OwnedFd>,
+    /// fd 1 (None: closed).
+    pub stdout: Option<OwnedFd>,
+    /// fd 2 (None: closed).
+    pub stderr: Option<OwnedFd>,
+    /// fd 3, the guest channel (None: closed).
+    pub channel: Option<OwnedFd>,
+    /// Use the caller's own fds 0–2 where the fields above are None.
+    pub inherit_stdio: bool,
+}
+
+impl Snapshot {
+    /// Opens the snapshot in `dir`: reads and checks its metadata, refuses it
+    /// when this host's vDSO, xsave features or kernel differ from the
+    /// snapshot's or a mapped file changed, and builds the restore plan.
+    pub fn open(dir: &Path) -> Result<Snapshot, SnapshotError> {
+        let host = host().map_err(|e| invalid(dir, e))?;
+        let meta_path = dir.join(META_FILE);
+        let bytes = fs::read(&meta_path)
+            .map_err(|e| invalid(dir, format!("cannot read {}: {e}", meta_path.display())))?;
+        let meta = Meta::decode(&bytes).map_err(|e| invalid(dir, e))?;
+        check_host(dir, &meta, host)?;
+
+        let mut fds = Vec::with_capacity(1 + meta.files.len());
+        let pages_path = dir.join(PAGES_FILE);
+        let pages = File::open(&pages_path)
+            .map_err(|e| invalid(dir, format!("cannot open {}: {e}", pages_path.display())))?;
+        let len = pages
+            .metadata()
+            .map_err(sys_err("stat the page file"))?
+            .len();
+        if len != meta.pages_len {
+            return Err(invalid(
+                dir,
+                format!(
+                    "{PAGES_FILE} is {len} bytes; the metadata says {}",
+                    meta.pages_len
+                ),
+            ));
+        }
+        fds.push(pages);
+        for (i, f) in meta.files.iter().enumerate() {
+            let writable = meta.areas.iter().any(|a| {
+                a.shared()
+                    && a.prot() & libc::PROT_WRITE as u32 != 0
+                    && matches!(a.source, Source::File { file, .. } if file == i)
+            });
+            let file = OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(&f.path)
+                .map_err(|e| invalid(dir, format!("mapped file {}: {e}", f.path)))?;
+            check_file(dir, f, &file)?;
+            fds.push(file);
+        }
+        if fds.len() > plan::MAX_FDS {
+            return Err(invalid(
+                dir,
+                format!(
+                    "{} mapped files; at most {} are supported",
+                    fds.len() - 1,
+                    plan::MAX_FDS - 1
+                ),
+            ));
+        }
+        let plan = build_plan(dir, &meta, host)?;
+        let cwd = CString::new(meta.cwd.clone())
+            .ok()
+            .filter(|_| Path::new(&meta.cwd).is_dir());
+        Ok(Snapshot {
+            dir: dir.to_path_buf(),
+            meta,
+            fds,
+            plan,
+            cwd,
+        })
+    }
+
+    /// The snapshot directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts a new process from the snapshot. It runs from where the
+    /// checkpointed process stopped, with `io`'s descriptors as fds 0–3.
+    pub fn restore(&self, io: RestoreIo) -> Result<Restored, SnapshotError> {
+        let host = host().map_err(|e| invalid(&self.dir, e))?;
+        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
+            check_file(&self.dir, f, file)?;
+        }
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| SnapshotError::Sys {
+            op: "socketpair",
+            source: e.into(),
+        })?;
+        fn std_fd(own: &Option<OwnedFd>, n: i32, inherit: bool) -> Option<BorrowedFd<'_>> {
+            match own {
+                Some(fd) => Some(fd.as_fd()),
+                None if inherit => Some(sys::stdio_fd(n)),
+                None => None,
+            }
+        }
+        let fds = [
+            std_fd(&io.stdin, 0, io.inherit_stdio),
+            std_fd(&io.stdout, 1, io.inherit_stdio),
+            std_fd(&io.stderr, 2, io.inherit_stdio),
+            io.channel.as_ref().map(|f| f.as_fd()),
+            Some(theirs.as_fd()),
+        ];
+        let child = spawn::spawn(host.exe.as_fd(), fds, self.cwd.as_deref())
+            .map_err(sys_err("start the restorer"))?;
+        drop(theirs);
+        let restored = Restored {
+            pid: child.pid,
+            pidfd: Some(child.pidfd),
+            status: None,
+        };
+        let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
+        let mut space =
+            vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        control.push(rustix::net::SendAncillaryMessage::ScmRights(&borrowed));
+        rustix::net::sendmsg(
+            &ours,
+            &[io::IoSlice::new(&self.plan)],
+            &mut control,
+            rustix::net::SendFlags::empty(),
+        )
+        .map_err(|e| SnapshotError::Sys {
+            op: "send the restore plan",
+            source: e.into(),
+        })?;
+        Ok(restored)
+    }
+
+    /// A human-readable summary: areas, sources and sizes.
+    pub fn describe(&self) -> String {
+        describe(&self.meta)
+    }
+}
+
+fn check_host(dir: &Path, meta: &Meta, host: &Host) -> Result<(), SnapshotError> {
+    if meta.kernel != host.kernel {
+        return Err(invalid(
+            dir,
+            format!(
+                "taken on kernel {:?}; this host runs {:?}",
+                meta.kernel, host.kernel
+            ),
+        ));
+    }
+    if meta.xcr0 != host.xcr0 {
+        return Err(invalid(
+            dir,
+            format!(
+                "taken on a CPU with xsave features {:#x}; this CPU has {:#x}",
+                meta.xcr0, host.xcr0
+            ),
+        ));
+    }
+    if meta.vdso_hash != host.vdso_hash {
+        return Err(invalid(dir, "its vDSO bytes differ from this host's vDSO"));
+    }
+    // Same parts, same sizes, same relative offsets.
+    let snap_base = meta
+        .vdso
+        .iter()
+        .find(|v| v.name == "[vdso]")
+        .map(|v| v.start);
+    let host_base = host.vdso.iter().find(|v| v.0 == "[vdso]").map(|v| v.1);
+    let same_layout = meta.vdso.len() == host.vdso.len()
+        && match (snap_base, host_base) {
+            (Some(sb), Some(hb)) => host.vdso.iter().all(|(name, s, e)| {
+                meta.vdso.iter().any(|v| {
+                    &v.name == name
+                        && v.end - v.start == e - s
+                        && v.start.wrapping_sub(sb) == s.wrapping_sub(hb)
+                })
+            }),
+            _ => false,
+        };
+    if !same_layout {
+        return Err(invalid(
+            dir,
+            "its vvar/vdso layout differs from this kernel's",
+        ));
+    }
+    Ok(())
+}
+
+fn check_file(dir: &Path, want: &FileId, file: &File) -> Result<(), SnapshotError> {
+    let m = file.metadata().map_err(sys_err("stat a mapped file"))?;
+    let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    if m.dev() != want.dev || m.ino() != want.ino || m.size() != want.size || mtime != want.mtime_ns
+    {
+        return Err(invalid(
+            dir,
+            format!(
+                "mapped file {} changed since the snapshot (it is {} bytes, mtime {}; the snapshot has {} bytes, mtime {}, or another inode)",
+                want.path,
+                m.size(),
+                mtime,
+                want.size,
+                want.mtime_ns
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One plan area (the plan's own type, built from the metadata).
+fn plan_area(a: &meta::Area) -> plan::Area {
+    let mut flags = if a.shared() {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    } as u32;
+    let (fd, offset) = match a.source {
+        Source::Zero => {
+            flags |= (libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u32;
+            (plan::ANON, 0)
+        }
+        Source::Pages { offset, .. } => (0, offset),
+        Source::File { file, offset } => (1 + file as u32, offset),
+    };
+    plan::Area {
+        start: a.start,
+        len: a.len(),
+        offset,
+        prot: a.prot(),
+        flags,
+        fd,
+        advice: a.advice,
+    }
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Bytes of frame before the xsave area: pretcode (8), ucontext (304), padding.
+const FRAME_FPSTATE: usize = 320;
+
+fn build_plan(dir: &Path, meta: &Meta, host: &Host) -> Result<Vec<u8>, SnapshotError> {
+    let mut areas: Vec<plan::Area> = meta.areas.iter().map(plan_area).collect();
+    let mut taken: Vec<(u64, u64)> = meta.areas.iter().map(|a| (a.start, a.end)).collect();
+    taken.extend(meta.vdso.iter().map(|v| (v.start, v.end)));
+    if let Some(a) = meta
+        .areas
+        .iter()
+        .find(|a| overlaps((a.start, a.end), host.restorer))
+    {
+        return Err(invalid(
+            dir,
+            format!(
+                "area {:#x}-{:#x} {} collides with the restorer at {:#x}-{:#x}",
+                a.start, a.end, a.name, host.restorer.0, host.restorer.1
+            ),
+        ));
+    }
+    if meta
+        .vdso
+        .iter()
+        .any(|v| overlaps((v.start, v.end), host.restorer))
+    {
+        return Err(invalid(dir, "its vDSO collides with the restorer"));
+    }
+
+    // Room for the stack to grow: an untouched anonymous area below
+    // [stack] up to RLIMIT_STACK, clear of every other area by a guard gap.
+    if let Some(stack) = meta.areas.iter().find(|a| a.name == "[stack]") {
+        const GUARD: u64 = 256 * PAGE;
+        let floor = taken
+            .iter()
+            .filter(|r| r.1 <= stack.start)
+            .map(|r| r.1 + GUARD)
+            .chain([host.restorer.1 + GUARD])
+            .filter(|&e| e <= stack.start)
+            .max()
+            .unwrap_or(PAGE);
+        let low = stack.end.saturating_sub(meta.stack_limit).max(floor) & !(PAGE - 1);
+        if low < stack.start {
+            areas.push(plan::Area {
+                start: low,
+                len: stack.start - low,
+                offset: 0,
+                prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+                flags: (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u32,
+                fd: plan::ANON,
+                advice: 0,
+            });
+            taken.push((low, stack.start));
+        }
+    }
+    areas.sort_by_key(|a| a.start);
+
+    let xstate = meta.xstate_bytes().map_err(|e| invalid(dir, e))?;
+    let frame_len = (FRAME_FPSTATE + xstate.len() + 4 + 63) & !63;
+    let frame_addr = (meta.regs.rsp.wrapping_sub(128 + frame_len as u64)) & !63;
+    let frame_range = (frame_addr, frame_addr + frame_len as u64);
+    let writable = areas.iter().any(|a| {
+        a.prot & libc::PROT_WRITE as u32 != 0
+            && a.flags & libc::MAP_SHARED as u32 == 0
+            && a.start <= frame_range.0
+            && frame_range.1 <= a.start + a.len
+    });
+    if !writable {
+        return Err(invalid(
+            dir,
+            format!(
+                "no writable memory below the stack pointer {:#x} for the signal frame",
+                meta.regs.rsp
+            ),
+        ));
+    }
+    let frame = signal_frame(meta, &xstate, frame_addr);
+
+    // vDSO parts: this kernel's offsets, the snapshot's addresses.
+    let mut vdso = [VdsoPart::default(); plan::VDSO_PARTS];
+    let host_vdso_start = host
+        .vdso
+        .iter()
+        .find(|v| v.0 == "[vdso]")
+        .map_or(0, |v| v.1);
+    for (slot, name) in vdso.iter_mut().zip(VDSO_NAMES) {
+        if let (Some(h), Some(s)) = (
+            host.vdso.iter().find(|v| v.0 == name),
+            meta.vdso.iter().find(|v| v.name == name),
+        ) {
+            *slot = VdsoPart {
+                offset: h.1.wrapping_sub(host_vdso_start) as i64,
+                len: h.2 - h.1,
+                target: s.start,
+            };
+        }
+    }
+    let _ = host.vdso_base;
+    let family: u64 = vdso.iter().map(|p| p.len).sum();
+    let mut avoid = taken.clone();
+    avoid.push(host.restorer);
+    let scratch = (0..4096u64)
+        .map(|i| 0x1_0000_0000 + i * 0x100_0000)
+        .find(|&s| !avoid.iter().any(|r| overlaps(*r, (s, s + family))))
+        .filter(|&s| s + family < TASK_SIZE)
+        .ok_or_else(|| invalid(dir, "no free address range to move the vDSO through"))?;
+
+    let mut auxv = [0u64; plan::AUXV_WORDS];
+    auxv[..meta.auxv.len()].copy_from_slice(&meta.auxv);
+    let header = Header {
+        magic: plan::PLAN_MAGIC,
+        version: plan::PLAN_VERSION,
+        n_areas: areas.len() as u32,
+        n_sigactions: meta.sigactions.len() as u32,
+        n_filter: 0,
+        frame_len: frame.len() as u32,
+        frame_fpstate: FRAME_FPSTATE as u32,
+        frame_addr,
+        vdso,
+        scratch,
+        mm: meta.mm.into(),
+        auxv_len: meta.auxv.len() as u32,
+        no_new_privs: 0,
+        auxv,
+        fs_base: meta.regs.fs_base,
+        gs_base: meta.regs.gs_base,
+        rseq: meta.rseq.map_or(0, |r| r.0),
+        rseq_len: meta.rseq.map_or(0, |r| r.1),
+        rseq_sig: meta.rseq.map_or(0, |r| r.2),
+        robust_list: meta.robust_list.0,
+        robust_len: meta.robust_list.1,
+        clear_tid: meta.clear_tid,
+    };
+    let mut out =
+        Vec::with_capacity(plan::HEADER_LEN + areas.len() * plan::AREA_LEN + frame.len() + 4096);
+    push_pod(&mut out, &header);
+    for a in &areas {
+        push_pod(&mut out, a);
+    }
+    for s in &meta.sigactions {
+        push_pod(&mut out, &plan::SigAction::from(*s));
+    }
+    out.extend_from_slice(&frame);
+    if out.len() > plan::PLAN_MAX {
+        return Err(invalid(
+            dir,
+            format!(
+                "its restore plan is {} bytes; at most {} fit",
+                out.len(),
+                plan::PLAN_MAX
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Appends the bytes of one of the plan's `#[repr(C)]` structs.
+fn push_pod<T: Copy>(out: &mut Vec<u8>, value: &T) {
+    out.extend_from_slice(sys::pod_bytes(value));
+}
+
+/// The rt_sigframe the restorer returns through: pretcode, ucontext
+/// (flags, link, sigaltstack, sigcontext, signal mask), then the xsave area
+/// with its trailing magic.
+fn signal_frame(meta: &Meta, xstate: &[u8], frame_addr: u64) -> Vec<u8> {
+    const UC_FP_XSTATE: u64 = 1;
+    const UC_SIGCONTEXT_SS: u64 = 2;
+    const UC_STRICT_RESTORE_SS: u64 = 4;
+    const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+    let r = &meta.regs;
+    let mut f = Vec::with_capacity(FRAME_FPSTATE + xstate.len() + 64);
+    let mut q = |v: u64| f.extend_from_slice(&v.to_le_bytes());
+    q(0); // pretcode
+    q(UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    q(0); // uc_link
+    q(meta.altstack.sp);
+    q(u64::from(meta.altstack.flags));
+    q(meta.altstack.size);
+    for v in [
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
+        r.rax, r.rcx, r.rsp, r.rip, r.eflags,
+    ] {
+        q(v);
+    }
+    // cs, gs, fs, ss (16 bits each).
+    q((r.cs & 0xffff) | (r.ss & 0xffff) << 48);
+    q(0); // err
+    q(0); // trapno
+    q(meta.sigmask); // oldmask
+    q(0); // cr2
+    q(frame_addr + FRAME_FPSTATE as u64);
+    for _ in 0..8 {
+        q(0);
+    }
+    q(meta.sigmask); // uc_sigmask
+    f.resize(FRAME_FPSTATE, 0);
+    f.extend_from_slice(xstate);
+    // The software bytes of the frame's xsave area (struct _fpx_sw_bytes at
+    // offset 464): magic1, extended size, xfeatures, xstate size. ptrace
+    // leaves only the xfeatures mask there.
+    const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+    let sw = FRAME_FPSTATE + 464;
+    let features = xstate.get(464..472).map_or(3, |b| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        u64::from_le_bytes(w)
+    });
+    f[sw..sw + 48].fill(0);
+    f[sw..sw + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+    f[sw + 4..sw + 8].copy_from_slice(&(xstate.len() as u32 + 4).to_le_bytes());
+    f[sw + 8..sw + 16].copy_from_slice(&features.to_le_bytes());
+    f[sw + 16..sw + 20].copy_from_slice(&(xstate.len() as u32).to_le_bytes());
+    f.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+    f.resize((f.len() + 63) & !63, 0);
+    f
+}
+
+/// A process restored from a snapshot.
+#[derive(Debug)]
+pub struct Restored {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    status: Option<ExitStatus>,
+}
+
+fn exit_status(raw: i32) -> ExitStatus {
+    if raw & 0x7f == 0 {
+        ExitStatus::Code((raw >> 8) & 0xff)
+    } else {
+        ExitStatus::Signal(raw & 0x7f)
+    }
+}
+
+impl Restored {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Blocks until the process exits.
+    pub fn wait_blocking(&mut self) -> io::Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let Some(pidfd) = self.pidfd.as_ref() else {
+            return Err(io::Error::other("the process was already reaped"));
+        };
+        loop {
+            let mut pfd = [rustix::event::PollFd::new(
+                pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut pfd, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(raw) = spawn::pidfd_try_wait(pidfd.as_fd())? {
+                let s = exit_status(raw);
+                self.status = Some(s);
+                return Ok(s);
+            }
+        }
+    }
+
+    /// Waits asynchronously (tokio) until the process exits.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let Some(pidfd) = self.pidfd.take() else {
+            return Err(io::Error::other("the process was already reaped"));
+        };
+        let afd = sys::register(pidfd)?;
+        loop {
+            let mut guard = afd.readable().await?;
+            if let Some(raw) = spawn::pidfd_try_wait(afd.get_ref().as_fd())? {
+                let s = exit_status(raw);
+                self.status = Some(s);
+                self.pidfd = Some(afd.into_inner());
+                return Ok(s);
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill(&self) -> io::Result<()> {
+        match &self.pidfd {
+            Some(fd) if self.status.is_none() => spawn::pidfd_kill(fd.as_fd()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            if let Some(fd) = &self.pidfd {
+                let _ = spawn::pidfd_kill(fd.as_fd());
+                let _ = self.wait_blocking();
+            }
+        }
+    }
+}
+
+impl faas_core::Instance for Restored {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn wait(&mut self) -> faas_core::BoxFuture<'_, io::Result<ExitStatus>> {
+        Box::pin(Restored::wait(self))
+    }
+    fn kill(&mut self) -> io::Result<()> {
+        Restored::kill(self)
+    }
+}
+
+/// Text for `faas snapshot inspect`.
+pub(crate) fn describe(meta: &Meta) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let saved: u64 = meta
+        .areas
+        .iter()
+        .map(|a| match a.source {
+            Source::Pages { pages, .. } => pages,
+            _ => 0,
+        })
+        .sum();
+    let _ = writeln!(s, "process   {} ({})", meta.pid, meta.exe);
+    let _ = writeln!(s, "kernel    {}", meta.kernel);
+    let _ = writeln!(
+        s,
+        "registers rip {:#x} rsp {:#x}; xsave {} bytes (xcr0 {:#x})",
+        meta.regs.rip,
+        meta.regs.rsp,
+        meta.xstate.len() / 2,
+        meta.xcr0
+    );
+    let _ = writeln!(
+        s,
+        "memory    {} areas, {} mapped files, {} pages saved ({} KiB), page file {} KiB (sparse)",
+        meta.areas.len(),
+        meta.files.len(),
+        saved,
+        saved * 4,
+        meta.pages_len / 1024
+    );
+    let _ = writeln!(
+        s,
+        "{:<27} {:<4} {:>10} {:>10}  source / name",
+        "area", "perm", "size KiB", "saved KiB"
+    );
+    for a in &meta.areas {
+        let (src, saved) = match &a.source {
+            Source::Zero => ("zero".to_string(), 0),
+            Source::Pages { offset, pages } => (format!("pages@{offset:#x}"), *pages),
+            Source::File { file, offset } => (
+                format!(
+                    "{}+{offset:#x}",
+                    meta.files.get(*file).map_or("?", |f| f.path.as_str())
+                ),
+                0,
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "{:012x}-{:012x} {:<4} {:>10} {:>10}  {src} {}",
+            a.start,
+            a.end,
+            a.perms,
+            a.len() / 1024,
+            saved * 4,
+            if matches!(a.source, Source::File { .. }) {
+                ""
+            } else {
+                a.name.as_str()
+            }
+        );
+    }
+    for v in &meta.vdso {
+        let _ = writeln!(
+            s,
+            "{:012x}-{:012x} {:<4} {:>10} {:>10}  {}",
+            v.start,
+            v.end,
+            "",
+            (v.end - v.start) / 1024,
+            0,
+            v.name
+        );
+    }
+    s
+}
+
+/// Reads a snapshot's metadata without checking it against this host.
+pub(crate) fn read_meta(dir: &Path) -> Result<Meta, SnapshotError> {
+    let path = dir.join(META_FILE);
+    let bytes = fs::read(&path)
+        .map_err(|e| invalid(dir, format!("cannot read {}: {e}", path.display())))?;
+    Meta::decode(&bytes).map_err(|e| invalid(dir, e))
+}
