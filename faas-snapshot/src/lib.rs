@@ -61,11 +61,13 @@ mod plan;
 mod restore;
 mod snapshotter;
 mod sys;
+mod template;
 
 pub use dump::{DumpOptions, dump};
 pub use meta::FORMAT_VERSION;
-pub use restore::{RestoreIo, Restored, Snapshot};
+pub use restore::{RestoreIo, RestoreOptions, Restored, Snapshot};
 pub use snapshotter::PtraceSnapshotter;
+pub use template::{FORK_NAMESPACES, ForkTemplate};
 
 /// A summary of the snapshot in `dir` (areas, their sources and sizes),
 /// without checking it against this host.

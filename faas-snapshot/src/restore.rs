@@ -132,6 +132,18 @@ pub struct Snapshot {
     cwd: Option<CString>,
 }
 
+/// How restored processes are confined beyond what their snapshot holds.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// A classic-BPF seccomp program (`struct sock_filter`s, 8 bytes each)
+    /// that the restorer installs as its very last step, after everything
+    /// else is in place and before the guest's code runs again. Empty: none.
+    pub seccomp_bpf: Vec<u8>,
+    /// Set no_new_privs before installing the filter (needed without
+    /// CAP_SYS_ADMIN).
+    pub no_new_privs: bool,
+}
+
 /// The descriptors a restored process starts with.
 #[derive(Debug, Default)]
 pub struct RestoreIo {
@@ -152,6 +164,21 @@ impl Snapshot {
     /// when this host's vDSO, xsave features or kernel differ from the
     /// snapshot's or a mapped file changed, and builds the restore plan.
     pub fn open(dir: &Path) -> Result<Snapshot, SnapshotError> {
+        Self::open_with(dir, &RestoreOptions::default())
+    }
+
+    /// [`Snapshot::open`], with every restore confined by `options`.
+    pub fn open_with(dir: &Path, options: &RestoreOptions) -> Result<Snapshot, SnapshotError> {
+        let bpf = &options.seccomp_bpf;
+        if bpf.len() % plan::FILTER_INSN_LEN != 0 || bpf.len() / plan::FILTER_INSN_LEN > 4096 {
+            return Err(invalid(
+                dir,
+                format!(
+                    "a seccomp program of {} bytes is not 1-4096 instructions",
+                    bpf.len()
+                ),
+            ));
+        }
         let host = host().map_err(|e| invalid(dir, e))?;
         let meta_path = dir.join(META_FILE);
         let bytes = fs::read(&meta_path)
@@ -201,7 +228,7 @@ impl Snapshot {
                 ),
             ));
         }
-        let plan = build_plan(dir, &meta, host)?;
+        let plan = build_plan(dir, &meta, host, options)?;
         let cwd = CString::new(meta.cwd.clone())
             .ok()
             .filter(|_| Path::new(&meta.cwd).is_dir());
@@ -222,27 +249,21 @@ impl Snapshot {
     /// Starts a new process from the snapshot. It runs from where the
     /// checkpointed process stopped, with `io`'s descriptors as fds 0–3.
     pub fn restore(&self, io: RestoreIo) -> Result<Restored, SnapshotError> {
+        self.start(&self.plan, &io).map(|(restored, _)| restored)
+    }
+
+    /// Starts the restorer with `io` as fds 0–3 and sends it `plan`; returns
+    /// the process and our end of its plan socket.
+    pub(crate) fn start(
+        &self,
+        plan: &[u8],
+        io: &RestoreIo,
+    ) -> Result<(Restored, OwnedFd), SnapshotError> {
         let host = host().map_err(|e| invalid(&self.dir, e))?;
         for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
             check_file(&self.dir, f, file)?;
         }
-        let (ours, theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| SnapshotError::Sys {
-            op: "socketpair",
-            source: e.into(),
-        })?;
-        fn std_fd(own: &Option<OwnedFd>, n: i32, inherit: bool) -> Option<BorrowedFd<'_>> {
-            match own {
-                Some(fd) => Some(fd.as_fd()),
-                None if inherit => Some(sys::stdio_fd(n)),
-                None => None,
-            }
-        }
+        let (ours, theirs) = seqpacket_pair()?;
         let fds = [
             std_fd(&io.stdin, 0, io.inherit_stdio),
             std_fd(&io.stdout, 1, io.inherit_stdio),
@@ -253,27 +274,18 @@ impl Snapshot {
         let child = spawn::spawn(host.exe.as_fd(), fds, self.cwd.as_deref())
             .map_err(sys_err("start the restorer"))?;
         drop(theirs);
-        let restored = Restored {
-            pid: child.pid,
-            pidfd: Some(child.pidfd),
-            status: None,
-        };
+        let restored = Restored::new(child.pid, child.pidfd);
         let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
-        let mut space =
-            vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
-        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-        control.push(rustix::net::SendAncillaryMessage::ScmRights(&borrowed));
-        rustix::net::sendmsg(
-            &ours,
-            &[io::IoSlice::new(&self.plan)],
-            &mut control,
-            rustix::net::SendFlags::empty(),
-        )
-        .map_err(|e| SnapshotError::Sys {
-            op: "send the restore plan",
-            source: e.into(),
-        })?;
-        Ok(restored)
+        send_with_fds(&ours, plan, &borrowed).map_err(sys_err("send the restore plan"))?;
+        Ok((restored, ours))
+    }
+
+    /// The restore plan, for a template (`plan::MODE_TEMPLATE`).
+    pub(crate) fn template_plan(&self) -> Vec<u8> {
+        let mut plan = self.plan.clone();
+        let at = std::mem::offset_of!(Header, mode);
+        plan[at..at + 4].copy_from_slice(&plan::MODE_TEMPLATE.to_ne_bytes());
+        plan
     }
 
     /// A human-readable summary: areas, sources and sizes.
@@ -384,7 +396,12 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 /// Bytes of frame before the xsave area: pretcode (8), ucontext (304), padding.
 const FRAME_FPSTATE: usize = 320;
 
-fn build_plan(dir: &Path, meta: &Meta, host: &Host) -> Result<Vec<u8>, SnapshotError> {
+fn build_plan(
+    dir: &Path,
+    meta: &Meta,
+    host: &Host,
+    options: &RestoreOptions,
+) -> Result<Vec<u8>, SnapshotError> {
     let mut areas: Vec<plan::Area> = meta.areas.iter().map(plan_area).collect();
     let mut taken: Vec<(u64, u64)> = meta.areas.iter().map(|a| (a.start, a.end)).collect();
     taken.extend(meta.vdso.iter().map(|v| (v.start, v.end)));
@@ -494,7 +511,7 @@ fn build_plan(dir: &Path, meta: &Meta, host: &Host) -> Result<Vec<u8>, SnapshotE
         version: plan::PLAN_VERSION,
         n_areas: areas.len() as u32,
         n_sigactions: meta.sigactions.len() as u32,
-        n_filter: 0,
+        n_filter: (options.seccomp_bpf.len() / plan::FILTER_INSN_LEN) as u32,
         frame_len: frame.len() as u32,
         frame_fpstate: FRAME_FPSTATE as u32,
         frame_addr,
@@ -502,7 +519,7 @@ fn build_plan(dir: &Path, meta: &Meta, host: &Host) -> Result<Vec<u8>, SnapshotE
         scratch,
         mm: meta.mm.into(),
         auxv_len: meta.auxv.len() as u32,
-        no_new_privs: 0,
+        no_new_privs: u32::from(options.no_new_privs),
         auxv,
         fs_base: meta.regs.fs_base,
         gs_base: meta.regs.gs_base,
@@ -512,6 +529,8 @@ fn build_plan(dir: &Path, meta: &Meta, host: &Host) -> Result<Vec<u8>, SnapshotE
         robust_list: meta.robust_list.0,
         robust_len: meta.robust_list.1,
         clear_tid: meta.clear_tid,
+        mode: plan::MODE_RESTORE,
+        reserved: 0,
     };
     let mut out =
         Vec::with_capacity(plan::HEADER_LEN + areas.len() * plan::AREA_LEN + frame.len() + 4096);
@@ -522,6 +541,7 @@ fn build_plan(dir: &Path, meta: &Meta, host: &Host) -> Result<Vec<u8>, SnapshotE
     for s in &meta.sigactions {
         push_pod(&mut out, &plan::SigAction::from(*s));
     }
+    out.extend_from_slice(&options.seccomp_bpf);
     out.extend_from_slice(&frame);
     if out.len() > plan::PLAN_MAX {
         return Err(invalid(
@@ -597,6 +617,48 @@ fn signal_frame(meta: &Meta, xstate: &[u8], frame_addr: u64) -> Vec<u8> {
     f
 }
 
+fn std_fd(own: &Option<OwnedFd>, n: i32, inherit: bool) -> Option<BorrowedFd<'_>> {
+    match own {
+        Some(fd) => Some(fd.as_fd()),
+        None if inherit => Some(sys::stdio_fd(n)),
+        None => None,
+    }
+}
+
+pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), SnapshotError> {
+    rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| SnapshotError::Sys {
+        op: "socketpair",
+        source: e.into(),
+    })
+}
+
+/// One message with descriptors attached.
+pub(crate) fn send_with_fds(
+    sock: &OwnedFd,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut space =
+        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one message"));
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[io::IoSlice::new(bytes)],
+        &mut control,
+        rustix::net::SendFlags::empty(),
+    )?;
+    Ok(())
+}
+
 /// A process restored from a snapshot.
 #[derive(Debug)]
 pub struct Restored {
@@ -614,6 +676,14 @@ fn exit_status(raw: i32) -> ExitStatus {
 }
 
 impl Restored {
+    pub(crate) fn new(pid: u32, pidfd: OwnedFd) -> Restored {
+        Restored {
+            pid,
+            pidfd: Some(pidfd),
+            status: None,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.pid

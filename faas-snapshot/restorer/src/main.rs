@@ -136,27 +136,78 @@ pub(crate) fn run(vdso: u64) -> ! {
             rc,
         );
     }
-    let rc = sys::close_above(3);
+    let template = header.mode == plan::MODE_TEMPLATE;
+    // A template keeps its command socket.
+    let rc = sys::close_above(if template { plan::PLAN_FD as u32 } else { 3 });
     if rc < 0 {
         fail(exit::STATE, "close_range", rc);
     }
     if header.rseq != 0 {
+        // Registered here, inherited by every fork of a template.
         let rc = sys::rseq(header.rseq, header.rseq_len, header.rseq_sig);
         if rc < 0 {
             fail(exit::STATE, "rseq registration", rc);
         }
     }
+    let filter = &plan[filter_at..frame_at];
+    if template {
+        serve_forks(&header, filter);
+    }
+    become_guest(&header, filter)
+}
+
+/// The last steps of every guest: the sandbox's seccomp filter, then
+/// `rt_sigreturn` into the saved state.
+fn become_guest(header: &Header, filter: &[u8]) -> ! {
     if header.n_filter > 0 {
-        let rc = sys::seccomp(
-            &plan[filter_at..frame_at],
-            header.n_filter,
-            header.no_new_privs != 0,
-        );
+        let rc = sys::seccomp(filter, header.n_filter, header.no_new_privs != 0);
         if rc < 0 {
             fail(exit::SECCOMP, "seccomp filter", rc);
         }
     }
     sys::sigreturn(header.frame_addr + 8)
+}
+
+/// A template's life: fork a guest per command until the socket closes.
+fn serve_forks(header: &Header, filter: &[u8]) -> ! {
+    loop {
+        let (cmd, received, n) = match sys::recv_command() {
+            Ok(Some(got)) => got,
+            // The owner dropped the template.
+            Ok(None) => sys::exit_group(0),
+            Err(e) => fail(exit::NO_PLAN, "cannot receive a fork command", e),
+        };
+        let fds = &received[..n];
+        let (pid, pidfd) = sys::fork(cmd.clone_flags);
+        if pid == 0 {
+            // The child: its own fds 0-3, a fresh robust list and clear-tid
+            // (fork resets both), then the guest.
+            let mut next = 0;
+            for target in 0..4 {
+                if cmd.fds & (1 << target) != 0 {
+                    if let Some(&fd) = fds.get(next) {
+                        sys::dup2(fd, target);
+                    }
+                    next += 1;
+                } else {
+                    sys::close(target);
+                }
+            }
+            sys::close_above(3);
+            if header.robust_list != 0 {
+                sys::set_robust_list(header.robust_list, header.robust_len);
+            }
+            sys::set_tid_address(header.clear_tid);
+            become_guest(header, filter);
+        }
+        sys::send_reply(pid, pidfd);
+        for &fd in fds {
+            sys::close(fd);
+        }
+        if pidfd >= 0 {
+            sys::close(pidfd);
+        }
+    }
 }
 
 /// Unmaps the whole user address space except `[image_start, image_end)` and

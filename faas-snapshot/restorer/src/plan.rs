@@ -21,7 +21,7 @@ pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"FAASPLAN");
 
 /// Bumped whenever the layout changes; the build embeds the restorer, so both
 /// sides always come from the same build.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 /// The largest plan the restorer accepts, in bytes.
 pub const PLAN_MAX: usize = 192 * 1024;
@@ -130,6 +130,28 @@ pub struct Header {
     pub robust_len: u64,
     /// The clear-child-tid address.
     pub clear_tid: u64,
+    /// [`MODE_RESTORE`] or [`MODE_TEMPLATE`].
+    pub mode: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Restore once and become the guest.
+pub const MODE_RESTORE: u32 = 0;
+/// Restore, then stay parked as a fork template: every [`ForkCommand`]
+/// received on [`PLAN_FD`] forks a child that becomes the guest.
+pub const MODE_TEMPLATE: u32 = 1;
+
+/// A fork request to a template, with the child's fds 0–3 (those whose bit
+/// is set in `fds`, in order) as SCM_RIGHTS. The template answers with one
+/// `i64`: the child's pid (with its pidfd as SCM_RIGHTS) or `-errno`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkCommand {
+    /// Extra `clone` flags (the `CLONE_NEW*` namespaces to create).
+    pub clone_flags: u64,
+    /// Bit i set: a descriptor for fd i travels with the command.
+    pub fds: u64,
 }
 
 /// One mapping to create.

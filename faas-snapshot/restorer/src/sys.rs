@@ -147,38 +147,22 @@ pub(crate) fn exit_group(code: i32) -> ! {
     unsafe { core::hint::unreachable_unchecked() }
 }
 
-/// Receives the plan into the plan buffer and its descriptors into the fd
-/// table: (plan length, descriptors).
-pub(crate) fn recv_plan() -> Result<(usize, &'static [i32]), isize> {
+const CMSG_HDR: usize = 16;
+
+/// `recvmsg` on the plan socket into `buf`, with up to `fds.len()`
+/// descriptors: (bytes, descriptors). 0 bytes: the peer closed.
+fn recv_with_fds(buf: &mut [u8], fds: &mut [i32]) -> Result<(usize, usize), isize> {
     const SOL_SOCKET: i32 = 1;
     const SCM_RIGHTS: i32 = 1;
     const MSG_TRUNC: i32 = 0x20;
     const MSG_CTRUNC: i32 = 0x8;
-    const CMSG_HDR: usize = 16;
-    #[repr(C)]
-    struct Iovec {
-        base: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    struct Msghdr {
-        name: u64,
-        namelen: u32,
-        _pad: u32,
-        iov: *mut Iovec,
-        iovlen: u64,
-        control: *mut u8,
-        controllen: u64,
-        flags: i32,
-        _pad2: u32,
-    }
     #[repr(C, align(8))]
     struct Control([u8; CMSG_HDR + plan::MAX_FDS * 4 + 8]);
 
     let mut control = Control([0; CMSG_HDR + plan::MAX_FDS * 4 + 8]);
     let mut iov = Iovec {
-        base: PLAN.0.get() as u64,
-        len: plan::PLAN_MAX as u64,
+        base: buf.as_mut_ptr() as u64,
+        len: buf.len() as u64,
     };
     let mut msg = Msghdr {
         name: 0,
@@ -187,7 +171,7 @@ pub(crate) fn recv_plan() -> Result<(usize, &'static [i32]), isize> {
         iov: &mut iov,
         iovlen: 1,
         control: control.0.as_mut_ptr(),
-        controllen: control.0.len() as u64,
+        controllen: (CMSG_HDR + fds.len() * 4).next_multiple_of(8) as u64,
         flags: 0,
         _pad2: 0,
     };
@@ -203,12 +187,9 @@ pub(crate) fn recv_plan() -> Result<(usize, &'static [i32]), isize> {
     if n < 0 {
         return Err(n);
     }
-    if n == 0 || msg.flags & (MSG_TRUNC | MSG_CTRUNC) != 0 {
+    if msg.flags & (MSG_TRUNC | MSG_CTRUNC) != 0 {
         return Err(0);
     }
-    // SAFETY: the fd table is written only here, once, before anything reads
-    // it; `controllen` was set by the kernel to at most the buffer's length.
-    let fds = unsafe { &mut *FDS.0.get() };
     let mut count = 0;
     let clen = (msg.controllen as usize).min(control.0.len());
     if clen >= CMSG_HDR {
@@ -217,14 +198,126 @@ pub(crate) fn recv_plan() -> Result<(usize, &'static [i32]), isize> {
         let level = i32::from_ne_bytes([c[8], c[9], c[10], c[11]]);
         let kind = i32::from_ne_bytes([c[12], c[13], c[14], c[15]]);
         if level == SOL_SOCKET && kind == SCM_RIGHTS && len >= CMSG_HDR && len <= clen {
-            count = ((len - CMSG_HDR) / 4).min(plan::MAX_FDS);
+            count = ((len - CMSG_HDR) / 4).min(fds.len());
             for (i, fd) in fds.iter_mut().enumerate().take(count) {
                 let o = CMSG_HDR + 4 * i;
                 *fd = i32::from_ne_bytes([c[o], c[o + 1], c[o + 2], c[o + 3]]);
             }
         }
     }
-    Ok((n as usize, &fds[..count]))
+    Ok((n as usize, count))
+}
+
+#[repr(C)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+#[repr(C)]
+struct Msghdr {
+    name: u64,
+    namelen: u32,
+    _pad: u32,
+    iov: *mut Iovec,
+    iovlen: u64,
+    control: *mut u8,
+    controllen: u64,
+    flags: i32,
+    _pad2: u32,
+}
+
+/// Receives the plan into the plan buffer and its descriptors into the fd
+/// table: (plan length, descriptors).
+pub(crate) fn recv_plan() -> Result<(usize, &'static [i32]), isize> {
+    // SAFETY: the plan buffer and fd table are written only here, once,
+    // before anything reads them.
+    let (buf, fds) = unsafe { (&mut *PLAN.0.get(), &mut *FDS.0.get()) };
+    match recv_with_fds(buf, fds)? {
+        (0, _) => Err(0),
+        (n, count) => Ok((n, &fds[..count])),
+    }
+}
+
+/// Receives one fork command: (command, descriptors, count); None when the
+/// owner closed the socket.
+pub(crate) fn recv_command() -> Result<Option<(plan::ForkCommand, [i32; 4], usize)>, isize> {
+    let mut buf = [0u8; core::mem::size_of::<plan::ForkCommand>()];
+    let mut fds = [-1i32; 4];
+    let (n, count) = recv_with_fds(&mut buf, &mut fds)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    match read::<plan::ForkCommand>(&buf[..n], 0) {
+        Some(cmd) => Ok(Some((cmd, fds, count))),
+        None => Err(0),
+    }
+}
+
+/// Answers a fork command: the child's pid (or -errno) and its pidfd.
+pub(crate) fn send_reply(pid: i64, pidfd: i32) {
+    const SYS_SENDMSG: usize = 46;
+    #[repr(C, align(8))]
+    struct Control([u8; CMSG_HDR + 8]);
+    let mut control = Control([0; CMSG_HDR + 8]);
+    control.0[..8].copy_from_slice(&((CMSG_HDR + 4) as u64).to_ne_bytes());
+    control.0[8..12].copy_from_slice(&1i32.to_ne_bytes());
+    control.0[12..16].copy_from_slice(&1i32.to_ne_bytes());
+    control.0[16..20].copy_from_slice(&pidfd.to_ne_bytes());
+    let mut body = pid.to_ne_bytes();
+    let mut iov = Iovec {
+        base: body.as_mut_ptr() as u64,
+        len: 8,
+    };
+    let with_fd = pid > 0 && pidfd >= 0;
+    let msg = Msghdr {
+        name: 0,
+        namelen: 0,
+        _pad: 0,
+        iov: &mut iov,
+        iovlen: 1,
+        control: if with_fd {
+            control.0.as_mut_ptr()
+        } else {
+            core::ptr::null_mut()
+        },
+        controllen: if with_fd { control.0.len() as u64 } else { 0 },
+        flags: 0,
+        _pad2: 0,
+    };
+    syscall6(
+        SYS_SENDMSG,
+        plan::PLAN_FD as u64,
+        &raw const msg as u64,
+        0,
+        0,
+        0,
+        0,
+    );
+}
+
+/// Forks (a `clone` without CLONE_VM): (pid or -errno, pidfd) in the parent,
+/// (0, -1) in the child. The child is the template owner's child
+/// (CLONE_PARENT), so it can wait for it through the pidfd.
+pub(crate) fn fork(extra_flags: u64) -> (i64, i32) {
+    const SYS_CLONE: usize = 56;
+    const CLONE_PIDFD: u64 = 0x1000;
+    const CLONE_PARENT: u64 = 0x8000;
+    const SIGCHLD: u64 = 17;
+    let mut pidfd: i32 = -1;
+    let flags = extra_flags | CLONE_PIDFD | CLONE_PARENT | SIGCHLD;
+    let rc = syscall6(SYS_CLONE, flags, 0, &raw mut pidfd as u64, 0, 0, 0);
+    (rc as i64, if rc > 0 { pidfd } else { -1 })
+}
+
+pub(crate) fn dup2(from: i32, to: i32) {
+    const SYS_DUP2: usize = 33;
+    syscall6(SYS_DUP2, from as u64, to as u64, 0, 0, 0, 0);
+}
+
+pub(crate) fn close(fd: i32) {
+    const SYS_CLOSE: usize = 3;
+    syscall6(SYS_CLOSE, fd as u64, 0, 0, 0, 0, 0);
 }
 
 /// The first `len` bytes of the plan buffer, filled by [`recv_plan`].

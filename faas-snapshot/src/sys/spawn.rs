@@ -115,8 +115,14 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             .raw_os_error()
             .unwrap_or(libc::EIO)
     };
-    // Move every source out of the way first, so that dup2 into 0..=4 never
-    // overwrites a source still to be placed.
+    // Move the executable and every source out of the way first, so that
+    // dup2 into 0..=4 (or closing one of them) never hits a descriptor still
+    // needed.
+    // SAFETY: fcntl on a descriptor number.
+    let exe = unsafe { libc::fcntl(args.exe, libc::F_DUPFD_CLOEXEC, 16) };
+    if exe < 0 {
+        return fail(errno());
+    }
     let mut moved = [-1; 5];
     for (i, &src) in args.fds.iter().enumerate() {
         if src >= 0 {
@@ -158,7 +164,7 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         libc::syscall(
             libc::SYS_execveat,
-            args.exe,
+            exe,
             c"".as_ptr(),
             argv.as_ptr(),
             envp.as_ptr(),

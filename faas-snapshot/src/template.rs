@@ -1,0 +1,155 @@
+//! [`ForkTemplate`]: one restored instance kept parked; every new instance
+//! is a fork of it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use faas_core::SnapshotError;
+use parking_lot::Mutex;
+
+use crate::plan::ForkCommand;
+use crate::restore::{RestoreIo, Restored, Snapshot, send_with_fds};
+use crate::sys;
+
+/// The namespaces a fork of a template gets: pid, ipc, uts, mount and
+/// network (a new network namespace has only a loopback that is down).
+pub const FORK_NAMESPACES: u64 = (libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET) as u64;
+
+/// A snapshot restored once and parked inside its restorer, right before
+/// the guest would run. [`ForkTemplate::fork`] makes the template `fork`:
+/// the child takes its fds 0–3, installs the snapshot's seccomp filter and
+/// returns into the guest, sharing every page with the template
+/// copy-on-write — no restore plan, no mapping work.
+///
+/// The children are children of this process (CLONE_PARENT): wait for them
+/// through the returned [`Restored`]. Dropping the template ends it; its
+/// children live on.
+#[derive(Debug)]
+pub struct ForkTemplate {
+    dir: PathBuf,
+    template: Restored,
+    /// Our end of the template's command socket; one fork at a time.
+    socket: Mutex<OwnedFd>,
+}
+
+impl ForkTemplate {
+    /// Restores `snapshot` as a parked template (its fds 0–2 are
+    /// /dev/null, it has no fd 3).
+    pub fn new(snapshot: &Snapshot) -> Result<ForkTemplate, SnapshotError> {
+        let null = || -> Result<Option<OwnedFd>, SnapshotError> {
+            Ok(Some(
+                File::options()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map_err(|source| SnapshotError::Sys {
+                        op: "open /dev/null",
+                        source,
+                    })?
+                    .into(),
+            ))
+        };
+        let io = RestoreIo {
+            stdin: null()?,
+            stdout: null()?,
+            stderr: null()?,
+            channel: None,
+            inherit_stdio: false,
+        };
+        let (template, socket) = snapshot.start(&snapshot.template_plan(), &io)?;
+        Ok(ForkTemplate {
+            dir: snapshot.dir().to_path_buf(),
+            template,
+            socket: Mutex::new(socket),
+        })
+    }
+
+    /// The template process's pid.
+    pub fn pid(&self) -> u32 {
+        self.template.pid()
+    }
+
+    /// A new instance: a fork of the template with `io` as fds 0–3 (the
+    /// caller's own 0–2 where `io.inherit_stdio` and a field is None), in
+    /// fresh namespaces ([`FORK_NAMESPACES`]) when `namespaces` is set.
+    pub fn fork(&self, io: RestoreIo, namespaces: bool) -> Result<Restored, SnapshotError> {
+        let fail = |what: String| SnapshotError::Invalid {
+            dir: self.dir.clone(),
+            what,
+        };
+        let mut mask = 0u64;
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(4);
+        let std = [&io.stdin, &io.stdout, &io.stderr];
+        for (i, own) in std.into_iter().enumerate() {
+            match own {
+                Some(fd) => fds.push(fd.as_fd()),
+                None if io.inherit_stdio => fds.push(sys::stdio_fd(i as i32)),
+                None => continue,
+            }
+            mask |= 1 << i;
+        }
+        if let Some(ch) = &io.channel {
+            fds.push(ch.as_fd());
+            mask |= 1 << 3;
+        }
+        let cmd = ForkCommand {
+            clone_flags: if namespaces { FORK_NAMESPACES } else { 0 },
+            fds: mask,
+        };
+        let socket = self.socket.lock();
+        send_with_fds(&socket, sys::pod_bytes(&cmd), &fds).map_err(|e| {
+            fail(format!(
+                "the fork template (pid {}) is gone: {e}",
+                self.pid()
+            ))
+        })?;
+        let (pid, pidfd) = recv_reply(&socket).map_err(|e| {
+            fail(format!(
+                "no answer from the fork template (pid {}): {e}",
+                self.pid()
+            ))
+        })?;
+        drop(socket);
+        match (pid, pidfd) {
+            (p, Some(fd)) if p > 0 => Ok(Restored::new(p as u32, fd)),
+            (p, _) if p < 0 => Err(SnapshotError::Sys {
+                op: "fork the template",
+                source: io::Error::from_raw_os_error((-p) as i32),
+            }),
+            _ => Err(fail("the fork template answered without a child".into())),
+        }
+    }
+}
+
+/// The template's answer: the child's pid (or -errno) and its pidfd.
+fn recv_reply(sock: &OwnedFd) -> io::Result<(i64, Option<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut body = [0u8; 8];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        sock,
+        &mut [io::IoSliceMut::new(&mut body)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if got.bytes != 8 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the template closed its socket",
+        ));
+    }
+    let mut pidfd = None;
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = msg {
+            pidfd = fds.into_iter().next();
+        }
+    }
+    Ok((i64::from_ne_bytes(body), pidfd))
+}
