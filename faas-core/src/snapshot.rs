@@ -46,7 +46,8 @@ pub enum SnapshotError {
         /// Why (threads, open fds, ...).
         why: String,
     },
-    /// The snapshot is damaged or from an incompatible host.
+    /// The snapshot directory cannot be used: damaged, from an incompatible
+    /// host, or not writable.
     #[error("snapshot {dir}: {what}")]
     Invalid {
         /// The snapshot.

@@ -34,6 +34,14 @@ fn not_ready(pid: u32, why: impl Into<String>) -> SnapshotError {
     }
 }
 
+/// An error writing the snapshot directory, naming it.
+fn dir_err<'a>(dir: &'a Path, op: &'static str) -> impl Fn(io::Error) -> SnapshotError + 'a {
+    move |e| SnapshotError::Invalid {
+        dir: dir.to_path_buf(),
+        what: format!("cannot {op}: {e}"),
+    }
+}
+
 fn sys_err(op: &'static str) -> impl Fn(io::Error) -> SnapshotError {
     move |source| SnapshotError::Sys { op, source }
 }
@@ -102,9 +110,9 @@ pub fn dump(pid: u32, dir: &Path, opts: &DumpOptions) -> Result<SnapshotInfo, Sn
     let exe = fs::read_link(format!("{proc}/exe")).map_err(sys_err("read the exe link"))?;
     let cwd = fs::read_link(format!("{proc}/cwd")).map_err(sys_err("read the cwd link"))?;
 
-    fs::create_dir_all(dir).map_err(sys_err("create the snapshot directory"))?;
+    fs::create_dir_all(dir).map_err(dir_err(dir, "create the snapshot directory"))?;
     let pages_tmp = dir.join(format!(".{PAGES_FILE}.tmp"));
-    let pages = File::create(&pages_tmp).map_err(sys_err("create the page file"))?;
+    let pages = File::create(&pages_tmp).map_err(dir_err(dir, "create the page file"))?;
     let mut writer = PageWriter::new(pid, pages)?;
     let mut areas = Vec::new();
     let mut files: Vec<FileId> = Vec::new();
@@ -161,9 +169,9 @@ pub fn dump(pid: u32, dir: &Path, opts: &DumpOptions) -> Result<SnapshotInfo, Sn
         .map_err(|e| not_ready(pid, format!("inconsistent state: {e}")))?;
     let encoded = meta.encode();
     let meta_tmp = dir.join(format!(".{META_FILE}.tmp"));
-    fs::write(&meta_tmp, &encoded).map_err(sys_err("write the metadata"))?;
-    fs::rename(&pages_tmp, dir.join(PAGES_FILE)).map_err(sys_err("rename the page file"))?;
-    fs::rename(&meta_tmp, dir.join(META_FILE)).map_err(sys_err("rename the metadata"))?;
+    fs::write(&meta_tmp, &encoded).map_err(dir_err(dir, "write the metadata"))?;
+    fs::rename(&pages_tmp, dir.join(PAGES_FILE)).map_err(dir_err(dir, "rename the page file"))?;
+    fs::rename(&meta_tmp, dir.join(META_FILE)).map_err(dir_err(dir, "rename the metadata"))?;
 
     if opts.kill {
         tracee

@@ -65,7 +65,7 @@ mod template;
 
 pub use dump::{DumpOptions, dump};
 pub use meta::FORMAT_VERSION;
-pub use restore::{RestoreIo, RestoreOptions, Restored, Snapshot};
+pub use restore::{RestoreIo, RestoreOptions, Restored, Snapshot, restorer_executable};
 pub use snapshotter::PtraceSnapshotter;
 pub use template::{FORK_NAMESPACES, ForkTemplate};
 

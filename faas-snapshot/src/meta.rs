@@ -246,7 +246,7 @@ impl Meta {
 
     /// Consistency checks every restore relies on.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        let aligned = |v: u64| v % PAGE == 0;
+        let aligned = |v: u64| v.is_multiple_of(PAGE);
         let mut prev_end = 0u64;
         let mut page_ranges: Vec<(u64, u64)> = Vec::new();
         for a in &self.areas {
@@ -304,10 +304,10 @@ impl Meta {
             }
         }
         let xstate_len = self.xstate.len() / 2;
-        if self.xstate.len() % 2 != 0 || !(576..=64 * 1024).contains(&xstate_len) {
+        if !self.xstate.len().is_multiple_of(2) || !(576..=64 * 1024).contains(&xstate_len) {
             return Err(format!("xsave area of {xstate_len} bytes"));
         }
-        if self.auxv.len() > crate::plan::AUXV_WORDS || self.auxv.len() % 2 != 0 {
+        if self.auxv.len() > crate::plan::AUXV_WORDS || !self.auxv.len().is_multiple_of(2) {
             return Err(format!("auxv of {} words", self.auxv.len()));
         }
         if self

@@ -119,6 +119,19 @@ fn elf_range(elf: &[u8]) -> Option<(u64, u64)> {
     (lo < hi).then_some((lo, hi))
 }
 
+/// The restorer, as a sealed executable memfd (close-on-exec), for
+/// runtimes that start it themselves: exec it with `execveat(fd, "",
+/// AT_EMPTY_PATH)`, with the guest's fds 0–3 and a SOCK_SEQPACKET socket as
+/// fd 4, then [`Snapshot::send_plan`] on the socket's other end.
+pub fn restorer_executable() -> Result<BorrowedFd<'static>, SnapshotError> {
+    host()
+        .map(|h| h.exe.as_fd())
+        .map_err(|e| SnapshotError::Sys {
+            op: "stage the restorer",
+            source: io::Error::other(e),
+        })
+}
+
 /// A snapshot opened for restoring: checked against this host once, its
 /// files open and its restore plan built, so each restore only starts the
 /// restorer and hands it the plan.
@@ -135,10 +148,10 @@ pub struct Snapshot {
 /// How restored processes are confined beyond what their snapshot holds.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
-    /// A classic-BPF seccomp program (`struct sock_filter`s, 8 bytes each)
-    /// that the restorer installs as its very last step, after everything
-    /// else is in place and before the guest's code runs again. Empty: none.
-    pub seccomp_bpf: Vec<u8>,
+    /// Classic-BPF seccomp programs (`struct sock_filter`s, 8 bytes each)
+    /// that the restorer installs, in order, as its very last step: after
+    /// everything else is in place and before the guest's code runs again.
+    pub seccomp: Vec<Vec<u8>>,
     /// Set no_new_privs before installing the filter (needed without
     /// CAP_SYS_ADMIN).
     pub no_new_privs: bool,
@@ -169,15 +182,17 @@ impl Snapshot {
 
     /// [`Snapshot::open`], with every restore confined by `options`.
     pub fn open_with(dir: &Path, options: &RestoreOptions) -> Result<Snapshot, SnapshotError> {
-        let bpf = &options.seccomp_bpf;
-        if bpf.len() % plan::FILTER_INSN_LEN != 0 || bpf.len() / plan::FILTER_INSN_LEN > 4096 {
-            return Err(invalid(
-                dir,
-                format!(
-                    "a seccomp program of {} bytes is not 1-4096 instructions",
-                    bpf.len()
-                ),
-            ));
+        for bpf in &options.seccomp {
+            let n = bpf.len() / plan::FILTER_INSN_LEN;
+            if bpf.len() % plan::FILTER_INSN_LEN != 0 || !(1..=4096).contains(&n) {
+                return Err(invalid(
+                    dir,
+                    format!(
+                        "a seccomp program of {} bytes is not 1-4096 instructions",
+                        bpf.len()
+                    ),
+                ));
+            }
         }
         let host = host().map_err(|e| invalid(dir, e))?;
         let meta_path = dir.join(META_FILE);
@@ -278,6 +293,17 @@ impl Snapshot {
         let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
         send_with_fds(&ours, plan, &borrowed).map_err(sys_err("send the restore plan"))?;
         Ok((restored, ours))
+    }
+
+    /// Sends the restore plan and its descriptors on `socket`, whose other
+    /// end is fd 4 of a restorer started by someone else (a sandbox runtime:
+    /// see [`restorer_executable`]).
+    pub fn send_plan(&self, socket: &OwnedFd) -> Result<(), SnapshotError> {
+        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
+            check_file(&self.dir, f, file)?;
+        }
+        let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
+        send_with_fds(socket, &self.plan, &borrowed).map_err(sys_err("send the restore plan"))
     }
 
     /// The restore plan, for a template (`plan::MODE_TEMPLATE`).
@@ -504,6 +530,12 @@ fn build_plan(
         .filter(|&s| s + family < TASK_SIZE)
         .ok_or_else(|| invalid(dir, "no free address range to move the vDSO through"))?;
 
+    // Each program: its instruction count (u64), then its instructions.
+    let mut filters = Vec::new();
+    for bpf in &options.seccomp {
+        filters.extend_from_slice(&((bpf.len() / plan::FILTER_INSN_LEN) as u64).to_ne_bytes());
+        filters.extend_from_slice(bpf);
+    }
     let mut auxv = [0u64; plan::AUXV_WORDS];
     auxv[..meta.auxv.len()].copy_from_slice(&meta.auxv);
     let header = Header {
@@ -511,7 +543,7 @@ fn build_plan(
         version: plan::PLAN_VERSION,
         n_areas: areas.len() as u32,
         n_sigactions: meta.sigactions.len() as u32,
-        n_filter: (options.seccomp_bpf.len() / plan::FILTER_INSN_LEN) as u32,
+        n_filter: filters.len().div_ceil(plan::FILTER_INSN_LEN) as u32,
         frame_len: frame.len() as u32,
         frame_fpstate: FRAME_FPSTATE as u32,
         frame_addr,
@@ -541,7 +573,7 @@ fn build_plan(
     for s in &meta.sigactions {
         push_pod(&mut out, &plan::SigAction::from(*s));
     }
-    out.extend_from_slice(&options.seccomp_bpf);
+    out.extend_from_slice(&filters);
     out.extend_from_slice(&frame);
     if out.len() > plan::PLAN_MAX {
         return Err(invalid(
@@ -746,11 +778,11 @@ impl Restored {
 
 impl Drop for Restored {
     fn drop(&mut self) {
-        if self.status.is_none() {
-            if let Some(fd) = &self.pidfd {
-                let _ = spawn::pidfd_kill(fd.as_fd());
-                let _ = self.wait_blocking();
-            }
+        if self.status.is_none()
+            && let Some(fd) = &self.pidfd
+        {
+            let _ = spawn::pidfd_kill(fd.as_fd());
+            let _ = self.wait_blocking();
         }
     }
 }

@@ -1,4 +1,5 @@
 //! ForkTemplate: forks of a parked, restored instance are isolated guests.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
 

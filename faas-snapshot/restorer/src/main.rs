@@ -159,11 +159,20 @@ pub(crate) fn run(vdso: u64) -> ! {
 /// The last steps of every guest: the sandbox's seccomp filter, then
 /// `rt_sigreturn` into the saved state.
 fn become_guest(header: &Header, filter: &[u8]) -> ! {
-    if header.n_filter > 0 {
-        let rc = sys::seccomp(filter, header.n_filter, header.no_new_privs != 0);
+    let mut rest = filter;
+    while !rest.is_empty() {
+        let Some(count) = sys::read::<u64>(rest, 0) else {
+            fail(exit::BAD_PLAN, "truncated seccomp program", 0)
+        };
+        let len = (count as usize).saturating_mul(FILTER_INSN_LEN);
+        let Some(program) = rest.get(8..8 + len) else {
+            fail(exit::BAD_PLAN, "truncated seccomp program", 0)
+        };
+        let rc = sys::seccomp(program, count as u32, header.no_new_privs != 0);
         if rc < 0 {
             fail(exit::SECCOMP, "seccomp filter", rc);
         }
+        rest = &rest[8 + len..];
     }
     sys::sigreturn(header.frame_addr + 8)
 }

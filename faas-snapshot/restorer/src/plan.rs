@@ -21,7 +21,7 @@ pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"FAASPLAN");
 
 /// Bumped whenever the layout changes; the build embeds the restorer, so both
 /// sides always come from the same build.
-pub const PLAN_VERSION: u32 = 2;
+pub const PLAN_VERSION: u32 = 3;
 
 /// The largest plan the restorer accepts, in bytes.
 pub const PLAN_MAX: usize = 192 * 1024;
@@ -91,7 +91,8 @@ pub struct Header {
     pub n_areas: u32,
     /// Signal actions that follow.
     pub n_sigactions: u32,
-    /// Seccomp instructions that follow (0: no filter).
+    /// 8-byte words of seccomp programs that follow (0: no filter); each
+    /// program is its instruction count (one word), then its instructions.
     pub n_filter: u32,
     /// Bytes of signal frame that follow.
     pub frame_len: u32,

@@ -219,16 +219,29 @@ impl Tracee {
         Ok(after.rax as i64)
     }
 
-    /// Kills the tracee and waits until it is gone.
+    /// Kills the tracee and waits until it is dead. A child of ours is left
+    /// for its owner to reap (its `Child::wait` must still work); any other
+    /// process is waited for, which hands its exit on to its real parent.
     pub(crate) fn kill(mut self) -> io::Result<()> {
         // SAFETY: kill(2) takes plain integers.
         let rc = unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
         check(rc.into(), "kill")?;
-        let mut status = 0;
+        // SAFETY: getpid takes nothing.
+        let me = unsafe { libc::getpid() } as u32;
+        let ours = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|s| {
+                let rest = &s[s.rfind(')')? + 1..];
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            })
+            == Some(me);
+        let flags = libc::WEXITED | libc::__WALL | if ours { libc::WNOWAIT } else { 0 };
         loop {
-            // SAFETY: waitpid writes the status to the local.
-            let rc = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::__WALL) };
-            if rc < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            // SAFETY: siginfo_t is plain data that waitid fills.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid writes only `info`.
+            let rc = unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) };
+            if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 break;
             }
         }

@@ -12,10 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -112,7 +115,7 @@ fn task_state(stat: &Path) -> Option<char> {
 }
 
 /// Whether every thread of `pid` is in a group stop (state `T`).
-fn all_stopped(pid: u32) -> bool {
+pub fn all_stopped(pid: u32) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
@@ -162,7 +165,22 @@ pub fn spawn_stopped(cmd: &mut Command) -> Child {
     }
 }
 
-fn read_all(child: &mut Child) -> String {
+/// Waits until every thread of `pid` is in a group stop; false when that
+/// has not happened within `timeout`.
+pub fn wait_stopped(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if all_stopped(pid) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+pub fn read_all(child: &mut Child) -> String {
     let mut out = String::new();
     if let Some(mut stdout) = child.stdout.take() {
         let _ = stdout.read_to_string(&mut out);
@@ -278,4 +296,173 @@ pub fn assert_passed(what: &str, status: ExitStatus, out: &str, checks: &[&str])
             "{what}: no OK line for check `{check}`; output:\n{out}"
         );
     }
+}
+
+/// Asserts that the tests run as root: checkpointing needs ptrace rights
+/// over the targets and restoring sets mm fields (prctl PR_SET_MM).
+///
+/// # Panics
+///
+/// When the effective uid is not 0.
+pub fn assert_root() {
+    let euid = fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned));
+    assert_eq!(
+        euid.as_deref(),
+        Some("0"),
+        "these tests need root (ptrace of the targets, prctl(PR_SET_MM) in restored processes); CI runs as root"
+    );
+}
+
+/// A file of `len` bytes of a fixed pattern, for the `checks` target's
+/// DATAFILE.
+///
+/// # Panics
+///
+/// When the file cannot be created or written.
+pub fn data_file(len: usize) -> tempfile::NamedTempFile {
+    let mut data = tempfile::NamedTempFile::new().expect("create DATAFILE");
+    let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    data.write_all(&bytes).expect("write DATAFILE");
+    data.flush().expect("flush DATAFILE");
+    data
+}
+
+/// The checks of the `checks` target.
+pub const CHECKS: &[&str] = &[
+    "tls",
+    "rseq",
+    "malloc_brk",
+    "signal_handler",
+    "signal_mask",
+    "sigaltstack",
+    "file_mapping",
+    "file_mapping_backed",
+    "static_counter",
+    "heap_pattern",
+    "vdso_clock",
+];
+
+/// The checks of the `regs` target.
+pub const REGS: &[&str] = &["gpr", "eflags", "stack", "fpu", "fsgs_base", "ymm", "zmm"];
+
+/// A faas-core exit status as the std one [`assert_passed`] judges.
+pub fn std_status(s: faas_core::ExitStatus) -> ExitStatus {
+    match s {
+        faas_core::ExitStatus::Code(c) => ExitStatus::from_raw((c & 0xff) << 8),
+        faas_core::ExitStatus::Signal(sig) => ExitStatus::from_raw(sig & 0x7f),
+    }
+}
+
+/// Spawns `cmd` until it stops itself, checkpoints it into `dir` with
+/// [`faas_snapshot::dump`] killing it, and reaps it.
+///
+/// # Panics
+///
+/// When the target does not stop, the dump fails, or the target was not
+/// killed by SIGKILL.
+pub fn checkpoint_killed(what: &str, cmd: &mut Command, dir: &Path) -> faas_core::SnapshotInfo {
+    let mut child = spawn_stopped(cmd);
+    let pid = child.id();
+    let info = match faas_snapshot::dump(pid, dir, &faas_snapshot::DumpOptions { kill: true }) {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what}: dump of pid {pid} into {} failed: {e}",
+                dir.display()
+            );
+        }
+    };
+    // When the caller is the target's parent, dump's own waitpid (as its
+    // tracer) may already have reaped it.
+    match child.wait() {
+        Ok(status) => assert_eq!(
+            status.signal(),
+            Some(9),
+            "{what}: dump --kill left pid {pid} to exit with {status}"
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {}
+        Err(e) => panic!("{what}: reap the checkpointed target {pid}: {e}"),
+    }
+    info
+}
+
+/// The BLAKE3 hash of a file's content.
+///
+/// # Panics
+///
+/// When the file cannot be read.
+pub fn file_hash(path: &Path) -> blake3::Hash {
+    blake3::hash(&fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+}
+
+/// Sends SIGKILL to a process if it has not been disarmed within a timeout,
+/// through a pidfd opened when it is armed (so never to a reused pid).
+pub struct Watchdog {
+    disarm: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<bool>>,
+}
+
+/// Arms a [`Watchdog`] for `pid`, which must not have been reaped yet.
+///
+/// # Panics
+///
+/// When pidfd_open fails.
+pub fn watchdog(pid: u32, timeout: Duration) -> Watchdog {
+    // SAFETY: pidfd_open takes a pid and flags; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    let (tx, rx) = mpsc::channel::<()>();
+    let thread = thread::spawn(move || match rx.recv_timeout(timeout) {
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+            true
+        }
+        _ => false,
+    });
+    Watchdog {
+        disarm: Some(tx),
+        thread: Some(thread),
+    }
+}
+
+impl Watchdog {
+    /// Disarms it; whether it had fired (killed the process) before.
+    pub fn fired(mut self) -> bool {
+        drop(self.disarm.take());
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap_or(false))
+            .unwrap_or(false)
+    }
+}
+
+/// Reads a pipe to its end on a thread.
+pub fn read_pipe(reader: std::io::PipeReader) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut reader = reader;
+        let mut bytes = Vec::new();
+        let _ = reader.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
