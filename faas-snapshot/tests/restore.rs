@@ -349,3 +349,63 @@ fn ptrace_snapshotter_checkpoints_and_restores() {
         &["isolation"],
     );
 }
+
+/// A process that never stopped itself, blocked in `read(2)` when it is
+/// interrupted: the checkpoint rewinds the interrupted syscall (-ERESTARTSYS
+/// → re-execute), so the restored process reads again, from its new stdin.
+#[test]
+fn a_running_process_blocked_in_a_syscall_resumes_it_after_restore() {
+    assert_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys\n\
+             os.closerange(3, 1 << 16)\n\
+             data = os.read(0, 100)\n\
+             os.write(1, b'got ' + data)\n",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn python3");
+    let pid = child.id();
+    // Wait until it sleeps in read(0): state S with the read syscall (0) in
+    // /proc/PID/syscall.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if sc.split_whitespace().next() == Some("0") && sc.split_whitespace().nth(1) == Some("0x0")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "python3 never blocked in read(0): {sc}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dump(pid, dir.path(), &DumpOptions { kill: true }).expect("dump a running process");
+    let _ = child.wait();
+
+    let snap = Snapshot::open(dir.path()).expect("open");
+    let (stdin_r, stdin_w) = std::io::pipe().expect("pipe");
+    let (mut out_r, out_w) = std::io::pipe().expect("pipe");
+    let mut restored = snap
+        .restore(RestoreIo {
+            stdin: Some(stdin_r.into()),
+            stdout: Some(out_w.into()),
+            ..RestoreIo::default()
+        })
+        .expect("restore");
+    {
+        use std::io::Write as _;
+        let mut w = stdin_w;
+        w.write_all(b"hello after restore").expect("write stdin");
+    }
+    let status = restored.wait_blocking().expect("wait");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut out_r, &mut out).expect("read");
+    assert!(status.success(), "{status}: {out}");
+    assert_eq!(out, "got hello after restore");
+}
