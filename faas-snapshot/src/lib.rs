@@ -58,6 +58,7 @@ mod meta;
 #[path = "../restorer/src/plan.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod plan;
+mod pool;
 mod restore;
 mod snapshotter;
 mod sys;
@@ -65,6 +66,7 @@ mod template;
 
 pub use dump::{DumpOptions, dump};
 pub use meta::FORMAT_VERSION;
+pub use pool::set_restorer_pool_size;
 pub use restore::{RestoreIo, RestoreOptions, Restored, Snapshot, restorer_executable};
 pub use snapshotter::PtraceSnapshotter;
 pub use template::{FORK_NAMESPACES, ForkTemplate};

@@ -14,6 +14,7 @@ use faas_core::{ExitStatus, SnapshotError};
 use crate::dump::VDSO_NAMES;
 use crate::meta::{self, FileId, META_FILE, Meta, PAGE, PAGES_FILE, Source, TASK_SIZE};
 use crate::plan::{self, Header, VdsoPart};
+use crate::pool;
 use crate::sys::{self, spawn};
 
 /// The restorer executable, built by build.rs.
@@ -278,21 +279,25 @@ impl Snapshot {
         for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
             check_file(&self.dir, f, file)?;
         }
-        let (ours, theirs) = seqpacket_pair()?;
-        let fds = [
-            std_fd(&io.stdin, 0, io.inherit_stdio),
-            std_fd(&io.stdout, 1, io.inherit_stdio),
-            std_fd(&io.stderr, 2, io.inherit_stdio),
-            io.channel.as_ref().map(|f| f.as_fd()),
-            Some(theirs.as_fd()),
-        ];
-        let child = spawn::spawn(host.exe.as_fd(), fds, self.cwd.as_deref())
-            .map_err(sys_err("start the restorer"))?;
-        drop(theirs);
-        let restored = Restored::new(child.pid, child.pidfd);
+        let mut ready = pool::take(host.exe.as_fd()).map_err(sys_err("start the restorer"))?;
+        let cwd = self.cwd.as_ref().map_or(&[][..], |c| c.as_bytes());
+        if let Err(e) = send_io(&ready.socket, io, cwd) {
+            // A restorer started earlier that died (killed by someone):
+            // start one now.
+            if !matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNREFUSED)) {
+                return Err(sys_err("hand the restorer its descriptors")(e));
+            }
+            drop(Restored::new(ready.pid, ready.pidfd));
+            ready = pool::start(host.exe.as_fd()).map_err(sys_err("start the restorer"))?;
+            send_io(&ready.socket, io, cwd)
+                .map_err(sys_err("hand the restorer its descriptors"))?;
+        }
+        let restored = Restored::new(ready.pid, ready.pidfd);
         let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
-        send_with_fds(&ours, plan, &borrowed).map_err(sys_err("send the restore plan"))?;
-        Ok((restored, ours))
+        send_with_fds(&ready.socket, plan, &borrowed).map_err(sys_err("send the restore plan"))?;
+        // The guest is on its way: start the next restore's restorer now.
+        pool::refill(host.exe.as_fd());
+        Ok((restored, ready.socket))
     }
 
     /// Sends the restore plan and its descriptors on `socket`, whose other
@@ -302,6 +307,8 @@ impl Snapshot {
         for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
             check_file(&self.dir, f, file)?;
         }
+        // The runtime placed fds 0-3 itself: the restorer gets none.
+        send_io(socket, &RestoreIo::default(), &[]).map_err(sys_err("send the restore plan"))?;
         let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
         send_with_fds(socket, &self.plan, &borrowed).map_err(sys_err("send the restore plan"))
     }
@@ -668,6 +675,32 @@ pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), SnapshotError> {
         op: "socketpair",
         source: e.into(),
     })
+}
+
+/// The restorer's first message: the guest's fds 0–3 and working directory.
+fn send_io(sock: &OwnedFd, io: &RestoreIo, cwd: &[u8]) -> io::Result<()> {
+    let mut mask = 0u64;
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(4);
+    let std = [&io.stdin, &io.stdout, &io.stderr];
+    for (i, own) in std.into_iter().enumerate() {
+        if let Some(fd) = std_fd(own, i as i32, io.inherit_stdio) {
+            fds.push(fd);
+            mask |= 1 << i;
+        }
+    }
+    if let Some(ch) = &io.channel {
+        fds.push(ch.as_fd());
+        mask |= 1 << 3;
+    }
+    let cwd = if cwd.len() <= plan::CWD_MAX { cwd } else { &[] };
+    let head = plan::IoMessage {
+        magic: plan::IO_MAGIC,
+        fds: mask,
+        cwd_len: cwd.len() as u64,
+    };
+    let mut msg = sys::pod_bytes(&head).to_vec();
+    msg.extend_from_slice(cwd);
+    send_with_fds(sock, &msg, &fds)
 }
 
 /// One message with descriptors attached.

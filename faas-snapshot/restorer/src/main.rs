@@ -70,6 +70,14 @@ fn itoa(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// Entered from `_start` on the restorer's own stack; `vdso` is the running
 /// vDSO's base (`AT_SYSINFO_EHDR`, 0 without one).
 pub(crate) fn run(vdso: u64) -> ! {
+    // Started ahead of time, the restorer first learns whose process it
+    // becomes: fds 0-3 and the working directory.
+    match sys::recv_io() {
+        Ok(true) => {}
+        // The pool that started us is closing.
+        Ok(false) => sys::exit_group(0),
+        Err(e) => fail(exit::NO_PLAN, "cannot receive the guest's descriptors", e),
+    }
     let (len, fds) = match sys::recv_plan() {
         Ok(got) => got,
         Err(e) => fail(exit::NO_PLAN, "cannot receive the restore plan", e),
@@ -191,17 +199,7 @@ fn serve_forks(header: &Header, filter: &[u8]) -> ! {
         if pid == 0 {
             // The child: its own fds 0-3, a fresh robust list and clear-tid
             // (fork resets both), then the guest.
-            let mut next = 0;
-            for target in 0..4 {
-                if cmd.fds & (1 << target) != 0 {
-                    if let Some(&fd) = fds.get(next) {
-                        sys::dup2(fd, target);
-                    }
-                    next += 1;
-                } else {
-                    sys::close(target);
-                }
-            }
+            sys::place_fds(cmd.fds, fds);
             sys::close_above(3);
             if header.robust_list != 0 {
                 sys::set_robust_list(header.robust_list, header.robust_len);

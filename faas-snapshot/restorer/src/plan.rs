@@ -9,6 +9,10 @@
 //! areas map from travel with it (SCM_RIGHTS) and are numbered by their
 //! position in that message.
 //!
+//! Before the plan comes one [`IoMessage`] with the guest's fds 0–3, so a
+//! restorer can be started ahead of time, before anyone knows which
+//! snapshot it will restore or whose descriptors it will hold.
+//!
 //! All fields are native-endian `u64`/`u32`s; the layout is `#[repr(C)]` with
 //! no implicit padding.
 
@@ -21,7 +25,7 @@ pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"FAASPLAN");
 
 /// Bumped whenever the layout changes; the build embeds the restorer, so both
 /// sides always come from the same build.
-pub const PLAN_VERSION: u32 = 3;
+pub const PLAN_VERSION: u32 = 4;
 
 /// The largest plan the restorer accepts, in bytes.
 pub const PLAN_MAX: usize = 192 * 1024;
@@ -142,6 +146,26 @@ pub const MODE_RESTORE: u32 = 0;
 /// Restore, then stay parked as a fork template: every [`ForkCommand`]
 /// received on [`PLAN_FD`] forks a child that becomes the guest.
 pub const MODE_TEMPLATE: u32 = 1;
+
+/// The first message a restorer receives: the guest's fds 0–3 (those whose
+/// bit is set in `fds`, in order, as SCM_RIGHTS) and its working directory
+/// (`cwd_len` bytes after this struct; 0: keep the restorer's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoMessage {
+    /// [`IO_MAGIC`].
+    pub magic: u64,
+    /// Bit i set: a descriptor for fd i travels with the message.
+    pub fds: u64,
+    /// Bytes of working directory path that follow.
+    pub cwd_len: u64,
+}
+
+/// `b"FAASIO\0\0"` read as a little-endian u64.
+pub const IO_MAGIC: u64 = u64::from_le_bytes(*b"FAASIO\0\0");
+
+/// The longest working directory an [`IoMessage`] carries.
+pub const CWD_MAX: usize = 4096;
 
 /// A fork request to a template, with the child's fds 0–3 (those whose bit
 /// is set in `fds`, in order) as SCM_RIGHTS. The template answers with one

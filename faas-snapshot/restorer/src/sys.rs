@@ -239,6 +239,61 @@ pub(crate) fn recv_plan() -> Result<(usize, &'static [i32]), isize> {
     }
 }
 
+/// Puts received descriptors into fds 0–3: `mask` bit i set means the next
+/// of `fds` becomes fd i; fds without a bit are closed. Sources are moved
+/// above 3 first, so a source that already sits in 0–3 is never
+/// overwritten before it is placed.
+pub(crate) fn place_fds(mask: u64, fds: &[i32]) {
+    const SYS_FCNTL: usize = 72;
+    const F_DUPFD: u64 = 0;
+    let mut high = [-1i32; 4];
+    let mut next = 0;
+    for (target, slot) in high.iter_mut().enumerate() {
+        if mask & (1 << target) != 0 {
+            if let Some(&fd) = fds.get(next) {
+                *slot = syscall6(SYS_FCNTL, fd as u64, F_DUPFD, 64, 0, 0, 0) as i32;
+                close(fd);
+            }
+            next += 1;
+        }
+    }
+    for (target, &fd) in high.iter().enumerate() {
+        if fd >= 0 {
+            dup2(fd, target as i32);
+            close(fd);
+        } else {
+            close(target as i32);
+        }
+    }
+}
+
+/// Receives the [`plan::IoMessage`]: places fds 0–3 and changes to the
+/// working directory (best effort: a directory that is gone is no reason
+/// to fail the restore). `Ok(false)`: the socket closed.
+pub(crate) fn recv_io() -> Result<bool, isize> {
+    const SYS_CHDIR: usize = 80;
+    const HEAD: usize = core::mem::size_of::<plan::IoMessage>();
+    let mut buf = [0u8; HEAD + plan::CWD_MAX + 1];
+    let mut fds = [-1i32; 4];
+    let (n, count) = recv_with_fds(&mut buf[..HEAD + plan::CWD_MAX], &mut fds)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    let Some(io) = read::<plan::IoMessage>(&buf[..n], 0) else {
+        return Err(0);
+    };
+    let cwd_len = io.cwd_len as usize;
+    if io.magic != plan::IO_MAGIC || cwd_len > plan::CWD_MAX || HEAD + cwd_len != n {
+        return Err(0);
+    }
+    place_fds(io.fds, &fds[..count]);
+    if cwd_len > 0 {
+        buf[HEAD + cwd_len] = 0;
+        syscall6(SYS_CHDIR, buf[HEAD..].as_ptr() as u64, 0, 0, 0, 0, 0);
+    }
+    Ok(true)
+}
+
 /// Receives one fork command: (command, descriptors, count); None when the
 /// owner closed the socket.
 pub(crate) fn recv_command() -> Result<Option<(plan::ForkCommand, [i32; 4], usize)>, isize> {
