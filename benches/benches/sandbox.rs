@@ -38,6 +38,7 @@ fn spec(root: &std::path::Path) -> (SandboxSpec, std::os::fd::OwnedFd) {
             env: vec![],
             limits: Limits::default(),
             start: StartMode::Cold,
+            snapshot: None,
             policy: SandboxPolicy {
                 seccomp: Some("native".into()),
                 proc: false,

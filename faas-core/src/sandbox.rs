@@ -39,6 +39,9 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// How to bring the instance up.
     pub start: StartMode,
+    /// The snapshot directory to restore when `start` is
+    /// [`StartMode::Restore`].
+    pub snapshot: Option<PathBuf>,
     /// Isolation choices beyond the limits.
     pub policy: SandboxPolicy,
     /// The instance's end of the guest channel; it becomes fd 3.

@@ -311,6 +311,7 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         env,
         limits: spec.limits,
         start: spec.start,
+        snapshot: None,
         policy: faas_core::SandboxPolicy {
             seccomp: Some(
                 match spec.runtime {

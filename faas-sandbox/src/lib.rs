@@ -14,12 +14,23 @@
 //!   Instance { pid, wait(), kill() }   (dropping it kills the process group)
 //! ```
 //!
-//! Only [`ProcessRuntime`] exists so far: a plain child process, **not
-//! isolated, for development only**. The namespaced, seccomp-filtered,
-//! pooled runtime replaces it as the platform default.
+//! [`PooledSandboxRuntime`] is the platform default: namespaced,
+//! cgroup-limited, seccomp-filtered sandboxes, set up ahead of time (parked
+//! before their exec) and handed fds 0-3 and a program, or, for
+//! [`faas_core::StartMode::Restore`], a `faas-snapshot` snapshot that its
+//! restorer rebuilds inside the sandbox:
 //!
-//! Unsafe code (the `pre_exec` hook that places the channel at fd 3) lives in
-//! the `sys` module only.
+//! ```text
+//! parked sandbox ──(fds 0-3, restorer exe, plan socket)──▶ execveat(restorer)
+//!   restorer: plan ─▶ memory, registers, ... ─▶ the sandbox's seccomp filters ─▶ guest
+//! ```
+//!
+//! [`ProcessRuntime`] is a plain child process, **not isolated, for
+//! development only**.
+//!
+//! Unsafe code (clone3 into namespaces, the child's set-up up to its exec,
+//! the `pre_exec` hook that places the channel at fd 3) lives in the `sys`
+//! module only.
 
 pub mod cgroup;
 mod process;

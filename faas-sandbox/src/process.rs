@@ -170,6 +170,7 @@ mod tests {
                 env: vec![("GREETING".into(), "hi".into())],
                 limits: Limits::default(),
                 start: StartMode::Cold,
+                snapshot: None,
                 policy: faas_core::SandboxPolicy::default(),
                 channel: theirs,
                 stdin: Stdio::Null,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use faas_core::{
     BoxFuture, ExitStatus, ImageRef, Instance, LaunchError, LimitExceeded, SandboxRuntime,
     SandboxSpec, StartMode, Stdio,
 };
+use faas_snapshot::{RestoreOptions, Snapshot};
 use parking_lot::{Condvar, Mutex};
 
 use crate::cgroup::{Cgroup, CgroupError, Cgroups};
@@ -163,6 +164,9 @@ struct Shared {
     /// the root's path.
     roots: Mutex<HashMap<PathBuf, PathBuf>>,
     filters: Mutex<HashMap<String, Arc<SeccompFilters>>>,
+    /// Opened snapshots, by (directory, seccomp profile): each is opened
+    /// with its profile's programs, which its restorer installs.
+    snapshots: Mutex<HashMap<(PathBuf, String), Arc<Snapshot>>>,
     parked: Mutex<HashMap<ParkKey, Vec<Parked>>>,
     /// Set when the runtime is dropped: background tasks stop parking.
     closing: std::sync::atomic::AtomicBool,
@@ -188,6 +192,19 @@ struct Shared {
 ///
 /// Network namespaces and cgroup directories come from pools refilled off
 /// the request path.
+///
+/// [`StartMode::Restore`] restores the snapshot in [`SandboxSpec::snapshot`]
+/// (a `faas-snapshot` directory; the spec's program, arguments and
+/// environment are the snapshot's and are ignored) into a parked sandbox
+/// of the spec's kind, parking one on the spot when none is ready. The
+/// sandbox executes the snapshot restorer instead of a program: it gets the
+/// instance's fds 0–3 and a socket carrying the restore plan, rebuilds the
+/// process and installs the sandbox's seccomp filters as its very last
+/// step, so the guest never runs unfiltered. A restorer that fails exits
+/// with a code of 120–127 and a one-line reason on the instance's stderr.
+/// Opened snapshots are cached per directory and seccomp profile; a
+/// snapshot that fails to restore (a mapped file changed) is opened again
+/// by the next launch.
 pub struct PooledSandboxRuntime {
     shared: Arc<Shared>,
 }
@@ -228,6 +245,7 @@ impl PooledSandboxRuntime {
                 uids: Mutex::new(uids),
                 roots: Mutex::new(HashMap::new()),
                 filters: Mutex::new(HashMap::new()),
+                snapshots: Mutex::new(HashMap::new()),
                 parked: Mutex::new(HashMap::new()),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 cap_last: spawn::cap_last_cap(),
@@ -345,41 +363,12 @@ impl Shared {
             if have >= self.config.parked || self.closing.load(Ordering::Relaxed) {
                 return;
             }
-            let (ours, theirs) = match rustix::net::socketpair(
-                rustix::net::AddressFamily::UNIX,
-                rustix::net::SocketType::SEQPACKET,
-                rustix::net::SocketFlags::CLOEXEC,
-                None,
-            ) {
+            let p = match self.park_one("parked", key, root) {
                 Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "parking a sandbox: socketpair failed");
-                    return;
-                }
-            };
-            let st = match start(
-                self,
-                "parked",
-                key,
-                root,
-                Mode::Park {
-                    ctl: ns::raw(theirs.as_fd()),
-                },
-            ) {
-                Ok(st) => st,
                 Err(e) => {
                     tracing::warn!(error = %e, "parking a sandbox failed");
                     return;
                 }
-            };
-            drop(theirs);
-            let p = Parked {
-                pid: st.pid,
-                pidfd: st.pidfd,
-                err_r: st.err_r,
-                ctl: ours,
-                cgroup: st.cgroup,
-                uid_slot: st.uid_slot,
             };
             if self.closing.load(Ordering::Relaxed) {
                 p.discard(self);
@@ -387,6 +376,31 @@ impl Shared {
             }
             self.parked.lock().entry(key.clone()).or_default().push(p);
         }
+    }
+
+    /// Sets up one sandbox of `key` up to its exec and returns it parked,
+    /// waiting for its request.
+    fn park_one(&self, name: &str, key: &ParkKey, root: &Path) -> Result<Parked, LaunchError> {
+        let (ours, theirs) =
+            seqpacket_pair().map_err(sys_err(name, "creating a control socket"))?;
+        let st = start(
+            self,
+            name,
+            key,
+            root,
+            Mode::Park {
+                ctl: ns::raw(theirs.as_fd()),
+            },
+        )?;
+        drop(theirs);
+        Ok(Parked {
+            pid: st.pid,
+            pidfd: st.pidfd,
+            err_r: st.err_r,
+            ctl: ours,
+            cgroup: st.cgroup,
+            uid_slot: st.uid_slot,
+        })
     }
 
     /// Tops the cgroup pool up to its configured size.
@@ -463,6 +477,49 @@ impl Shared {
         Ok(f)
     }
 
+    /// The snapshot in `dir`, opened (once per profile) with the seccomp
+    /// programs of `profile` for its restorer to install.
+    fn snapshot(
+        &self,
+        name: &str,
+        dir: &Path,
+        profile: &str,
+    ) -> Result<Arc<Snapshot>, LaunchError> {
+        let key = (dir.to_path_buf(), profile.to_owned());
+        if let Some(s) = self.snapshots.lock().get(&key) {
+            return Ok(s.clone());
+        }
+        let filters = self.filters(name, profile)?;
+        let options = RestoreOptions {
+            seccomp: filters.programs().iter().map(|p| bpf_bytes(p)).collect(),
+            // The sandbox child set it before parking.
+            no_new_privs: false,
+        };
+        // Opened without the lock: it reads and checks the whole snapshot.
+        // Two launches racing here open it twice; the first one is kept.
+        let snap = Snapshot::open_with(dir, &options).map_err(|e| LaunchError::Sys {
+            name: name.to_owned(),
+            op: "opening the snapshot",
+            source: io::Error::other(e),
+        })?;
+        Ok(self
+            .snapshots
+            .lock()
+            .entry(key)
+            .or_insert_with(|| Arc::new(snap))
+            .clone())
+    }
+
+    /// Drops `snap` from the cache (it failed to restore), so that the
+    /// next launch opens its directory again.
+    fn forget_snapshot(&self, profile: &str, snap: &Arc<Snapshot>) {
+        let key = (snap.dir().to_path_buf(), profile.to_owned());
+        let mut cache = self.snapshots.lock();
+        if cache.get(&key).is_some_and(|s| Arc::ptr_eq(s, snap)) {
+            cache.remove(&key);
+        }
+    }
+
     fn take_cgroup(&self, name: &str) -> Result<Option<Cgroup>, LaunchError> {
         let Some(cgs) = &self.cgroups else {
             return Ok(None);
@@ -533,6 +590,26 @@ struct Parked {
 }
 
 impl Parked {
+    /// After a hand-off: the sandbox is on its way to its exec.
+    fn into_started(self) -> Started {
+        let Parked {
+            pid,
+            pidfd,
+            err_r,
+            ctl,
+            cgroup,
+            uid_slot,
+        } = self;
+        drop(ctl);
+        Started {
+            pid,
+            pidfd,
+            err_r,
+            cgroup,
+            uid_slot,
+        }
+    }
+
     /// Kills, reaps and frees it (pool shutdown, or a failed hand-off).
     fn discard(self, sh: &Shared) {
         kill_and_reap(&self.pidfd);
@@ -553,26 +630,41 @@ fn kill_and_reap(pidfd: &OwnedFd) {
     }
 }
 
+/// What a sandbox executes.
+enum Target {
+    /// The spec's program (its path on the host, for errors).
+    Program(PathBuf),
+    /// The snapshot restorer, restoring the snapshot in this directory.
+    Restore(PathBuf),
+}
+
 /// The checks and strings every launch of `spec` needs.
 struct Prepared {
     root: PathBuf,
-    host_program: PathBuf,
+    target: Target,
     argv: Vec<CString>,
     envp: Vec<CString>,
 }
 
 fn prepare(sh: &Shared, spec: &SandboxSpec) -> Result<Prepared, LaunchError> {
     let name = spec.name.as_str();
-    if spec.start != StartMode::Cold {
-        return Err(LaunchError::Unsupported {
-            name: name.to_owned(),
-            runtime: "sandbox",
-            what: format!(
-                "start mode {} (snapshots are not available yet)",
-                spec.start.as_str()
-            ),
-        });
-    }
+    let snapshot = match spec.start {
+        StartMode::Cold => None,
+        StartMode::Restore => Some(spec.snapshot.clone().ok_or_else(|| {
+            LaunchError::Unsupported {
+                name: name.to_owned(),
+                runtime: "sandbox",
+                what: "start mode restore without a snapshot (the spec's `snapshot` directory is missing)".to_owned(),
+            }
+        })?),
+        StartMode::Fork => {
+            return Err(LaunchError::Unsupported {
+                name: name.to_owned(),
+                runtime: "sandbox",
+                what: "start mode fork (templates are not available yet)".to_owned(),
+            });
+        }
+    };
     let root = sh.root_dir(name, &spec.root)?;
     for d in ["dev", "tmp"]
         .into_iter()
@@ -592,6 +684,18 @@ fn prepare(sh: &Shared, spec: &SandboxSpec) -> Result<Prepared, LaunchError> {
             });
         }
     }
+    let c = |what: &str, b: &[u8]| {
+        spawn::cstring(what, b).map_err(sys_err(name, "preparing the sandbox"))
+    };
+    if let Some(dir) = snapshot {
+        // The snapshot holds the program, its arguments and environment.
+        return Ok(Prepared {
+            root,
+            target: Target::Restore(dir),
+            argv: vec![c("program", b"faas-restorer")?],
+            envp: Vec::new(),
+        });
+    }
     let rel = spec.program.strip_prefix("/").unwrap_or(&spec.program);
     let host_program = root.join(rel);
     if !host_program.is_file() {
@@ -601,9 +705,6 @@ fn prepare(sh: &Shared, spec: &SandboxSpec) -> Result<Prepared, LaunchError> {
             source: io::Error::from(io::ErrorKind::NotFound),
         });
     }
-    let c = |what: &str, b: &[u8]| {
-        spawn::cstring(what, b).map_err(sys_err(name, "preparing the sandbox"))
-    };
     let mut argv = vec![c(
         "program",
         Path::new("/").join(rel).as_os_str().as_bytes(),
@@ -617,7 +718,7 @@ fn prepare(sh: &Shared, spec: &SandboxSpec) -> Result<Prepared, LaunchError> {
     }
     Ok(Prepared {
         root,
-        host_program,
+        target: Target::Program(host_program),
         argv,
         envp,
     })
@@ -625,8 +726,12 @@ fn prepare(sh: &Shared, spec: &SandboxSpec) -> Result<Prepared, LaunchError> {
 
 /// How the child is to get its program.
 enum Mode<'a> {
-    /// Exec right away with these fds.
-    Cold { fds: [i32; 4], p: &'a Prepared },
+    /// Exec `argv[0]` right away with these fds.
+    Cold {
+        fds: [i32; 4],
+        argv: &'a [CString],
+        envp: &'a [CString],
+    },
     /// Park, waiting on this control socket end.
     Park { ctl: i32 },
 }
@@ -656,7 +761,9 @@ fn start(
     let base = sh.base.as_os_str().as_bytes();
     let join = |s: &str| [base, s.as_bytes()].concat();
     let (fds, program, argv, envp, park) = match mode {
-        Mode::Cold { fds, p } => (fds, p.argv[0].clone(), p.argv.clone(), p.envp.clone(), None),
+        Mode::Cold { fds, argv, envp } => {
+            (fds, argv[0].clone(), argv.to_vec(), envp.to_vec(), None)
+        }
         Mode::Park { ctl } => (
             [-1; 4],
             c("program", b"/")?,
@@ -812,7 +919,7 @@ fn finish(
     sh: &Arc<Shared>,
     name: &str,
     key: &ParkKey,
-    host_program: &Path,
+    target: &Target,
     st: Started,
 ) -> Result<SandboxInstance, LaunchError> {
     if let Err((stage, e)) = spawn::exec_result(&st.err_r) {
@@ -822,18 +929,25 @@ fn finish(
         }
         sh.uids.lock().push(st.uid_slot);
         let source = io::Error::new(e.kind(), format!("{}: {e}", stage.describe()));
-        return Err(if stage == spawn::Stage::Exec {
-            LaunchError::Program {
+        return Err(match target {
+            Target::Program(program) if stage == spawn::Stage::Exec => LaunchError::Program {
                 name: name.to_owned(),
-                program: host_program.to_path_buf(),
+                program: program.clone(),
                 source,
-            }
-        } else {
-            LaunchError::Sys {
+            },
+            Target::Restore(dir) => LaunchError::Sys {
+                name: name.to_owned(),
+                op: "starting the snapshot restorer",
+                source: io::Error::new(
+                    e.kind(),
+                    format!("snapshot {}: {}: {e}", dir.display(), stage.describe()),
+                ),
+            },
+            Target::Program(_) => LaunchError::Sys {
                 name: name.to_owned(),
                 op: "setting up the sandbox",
                 source,
-            }
+            },
         });
     }
     Ok(SandboxInstance {
@@ -851,7 +965,8 @@ fn finish(
 }
 
 /// The synchronous part of a launch, run on a blocking thread: a parked
-/// sandbox of the same kind if one is ready, else a cold one.
+/// sandbox of the same kind if one is ready, else a cold one (a restore
+/// always goes through a parked sandbox).
 fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstance, LaunchError> {
     let name = spec.name.as_str();
     let p = prepare(sh, spec)?;
@@ -870,26 +985,86 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
         raw_stdio(&spec.stderr, &null, &mut keep, 2).map_err(sys_err(name, "stderr"))?,
         ns::raw(spec.channel.as_fd()),
     ];
-    while let Some(parked) = sh.take_parked(&key) {
-        match hand_off(&parked, fds, &p) {
+    // The raw fds stay open in this function (`keep`, `null`, the spec).
+    let borrowed = fds.map(ns::borrow_raw_fd);
+    let payload = spawn::encode_request(&p.argv, &p.envp);
+    if let Target::Restore(dir) = &p.target {
+        let payload = payload.map_err(sys_err(name, "preparing the restore request"))?;
+        return restore_blocking(sh, name, &key, &p, dir, borrowed, &payload);
+    }
+    // Arguments too large for a parked sandbox's request: a cold start.
+    while let Ok(payload) = &payload
+        && let Some(parked) = sh.take_parked(&key)
+    {
+        match hand_off(&parked, &borrowed, payload) {
+            Ok(()) => return finish(sh, name, &key, &p.target, parked.into_started()),
+            Err(e) => {
+                tracing::debug!(error = %e, "a parked sandbox could not take its request");
+                parked.discard(sh);
+            }
+        }
+    }
+    let mode = Mode::Cold {
+        fds,
+        argv: &p.argv,
+        envp: &p.envp,
+    };
+    let st = start(sh, name, &key, &p.root, mode)?;
+    finish(sh, name, &key, &p.target, st)
+}
+
+/// Restores the snapshot in `dir` into a parked sandbox (parking one now if
+/// none is ready): the plan goes into a fresh socket first, then the
+/// sandbox gets fds 0-3, the restorer's executable and that socket's other
+/// end, and executes the restorer.
+fn restore_blocking(
+    sh: &Arc<Shared>,
+    name: &str,
+    key: &ParkKey,
+    p: &Prepared,
+    dir: &Path,
+    fds: [BorrowedFd<'_>; 4],
+    payload: &[u8],
+) -> Result<SandboxInstance, LaunchError> {
+    let snap = sh.snapshot(name, dir, &key.seccomp)?;
+    let exe = faas_snapshot::restorer_executable().map_err(|e| LaunchError::Sys {
+        name: name.to_owned(),
+        op: "staging the snapshot restorer",
+        source: io::Error::other(e),
+    })?;
+    // Sent before any sandbox is used: one message into an empty socket
+    // does not block, and a snapshot that cannot be sent (a mapped file
+    // changed) costs no sandbox. Our end stays open until the restorer ran.
+    let (ours, theirs) =
+        seqpacket_pair().map_err(sys_err(name, "creating the restore plan socket"))?;
+    if let Err(e) = snap.send_plan(&ours) {
+        sh.forget_snapshot(&key.seccomp, &snap);
+        return Err(LaunchError::Sys {
+            name: name.to_owned(),
+            op: "sending the restore plan",
+            source: io::Error::other(e),
+        });
+    }
+    let all = [fds[0], fds[1], fds[2], fds[3], exe, theirs.as_fd()];
+    loop {
+        let (parked, fresh) = match sh.take_parked(key) {
+            Some(parked) => (parked, false),
+            None => (sh.park_one(name, key, &p.root)?, true),
+        };
+        match hand_off(&parked, &all, payload) {
             Ok(()) => {
-                let Parked {
-                    pid,
-                    pidfd,
-                    err_r,
-                    ctl,
-                    cgroup,
-                    uid_slot,
-                } = parked;
-                drop(ctl);
-                let st = Started {
-                    pid,
-                    pidfd,
-                    err_r,
-                    cgroup,
-                    uid_slot,
-                };
-                return finish(sh, name, &key, &p.host_program, st);
+                drop(theirs);
+                let inst = finish(sh, name, key, &p.target, parked.into_started());
+                drop(ours);
+                return inst;
+            }
+            Err(e) if fresh => {
+                parked.discard(sh);
+                return Err(LaunchError::Sys {
+                    name: name.to_owned(),
+                    op: "handing the restore to a sandbox",
+                    source: e,
+                });
             }
             Err(e) => {
                 tracing::debug!(error = %e, "a parked sandbox could not take its request");
@@ -897,22 +1072,41 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
             }
         }
     }
-    let st = start(sh, name, &key, &p.root, Mode::Cold { fds, p: &p })?;
-    finish(sh, name, &key, &p.host_program, st)
 }
 
-/// Sends a parked sandbox its fds and program.
-fn hand_off(parked: &Parked, fds: [i32; 4], p: &Prepared) -> io::Result<()> {
+/// Sends a parked sandbox its fds and program (see [`spawn::send_request`]).
+fn hand_off(parked: &Parked, fds: &[BorrowedFd<'_>], payload: &[u8]) -> io::Result<()> {
     if !matches!(
         ns::pidfd_try_reap(parked.pidfd.as_fd())?,
         ns::Reaped::Running
     ) {
         return Err(io::Error::other("the parked sandbox has exited"));
     }
-    let payload = spawn::encode_request(&p.argv, &p.envp)?;
-    // The raw fds stay open in this process for the call.
-    let borrowed = fds.map(ns::borrow_raw_fd);
-    spawn::send_request(parked.ctl.as_fd(), borrowed, &payload)
+    spawn::send_request(parked.ctl.as_fd(), fds, payload)
+}
+
+/// A close-on-exec `SOCK_SEQPACKET` socket pair.
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+/// A compiled seccomp program as raw `struct sock_filter`s (`code` u16,
+/// `jt` u8, `jf` u8, `k` u32: 8 bytes each, in the kernel's byte order).
+fn bpf_bytes(prog: &[seccompiler::sock_filter]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prog.len() * 8);
+    for f in prog {
+        out.extend_from_slice(&f.code.to_ne_bytes());
+        out.push(f.jt);
+        out.push(f.jf);
+        out.extend_from_slice(&f.k.to_ne_bytes());
+    }
+    out
 }
 
 impl SandboxRuntime for PooledSandboxRuntime {

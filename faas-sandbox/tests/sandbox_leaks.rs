@@ -85,6 +85,7 @@ async fn a_thousand_sandboxes_leak_nothing() {
                 env: vec![],
                 limits: Limits::default(),
                 start: StartMode::Cold,
+                snapshot: None,
                 policy: SandboxPolicy {
                     seccomp: Some("python".into()),
                     proc: false,

@@ -83,6 +83,7 @@ fn spec(
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             limits,
             start: StartMode::Cold,
+            snapshot: None,
             policy: SandboxPolicy {
                 seccomp: Some(seccomp.into()),
                 proc: proc_,

@@ -126,6 +126,7 @@ async fn run_one(a: RunArgs) -> anyhow::Result<i32> {
             timeout_ms: a.timeout.map_or(0, |t| (t * 1000.0) as u64),
         },
         start: StartMode::Cold,
+        snapshot: None,
         policy: SandboxPolicy {
             seccomp: Some(a.seccomp),
             proc: a.proc,

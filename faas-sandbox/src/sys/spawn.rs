@@ -20,6 +20,12 @@
 //!                                         seccomp filters (last)
 //!   read(err) ◀── EOF on exec ─────────  execve(program)
 //! ```
+//!
+//! A parked child may instead get a *restore request* (six fds: 0-3, the
+//! snapshot restorer's executable and a plan socket): it places the plan
+//! socket at fd 4, closes everything above 4 at exec, skips its own seccomp
+//! filters and `execveat`s the restorer, which installs the same filters
+//! from its restore plan as its last step, before the guest's code runs.
 
 use std::ffi::CString;
 use std::io;
@@ -31,6 +37,8 @@ const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// `CLOSE_RANGE_CLOEXEC` (linux/close_range.h).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+/// `AT_EMPTY_PATH` (linux/fcntl.h).
+const AT_EMPTY_PATH: libc::c_int = 0x1000;
 /// `SECCOMP_SET_MODE_FILTER` (linux/seccomp.h).
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 /// `_LINUX_CAPABILITY_VERSION_3`.
@@ -111,6 +119,9 @@ stages! {
     NoNewPrivs => "no_new_privs",
     Seccomp => "installing the seccomp filter",
     Exec => "execve",
+    Request => "receiving the request from the runtime (malformed)",
+    PlanSocket => "placing the restore plan socket at fd 4",
+    ExecRestorer => "execveat of the snapshot restorer",
 }
 
 impl Stage {
@@ -142,11 +153,16 @@ pub(crate) struct ChildPlan {
     pub cap_last: u32,
     pub seccomp: Vec<Vec<libc::sock_filter>>,
     /// Parked mode: the child's end of a control socket. After its set-up
-    /// the child waits there for its request (fds 0-3 as `SCM_RIGHTS` and an
+    /// the child waits there for its request (fds as `SCM_RIGHTS` and an
     /// [`encode_request`] payload) instead of using `fds`, `program`, `argv`
-    /// and `envp`.
+    /// and `envp`: 4 fds (0-3) to exec `argv[0]`, or [`RESTORE_FDS`] (0-3,
+    /// the restorer's executable, the plan socket) to exec the restorer.
     pub park: Option<RawFd>,
 }
+
+/// The fds of a restore request: 0-3, the restorer's executable, the
+/// child's end of the plan socket.
+pub(crate) const RESTORE_FDS: usize = 6;
 
 /// Largest request a parked sandbox accepts (program, arguments and
 /// environment).
@@ -583,40 +599,68 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
             Stage::NoNewPrivs
         );
         // 8. Parked: wait here for the request.
-        let mut fds = plan.fds;
+        let mut fds = [-1 as RawFd; RESTORE_FDS];
+        fds[..4].copy_from_slice(&plan.fds);
+        let mut nfds = 4;
         let (mut program, mut argv, mut envp) =
             (plan.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
         if let Some(ctl) = plan.park {
             match receive_request(ctl, p) {
-                Some((f, prog, a, e)) => {
-                    fds = f;
-                    (program, argv, envp) = (prog, a, e);
+                Ok(r) => {
+                    (fds, nfds) = (r.fds, r.nfds);
+                    (program, argv, envp) = (r.program, r.argv, r.envp);
                 }
-                // The pool is closing (or sent garbage): leave quietly.
-                None => libc::_exit(0),
+                // The pool is closing: leave quietly.
+                Err(Rejected::Closed) => libc::_exit(0),
+                Err(Rejected::Malformed) => {
+                    *libc::__errno_location() = libc::EINVAL;
+                    fail(err_w, Stage::Request)
+                }
             }
             libc::close(ctl);
         }
-        // 9. fds 0-3: first out of the way (sources may be 0-3), then in place.
-        let mut high = [0 as RawFd; 4];
-        for (i, fd) in fds.iter().enumerate() {
-            high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
-            check!(high[i], Stage::Fds);
+        let restore = nfds == RESTORE_FDS;
+        // 9. fds 0-3 (and the restorer's two): first out of the way (sources
+        //    may be 0-4), then in place. The copies close at exec.
+        let mut high = [0 as RawFd; RESTORE_FDS];
+        for (h, fd) in high.iter_mut().zip(&fds).take(nfds) {
+            *h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
+            check!(*h, Stage::Fds);
         }
-        for (i, fd) in high.iter().enumerate() {
+        for (i, fd) in high[..4].iter().enumerate() {
             check!(libc::dup2(*fd, i as RawFd), Stage::Fds);
+        }
+        if restore {
+            // dup2 clears close-on-exec: the restorer finds its plan socket
+            // at fd 4.
+            check!(libc::dup2(high[5], 4), Stage::PlanSocket);
         }
         // 10. Every other fd closes at exec (the error pipe included, which
         //     tells the parent the exec happened).
+        let keep = if restore { 5 } else { 4 };
         check!(
             libc::syscall(
                 libc::SYS_close_range,
-                4 as libc::c_uint,
+                keep as libc::c_uint,
                 libc::c_uint::MAX,
                 CLOSE_RANGE_CLOEXEC
             ) as libc::c_int,
             Stage::CloseRange
         );
+        if restore {
+            // 11. No filters here: the restorer installs the same programs
+            //     from its plan as its last step, before the guest runs.
+            //     Its executable is a close-on-exec memfd, fine for an ELF.
+            libc::syscall(
+                libc::SYS_execveat,
+                high[4],
+                c"".as_ptr(),
+                argv,
+                envp,
+                AT_EMPTY_PATH,
+            );
+            fail(err_w, Stage::ExecRestorer)
+        }
         // 11. Seccomp, last.
         for prog in &p.progs {
             check!(
@@ -634,22 +678,34 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
     }
 }
 
-type Request = (
-    [RawFd; 4],
-    *const libc::c_char,
-    *const *const libc::c_char,
-    *const *const libc::c_char,
-);
+/// A parked child's request, its strings in the buffers of [`Ptrs`].
+struct Request {
+    /// fds 0-3, then (restore) the restorer's executable and the plan
+    /// socket; `nfds` of them are valid.
+    fds: [RawFd; RESTORE_FDS],
+    nfds: usize,
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+}
+
+/// Why a parked child got no request.
+enum Rejected {
+    /// The runtime closed the control socket (or it failed).
+    Closed,
+    /// The message was not a request.
+    Malformed,
+}
 
 /// Parked child: receives its request on `ctl` into the preallocated
-/// buffers of `p`. `None` when the socket closed or the request is
-/// malformed.
+/// buffers of `p`.
 ///
 /// # Safety
 ///
 /// Only in the cloned child; uses raw system calls and the buffers of `p`.
-unsafe fn receive_request(ctl: RawFd, p: &mut Ptrs) -> Option<Request> {
-    // Room for one SCM_RIGHTS message of 4 fds, 8-byte aligned.
+unsafe fn receive_request(ctl: RawFd, p: &mut Ptrs) -> Result<Request, Rejected> {
+    // Room for one SCM_RIGHTS message of up to 6 fds (and any excess the
+    // kernel then reports as truncation), 8-byte aligned.
     let mut cbuf = [0u64; 8];
     let mut iov = libc::iovec {
         iov_base: p.park_buf.as_mut_ptr().cast(),
@@ -670,34 +726,43 @@ unsafe fn receive_request(ctl: RawFd, p: &mut Ptrs) -> Option<Request> {
         }
         break n;
     };
-    if n <= 0 || msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-        return None;
+    if n <= 0 {
+        return Err(Rejected::Closed);
+    }
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(Rejected::Malformed);
     }
     let n = n as usize;
+    let mut fds = [-1 as RawFd; RESTORE_FDS];
     // SAFETY: the control buffer was filled by recvmsg; CMSG_FIRSTHDR and
-    // CMSG_DATA stay inside it.
-    let fds = unsafe {
+    // CMSG_DATA stay inside it, and we read only as many fds as its length
+    // says it holds.
+    let nfds = unsafe {
+        let cmsg_len =
+            |k: usize| libc::CMSG_LEN((k * std::mem::size_of::<RawFd>()) as u32) as usize;
         let c = libc::CMSG_FIRSTHDR(&raw const msg);
-        if c.is_null()
-            || (*c).cmsg_level != libc::SOL_SOCKET
-            || (*c).cmsg_type != libc::SCM_RIGHTS
-            || (*c).cmsg_len != libc::CMSG_LEN((4 * std::mem::size_of::<RawFd>()) as u32) as usize
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
         {
-            return None;
+            return Err(Rejected::Malformed);
         }
+        let nfds = if (*c).cmsg_len == cmsg_len(4) {
+            4
+        } else if (*c).cmsg_len == cmsg_len(RESTORE_FDS) {
+            RESTORE_FDS
+        } else {
+            return Err(Rejected::Malformed);
+        };
         let d = libc::CMSG_DATA(c).cast::<RawFd>();
-        [
-            d.read_unaligned(),
-            d.add(1).read_unaligned(),
-            d.add(2).read_unaligned(),
-            d.add(3).read_unaligned(),
-        ]
+        for (i, fd) in fds.iter_mut().take(nfds).enumerate() {
+            *fd = d.add(i).read_unaligned();
+        }
+        nfds
     };
     // `argc` (u32 LE), then NUL-terminated strings: argc for argv (the
     // program first), the rest for envp. The last byte must be a NUL.
     let buf = &p.park_buf;
     if n < 5 || buf[n - 1] != 0 {
-        return None;
+        return Err(Rejected::Malformed);
     }
     let argc = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     let ptrs = &mut p.park_ptrs;
@@ -713,14 +778,14 @@ unsafe fn receive_request(ctl: RawFd, p: &mut Ptrs) -> Option<Request> {
             k += 1;
         }
         if k + 2 >= ptrs.len() {
-            return None;
+            return Err(Rejected::Malformed);
         }
         ptrs[k] = buf[start..].as_ptr().cast();
         k += 1;
         start = i + 1;
     }
     if argc == 0 || k < argc {
-        return None;
+        return Err(Rejected::Malformed);
     }
     if k == argc {
         ptrs[k] = std::ptr::null();
@@ -730,7 +795,13 @@ unsafe fn receive_request(ctl: RawFd, p: &mut Ptrs) -> Option<Request> {
     let argv = ptrs.as_ptr();
     // SAFETY: argc + 1 <= k < ptrs.len().
     let envp = unsafe { ptrs.as_ptr().add(argc + 1) };
-    Some((fds, ptrs[0], argv, envp))
+    Ok(Request {
+        fds,
+        nfds,
+        program: ptrs[0],
+        argv,
+        envp,
+    })
 }
 
 /// Encodes a parked sandbox's request: `argc` (u32 LE) and the
@@ -750,17 +821,25 @@ pub(crate) fn encode_request(argv: &[CString], envp: &[CString]) -> io::Result<V
     Ok(out)
 }
 
-/// Sends a parked sandbox its request: fds 0-3 and an [`encode_request`]
-/// payload.
+/// Sends a parked sandbox its request: fds 0-3 (and, for a restore, the
+/// restorer's executable and the plan socket: [`RESTORE_FDS`] in all) and
+/// an [`encode_request`] payload.
 pub(crate) fn send_request(
     ctl: std::os::fd::BorrowedFd<'_>,
-    fds: [std::os::fd::BorrowedFd<'_>; 4],
+    fds: &[std::os::fd::BorrowedFd<'_>],
     payload: &[u8],
 ) -> io::Result<()> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    if fds.len() != 4 && fds.len() != RESTORE_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a request carries 4 or 6 fds",
+        ));
+    }
+    let mut space =
+        [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(RESTORE_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("control buffer too small"));
     }
     let n = rustix::net::sendmsg(
