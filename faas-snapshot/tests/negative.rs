@@ -426,6 +426,32 @@ fn snapshot_of_another_vdso_is_refused() {
 }
 
 #[test]
+fn snapshot_of_another_cpu_or_kernel_is_refused() {
+    assert_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = regs_snapshot(tmp.path());
+
+    // Another CPU: an xsave feature mask this one does not have.
+    let dir = copy_snapshot(&good, tmp.path(), "xcr0");
+    let name = dir.to_str().unwrap();
+    let mut json = read_json(&dir);
+    let xcr0 = json["xcr0"].as_u64().unwrap();
+    json["xcr0"] = (xcr0 ^ (1 << 9)).into();
+    write_json(&dir, &json);
+    let err = open_err("other CPU", &dir);
+    assert_error("other CPU", &err, name, &["xsave"]);
+
+    // Another kernel build.
+    let dir = copy_snapshot(&good, tmp.path(), "kernel");
+    let name = dir.to_str().unwrap();
+    let mut json = read_json(&dir);
+    json["kernel"] = "5.15.0-generic #1 SMP".into();
+    write_json(&dir, &json);
+    let err = open_err("other kernel", &dir);
+    assert_error("other kernel", &err, name, &["kernel"]);
+}
+
+#[test]
 fn missing_snapshot_files_are_refused_naming_them() {
     assert_root();
     let tmp = tempfile::tempdir().unwrap();
