@@ -5,22 +5,27 @@
 //
 //   node faas_runtime.js --handler index.handler --code DIR
 //
-// Node built-ins only, no native addon. See README.md for the contract and
-// its limits: Node cannot pass fds (SCM_RIGHTS), so bodies travel inline
-// only — requests up to 64 KiB (what the gateway sends inline), responses
-// and log records up to 128 KiB (MAX_INLINE_BODY); beyond that the
-// invocation is answered with an Error frame, never a hang.
+// Node built-ins only, plus an optional native addon (faas_native.node, the
+// Rust crate in native/; see README.md). Node cannot pass fds (SCM_RIGHTS)
+// by itself; the addon does recvmsg/sendmsg with SCM_RIGHTS and makes and
+// checks sealed memfds, so with it bodies over 64 KiB travel as a memfd as
+// faas-guest sends them (requests and responses up to 64 MiB). It is loaded
+// from $FAAS_NODE_NATIVE, else from faas_native.node next to this file
+// (FAAS_NODE_NATIVE=off: never). Without it bodies travel inline only —
+// requests up to 64 KiB (what the gateway sends inline), responses and log
+// records up to 128 KiB (MAX_INLINE_BODY); beyond that the invocation is
+// answered with an Error frame, never a hang.
 //
 // How fd 3 is read: libuv does not recognise a SOCK_SEQPACKET fd
 // (`new net.Socket({ fd: 3 })` throws ERR_INVALID_FD_TYPE) and its stream
 // reads use 64 KiB buffers, which would silently truncate larger datagrams.
-// Plain read(2)/write(2) through `fs.readSync`/`fs.writeSync` keep SEQPACKET
-// semantics exactly: one read returns one whole datagram (given a buffer of
-// MAX_DATAGRAM + 1 bytes), one write sends one datagram. The runtime blocks
-// in `fs.readSync` between invocations — Lambda's "frozen between
-// invocations" — which also keeps the libuv thread pool free (a thread-pool
-// read blocked on fd 3 would make process.exit() hang until the gateway
-// closes the channel).
+// Plain read(2)/write(2) through `fs.readSync`/`fs.writeSync` (or the
+// addon's recvmsg(2)/sendmsg(2)) keep SEQPACKET semantics exactly: one read
+// returns one whole datagram (given a buffer of MAX_DATAGRAM + 1 bytes), one
+// write sends one datagram. The runtime blocks in that synchronous read
+// between invocations — Lambda's "frozen between invocations" — which also
+// keeps the libuv thread pool free (a thread-pool read blocked on fd 3 would
+// make process.exit() hang until the gateway closes the channel).
 'use strict';
 
 const fs = require('fs');
@@ -36,6 +41,12 @@ const VERSION = 1;
 const MAX_META = 64 * 1024;
 const MAX_INLINE_BODY = 128 * 1024;
 const MAX_DATAGRAM = HEADER_LEN + MAX_META + MAX_INLINE_BODY;
+// DEFAULT_MEMFD_THRESHOLD: with the addon, bodies longer than this are sent
+// as a sealed memfd (as faas-guest's Body::new does).
+const MEMFD_THRESHOLD = 64 * 1024;
+// DecodeLimits::default().max_body: the largest body (inline or memfd) the
+// gateway accepts and this runtime accepts from it.
+const MAX_BODY = 64 * 1024 * 1024;
 const MAX_HEADERS = 256;
 const FLAG_MEMFD = 1 << 0;
 const FLAG_SNAPSHOT = 1 << 1;
@@ -82,18 +93,61 @@ function die(code, message) {
   process.exit(code);
 }
 
+// ---------------------------------------------------------------------------
+// The native addon (native/, built to faas_native.node): recv/send with
+// SCM_RIGHTS and sealed memfds. null when absent: bodies travel inline only.
+
+const NATIVE_FILE = 'faas_native.node';
+const NATIVE_API = ['recv', 'send', 'memfdFrom', 'readMemfd', 'close'];
+let native = null;
+
+/**
+ * Loads the addon: $FAAS_NODE_NATIVE when set (a path; `off` disables it; a
+ * path that cannot be loaded exits 2), else faas_native.node next to this
+ * file when it exists (one that cannot be loaded is reported on stderr and
+ * the runtime goes on inline-only).
+ */
+function loadNative() {
+  const env = process.env.FAAS_NODE_NATIVE;
+  if (env === 'off') return null;
+  const explicit = env !== undefined && env !== '';
+  const file = explicit ? path.resolve(env) : path.join(__dirname, NATIVE_FILE);
+  if (!explicit && !existsFile(file)) return null;
+  try {
+    const m = { exports: {} };
+    process.dlopen(m, file);
+    const missing = NATIVE_API.filter((f) => typeof m.exports[f] !== 'function');
+    if (missing.length) throw new Error(`it lacks ${missing.join(', ')} (not the faas addon?)`);
+    return m.exports;
+  } catch (e) {
+    const msg = String(e && e.message !== undefined ? e.message : e).replace(/\s*\n\s*/g, ' | ');
+    if (explicit) return die(EXIT_LOAD, `cannot load the native addon FAAS_NODE_NATIVE=${JSON.stringify(env)}: ${msg}`);
+    writeLine(2, `faas-node: ignoring the native addon ${file}: ${msg}; bodies travel inline only`);
+    return null;
+  }
+}
+
+function closeQuietly(fd) {
+  if (fd < 0 || !native) return;
+  try {
+    native.close(fd);
+  } catch {
+    // Nothing to do about it.
+  }
+}
+
 let sleepCell = null;
 function sleepMs(ms) {
   if (!sleepCell) sleepCell = new Int32Array(new SharedArrayBuffer(4));
   Atomics.wait(sleepCell, 0, 0, ms);
 }
 
-/** Sends one datagram on fd 3 (blocking; retries EAGAIN/EINTR). */
-function sendDatagram(buf) {
+/** Sends one datagram on fd 3 with `bodyFd` (≥ 0) as SCM_RIGHTS (blocking; retries EAGAIN/EINTR). */
+function sendDatagram(buf, bodyFd = -1) {
   for (let backoff = 1; ;) {
     let n;
     try {
-      n = fs.writeSync(GUEST_FD, buf, 0, buf.length);
+      n = native ? native.send(GUEST_FD, buf, bodyFd) : fs.writeSync(GUEST_FD, buf, 0, buf.length);
     } catch (e) {
       if (e.code === 'EINTR') continue;
       if (e.code === 'EAGAIN' || e.code === 'EWOULDBLOCK') {
@@ -108,17 +162,30 @@ function sendDatagram(buf) {
       if (e.code === 'EMSGSIZE' || e.code === 'ENOBUFS') {
         throw new FrameTooLarge(`a datagram of ${buf.length} bytes cannot be sent on fd 3 (${e.code})`);
       }
-      throw new ProtocolError(`write fd ${GUEST_FD}: ${e.message}`);
+      throw new ProtocolError(native ? `fd ${GUEST_FD}: ${e.message}` : `write fd ${GUEST_FD}: ${e.message}`);
     }
     if (n !== buf.length) throw new ProtocolError(`frame truncated in transit (${n} of ${buf.length} bytes)`);
     return;
   }
 }
 
+/** Sends a frame from the encoders below ({ datagram, fd }), then closes its memfd. */
+function sendFrame(frame) {
+  try {
+    sendDatagram(frame.datagram, frame.fd);
+  } finally {
+    closeQuietly(frame.fd);
+  }
+}
+
 let recvBuf = null;
 
-/** Receives one datagram from fd 3 (blocking); null when the gateway closed. */
+/**
+ * Receives one datagram from fd 3 (blocking): { data, fd } (fd -1 when none
+ * came; always -1 without the addon); null when the gateway closed.
+ */
 function recvDatagram() {
+  if (native) return recvNative();
   if (!recvBuf) recvBuf = Buffer.allocUnsafe(MAX_DATAGRAM + 1);
   for (let backoff = 1; ;) {
     let n;
@@ -137,7 +204,32 @@ function recvDatagram() {
     // A zero-length datagram is never sent by a valid peer: closed.
     if (n === 0) return null;
     if (n > MAX_DATAGRAM) throw new ProtocolError('frame truncated in transit (longer than MAX_DATAGRAM)');
-    return recvBuf.subarray(0, n);
+    return { data: recvBuf.subarray(0, n), fd: -1 };
+  }
+}
+
+/** recvDatagram() through the addon's recvmsg(2), which keeps an SCM_RIGHTS fd. */
+function recvNative() {
+  for (let backoff = 1; ;) {
+    let r;
+    try {
+      r = native.recv(GUEST_FD, MAX_DATAGRAM + 1);
+    } catch (e) {
+      if (e.code === 'EAGAIN' || e.code === 'EWOULDBLOCK') {
+        sleepMs(backoff);
+        backoff = Math.min(backoff * 2, 20);
+        continue;
+      }
+      if (e.code === 'ECONNRESET' || e.code === 'ENOTCONN') return null;
+      // ERR_FAAS_TRUNCATED, ERR_FAAS_UNEXPECTED_FD (the addon closed the fds), errno errors.
+      throw new ProtocolError(String(e.code).startsWith('ERR_FAAS_') ? e.message : `fd ${GUEST_FD}: ${e.message}`);
+    }
+    if (r.data.length === 0 || r.data.length > MAX_DATAGRAM) {
+      closeQuietly(r.fd);
+      if (r.data.length === 0) return null;
+      throw new ProtocolError('frame truncated in transit (longer than MAX_DATAGRAM)');
+    }
+    return r;
   }
 }
 
@@ -184,12 +276,32 @@ function encodeHeaders(headers) {
   return Buffer.concat(parts, len);
 }
 
+// The encoders return { datagram, fd }: fd is the sealed memfd carrying the
+// body (-1: inline), which sendFrame() passes along and then closes.
+
+/** The largest body this runtime sends: memfds need the addon. */
+function maxBody() {
+  return native ? MAX_BODY : MAX_INLINE_BODY;
+}
+
+/** A frame with a body: inline up to MEMFD_THRESHOLD, else (addon only) as a sealed memfd. */
+function frameWithBody(kind, idBuf, meta, body) {
+  if (native && body.length > MEMFD_THRESHOLD) {
+    const fd = native.memfdFrom(body);
+    return { datagram: Buffer.concat([header(kind, FLAG_MEMFD, idBuf, meta.length, body.length), meta]), fd };
+  }
+  return { datagram: Buffer.concat([header(kind, 0, idBuf, meta.length, body.length), meta, body]), fd: -1 };
+}
+
+/** A body that could not be put into a memfd (the answer becomes an Error). */
+class BodyError extends Error {}
+
 function readyFrame() {
-  return header(KIND_READY, 0, ZERO_ID, 0, 0);
+  return { datagram: header(KIND_READY, 0, ZERO_ID, 0, 0), fd: -1 };
 }
 
 function resultFrame(idBuf, status, headers, body) {
-  if (body.length > MAX_INLINE_BODY) {
+  if (body.length > maxBody()) {
     throw new FrameTooLarge(`response body of ${body.length} bytes`);
   }
   const h = encodeHeaders(headers);
@@ -197,7 +309,11 @@ function resultFrame(idBuf, status, headers, body) {
   meta.writeUInt16LE(status, 0);
   h.copy(meta, 2);
   if (meta.length > MAX_META) throw new FrameTooLarge(`response headers exceed the ${MAX_META}-byte metadata limit`);
-  return Buffer.concat([header(KIND_RESULT, 0, idBuf, meta.length, body.length), meta, body]);
+  try {
+    return frameWithBody(KIND_RESULT, idBuf, meta, body);
+  } catch (e) {
+    throw new BodyError(`faas-node: cannot pass the response body of ${body.length} bytes to the gateway: ${e.message}`);
+  }
 }
 
 function errorFrame(idBuf, status, message) {
@@ -205,23 +321,26 @@ function errorFrame(idBuf, status, message) {
   b = b.subarray(0, utf8Cut(b, MAX_INLINE_BODY));
   const meta = Buffer.allocUnsafe(2);
   meta.writeUInt16LE(status, 0);
-  return Buffer.concat([header(KIND_ERROR, 0, idBuf, 2, b.length), meta, b]);
+  return { datagram: Buffer.concat([header(KIND_ERROR, 0, idBuf, 2, b.length), meta, b]), fd: -1 };
 }
 
 function logFrame(idBuf, stream, bytes) {
   let b = bytes;
-  if (b.length > MAX_INLINE_BODY) {
+  const max = maxBody();
+  if (b.length > max) {
     const note = Buffer.from(`... [faas-node: log record truncated, ${b.length} bytes]\n`, 'utf8');
-    b = Buffer.concat([b.subarray(0, utf8Cut(b, MAX_INLINE_BODY - note.length)), note]);
+    b = Buffer.concat([b.subarray(0, utf8Cut(b, max - note.length)), note]);
   }
-  return Buffer.concat([header(KIND_LOG, 0, idBuf, 1, b.length), Buffer.from([stream]), b]);
+  return frameWithBody(KIND_LOG, idBuf, Buffer.from([stream]), b);
 }
 
 /**
- * Decodes one datagram from the gateway, as defensively as frame.rs decode().
- * Only Invoke is valid towards a guest; anything else is a ProtocolError.
+ * Decodes one datagram from the gateway (and the fd that came with it, -1 for
+ * none), as defensively as frame.rs decode(). Only Invoke is valid towards a
+ * guest; anything else is a ProtocolError. Leaves `fd` alone: the body of a
+ * memfd frame is read by receiveInvoke().
  */
-function decodeInvoke(d) {
+function decodeInvoke(d, fd = -1) {
   if (d.length < HEADER_LEN) throw new ProtocolError(`frame of ${d.length} bytes is shorter than the 24-byte header`);
   if (d.compare(MAGIC, 0, 4, 0, 4) !== 0) throw new ProtocolError('bad magic');
   if (d[4] !== VERSION) throw new ProtocolError(`unsupported protocol version ${d[4]} (this side speaks ${VERSION})`);
@@ -234,12 +353,17 @@ function decodeInvoke(d) {
   if (metaLen > MAX_META) throw new ProtocolError(`metadata of ${metaLen} bytes exceeds the limit of ${MAX_META}`);
   const memfd = (flags & FLAG_MEMFD) !== 0;
   if (!memfd && bodyLen > MAX_INLINE_BODY) throw new ProtocolError(`inline body of ${bodyLen} bytes exceeds the limit of ${MAX_INLINE_BODY}`);
+  // Without the addon a memfd body is answered 413 whatever its size.
+  if (memfd && native && bodyLen > MAX_BODY) throw new ProtocolError(`body of ${bodyLen} bytes exceeds the limit of ${MAX_BODY}`);
   const declared = HEADER_LEN + metaLen + (memfd ? 0 : bodyLen);
   if (declared !== d.length) throw new ProtocolError(`header declares ${declared} bytes but the frame has ${d.length}`);
   if (kind !== KIND_INVOKE) {
     throw new ProtocolError(`the gateway sent a ${KIND_NAMES[kind]} frame where a guest expects Invoke`);
   }
   if (flags & FLAG_SNAPSHOT) throw new ProtocolError('malformed Invoke frame: snapshot flag outside Ready');
+  // Without the addon read(2) drops any fd, so only the flag is known.
+  if (native && memfd && fd < 0) throw new ProtocolError('frame announces a memfd body but carries no fd');
+  if (!memfd && fd >= 0) throw new ProtocolError('frame carries an fd it does not announce');
   const idBuf = Buffer.from(d.subarray(8, 16));
   const meta = d.subarray(HEADER_LEN, HEADER_LEN + metaLen);
   let off = 0;
@@ -278,6 +402,32 @@ function decodeInvoke(d) {
     // Copied: the receive buffer is reused.
     body: memfd ? null : Buffer.from(d.subarray(HEADER_LEN + metaLen)),
   };
+}
+
+/**
+ * Receives and decodes the next Invoke; null when the gateway closed the
+ * channel. With the addon a memfd body is checked (sealed, size) and read.
+ * The received fd is closed on every path.
+ */
+function receiveInvoke() {
+  const r = recvDatagram();
+  if (r === null) return null;
+  let fd = r.fd;
+  try {
+    const f = decodeInvoke(r.data, fd);
+    if (f.memfd && native) {
+      const owned = fd;
+      fd = -1; // readMemfd closes it, also on error
+      try {
+        f.body = native.readMemfd(owned, f.bodyLen);
+      } catch (e) {
+        throw new ProtocolError(e.message);
+      }
+    }
+    return f;
+  } finally {
+    closeQuietly(fd);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -455,7 +605,7 @@ function sendLog(stream, bytes) {
   const inv = current;
   if (!inv || inv.answered) return false;
   try {
-    sendDatagram(logFrame(inv.idBuf, stream, bytes));
+    sendFrame(logFrame(inv.idBuf, stream, bytes));
     return true;
   } catch {
     return false;
@@ -602,11 +752,12 @@ function answerValue(inv, value) {
     frame = resultFrame(inv.idBuf, r.status, r.headers, r.body);
   } catch (e) {
     if (e instanceof FrameTooLarge) return answerTooLarge(inv, e);
+    if (e instanceof BodyError) return answerError(inv, 500, { errorType: 'Runtime.MarshalError', errorMessage: e.message, stackTrace: [] });
     return answerError(inv, 500, errorShape(e));
   }
   try {
     inv.answered = true;
-    sendDatagram(frame);
+    sendFrame(frame);
   } catch (e) {
     if (!(e instanceof FrameTooLarge)) return fatalChannel(e, inv);
     inv.answered = false;
@@ -615,18 +766,21 @@ function answerValue(inv, value) {
 }
 
 function answerTooLarge(inv, e) {
+  const limits = native
+    ? `the Node.js runtime sends bodies of at most ${MAX_BODY} bytes (the gateway's default max_body; ` +
+      `above ${MEMFD_THRESHOLD} bytes as a sealed memfd), headers at most ${MAX_META} bytes`
+    : `the Node.js runtime sends bodies inline only (at most ${MAX_INLINE_BODY} bytes, headers at most ${MAX_META} bytes): ` +
+      `larger bodies need a sealed memfd, which Node.js cannot pass without the ${NATIVE_FILE} addon`;
   answerError(inv, 500, {
     errorType: 'Function.ResponseSizeTooLarge',
-    errorMessage:
-      `faas-node: the handler's response cannot be sent: ${e.message}; the Node.js runtime sends bodies inline only ` +
-      `(at most ${MAX_INLINE_BODY} bytes, headers at most ${MAX_META} bytes): larger bodies need a sealed memfd, which Node.js cannot pass`,
+    errorMessage: `faas-node: the handler's response cannot be sent: ${e.message}; ${limits}`,
     stackTrace: [],
   });
 }
 
 function sendAnswer(frame) {
   try {
-    sendDatagram(frame);
+    sendFrame(frame);
   } catch (e) {
     fatalChannel(e, null);
   }
@@ -703,15 +857,16 @@ function makeContext(f) {
 
 async function invoke(handler, f) {
   const inv = { idBuf: f.idBuf, requestId: f.id, answered: false };
-  if (f.memfd) {
-    // The gateway sent the body as a memfd (it does above 64 KiB); read(2)
-    // dropped the fd. Answer without running the handler.
+  if (f.body === null) {
+    // The gateway sent the body as a memfd (it does above 64 KiB) and there
+    // is no addon: read(2) dropped the fd. Answer without running the handler.
     current = inv;
     answerError(inv, 413, {
       errorType: 'Runtime.RequestTooLarge',
       errorMessage:
         `faas-node: the request body of ${f.bodyLen} bytes arrived as a memfd, which the Node.js runtime cannot receive ` +
-        `(no SCM_RIGHTS in Node.js); it accepts inline request bodies only (the gateway sends bodies up to 65536 bytes inline)`,
+        `without its ${NATIVE_FILE} addon (no SCM_RIGHTS in Node.js); it accepts inline request bodies only ` +
+        `(the gateway sends bodies up to 65536 bytes inline)`,
       stackTrace: [],
     });
     current = null;
@@ -775,6 +930,7 @@ async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const mode = reuseMode();
   checkChannel();
+  native = loadNative();
   describeFunction(opts);
   installProcessHooks();
   patchConsole();
@@ -803,16 +959,15 @@ async function main() {
 
   for (;;) {
     try {
-      sendDatagram(readyFrame());
+      sendFrame(readyFrame());
     } catch (e) {
       if (e instanceof PeerClosed) process.exit(0);
       die(EXIT_PROTOCOL, `sending Ready to the gateway: ${e.message}`);
     }
     let frame;
     try {
-      const d = recvDatagram();
-      if (d === null) process.exit(0);
-      frame = decodeInvoke(d);
+      frame = receiveInvoke();
+      if (frame === null) process.exit(0);
     } catch (e) {
       die(EXIT_PROTOCOL, `receiving from the gateway: ${e.message}`);
     }

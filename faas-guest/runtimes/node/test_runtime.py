@@ -4,6 +4,14 @@ Each test plays the node gateway: it creates a SOCK_SEQPACKET socketpair,
 starts `node faas_runtime.js` with the other end as fd 3, and speaks the guest
 protocol (faas-core/src/protocol/frame.rs) on its end.
 
+The cases run twice: InlineRuntimeTest without the native addon
+(FAAS_NODE_NATIVE=off: bodies inline only), NativeRuntimeTest with it (sealed
+memfd bodies over 64 KiB, both ways). The addon is built once with
+`cargo build --release --offline` (native/Cargo.toml) into
+$FAAS_NODE_NATIVE_TARGET (default: $TMPDIR/faas-node-native-target); set
+FAAS_NODE_NATIVE to a built faas_native.node to use that instead. Without
+cargo the native cases are skipped (the reason is printed).
+
     python3 -m unittest discover -s faas-guest/runtimes/node -p 'test_*.py'
     node --test faas-guest/runtimes/node/      # runs this file via runtime.test.js
 """
@@ -23,6 +31,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME = os.path.join(HERE, "faas_runtime.js")
+NATIVE_MANIFEST = os.path.join(HERE, "native", "Cargo.toml")
 NODE = os.environ.get("NODE", shutil.which("node") or "node")
 
 MAGIC = b"FAAS"
@@ -32,9 +41,18 @@ HEADER_LEN = 24
 MAX_META = 64 * 1024
 MAX_INLINE_BODY = 128 * 1024
 MAX_DATAGRAM = HEADER_LEN + MAX_META + MAX_INLINE_BODY
+MEMFD_THRESHOLD = 64 * 1024  # DEFAULT_MEMFD_THRESHOLD
+MAX_BODY = 64 * 1024 * 1024  # DecodeLimits::default().max_body
 READY, INVOKE, RESULT, ERROR, LOG = 1, 2, 3, 4, 5
 FLAG_MEMFD = 1
 TIMEOUT = 10.0
+MIB5 = 5 * 1024 * 1024
+
+# fcntl(2) sealing (linux/fcntl.h).
+F_ADD_SEALS = 1033
+F_GET_SEALS = 1034
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
+REQUIRED_SEALS = F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK
 
 LOG_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\t([^\t]+)\t(INFO|WARN|ERROR|DEBUG|TRACE)\t(.*)\n$", re.S
@@ -63,16 +81,36 @@ def invoke_frame(inv_id, body, deadline=None, trace_id="", headers=(), memfd=Fal
     return HEADER.pack(MAGIC, VERSION, INVOKE, flags, inv_id, len(meta), len(body)) + meta + inline
 
 
-def sealed_memfd(data):
+def sealed_memfd(data, seals=F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL):
     fd = os.memfd_create("faas-body", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    os.write(fd, data)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    if seals:
+        fcntl.fcntl(fd, F_ADD_SEALS, seals)
     return fd
+
+
+def read_received_memfd(fd, expected):
+    """Checks a memfd from the runtime as the gateway does (SealedMemfd::from_received), and reads it."""
+    seals = fcntl.fcntl(fd, F_GET_SEALS)  # fails (EINVAL) on anything but a memfd
+    assert seals & REQUIRED_SEALS == REQUIRED_SEALS, f"memfd seals {seals:#x}"
+    assert seals & F_SEAL_SEAL, "the runtime seals its memfds against further sealing too"
+    size = os.fstat(fd).st_size
+    assert size == expected, f"memfd has {size} bytes, header says {expected}"
+    chunks, off = [], 0
+    while off < expected:
+        b = os.pread(fd, expected - off, off)
+        assert b, "memfd shorter than its size"
+        chunks.append(b)
+        off += len(b)
+    return b"".join(chunks)
 
 
 class Frame:
     def __init__(self, kind, flags, inv_id, meta, body):
         self.kind, self.flags, self.id, self.meta, self.body = kind, flags, inv_id, meta, body
+        self.memfd = bool(flags & FLAG_MEMFD)
         self.status = None
         self.headers = []
         self.stream = None
@@ -106,27 +144,95 @@ class Frame:
         return json.loads(self.body)
 
     def __repr__(self):
-        return f"Frame(kind={self.kind}, id={self.id}, status={self.status}, body={self.body[:200]!r})"
+        return f"Frame(kind={self.kind}, id={self.id}, status={self.status}, memfd={self.memfd}, body={self.body[:200]!r})"
 
 
-def decode(datagram):
-    assert len(datagram) >= HEADER_LEN, f"short frame {datagram!r}"
-    magic, ver, kind, flags, inv_id, meta_len, body_len = HEADER.unpack_from(datagram)
-    assert magic == MAGIC and ver == VERSION, datagram[:8]
-    assert flags == 0, f"the Node runtime never sends memfd/snapshot flags, got {flags}"
-    assert body_len <= MAX_INLINE_BODY and meta_len <= MAX_META
-    assert len(datagram) == HEADER_LEN + meta_len + body_len, "length mismatch"
-    meta = datagram[HEADER_LEN : HEADER_LEN + meta_len]
-    return Frame(kind, flags, inv_id, meta, datagram[HEADER_LEN + meta_len :])
+def decode(datagram, fds, native):
+    """Decodes a frame from the runtime as strictly as frame.rs, plus what this runtime promises:
+    memfd bodies only with the addon and only above the 64 KiB threshold, inline bodies at most
+    64 KiB with it (128 KiB for Error messages), no snapshot flag. Closes `fds`."""
+    try:
+        assert len(datagram) >= HEADER_LEN, f"short frame {datagram!r}"
+        magic, ver, kind, flags, inv_id, meta_len, body_len = HEADER.unpack_from(datagram)
+        assert magic == MAGIC and ver == VERSION, datagram[:8]
+        assert flags & ~FLAG_MEMFD == 0, f"the Node runtime never sends the snapshot flag, got {flags}"
+        assert meta_len <= MAX_META
+        meta = datagram[HEADER_LEN : HEADER_LEN + meta_len]
+        if flags & FLAG_MEMFD:
+            assert native, "without the addon the Node runtime cannot pass fds"
+            assert kind in (RESULT, LOG), f"memfd body on kind {kind}"
+            assert len(fds) == 1, f"a memfd frame carries exactly one fd, got {len(fds)}"
+            assert len(datagram) == HEADER_LEN + meta_len, "memfd frame with inline bytes"
+            assert MEMFD_THRESHOLD < body_len <= MAX_BODY, f"memfd body of {body_len} bytes"
+            body = read_received_memfd(fds[0], body_len)
+        else:
+            assert not fds, "fd without the memfd flag"
+            assert body_len <= MAX_INLINE_BODY
+            if native and kind != ERROR:
+                assert body_len <= MEMFD_THRESHOLD, f"inline body of {body_len} bytes above the memfd threshold"
+            assert len(datagram) == HEADER_LEN + meta_len + body_len, "length mismatch"
+            body = datagram[HEADER_LEN + meta_len :]
+        return Frame(kind, flags, inv_id, meta, body)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+_native_addon = None
+_native_tmp = None
+
+
+def native_addon():
+    """The built addon (a faas_native.node path), or raises unittest.SkipTest saying why not.
+
+    Built once per run: `cargo build --release --offline` of native/ (retried online when the
+    offline build fails, e.g. libc is not in the local registry), copied to a temporary
+    faas_native.node. A failing build is an error, not a skip."""
+    global _native_addon, _native_tmp
+    if _native_addon is not None:
+        return _native_addon
+    given = os.environ.get("FAAS_NODE_NATIVE", "")
+    if given and given != "off":
+        if not os.path.isfile(given):
+            raise AssertionError(f"FAAS_NODE_NATIVE={given!r} is not a file")
+        _native_addon = os.path.abspath(given)
+        return _native_addon
+    cargo = shutil.which("cargo")
+    if not cargo:
+        raise unittest.SkipTest(
+            "cargo not found: the native addon (native/) cannot be built, so the memfd cases are skipped "
+            "(install Rust, or set FAAS_NODE_NATIVE to a built faas_native.node)"
+        )
+    target = os.environ.get("FAAS_NODE_NATIVE_TARGET") or os.path.join(tempfile.gettempdir(), "faas-node-native-target")
+    cmd = [cargo, "build", "--release", "--manifest-path", NATIVE_MANIFEST, "--target-dir", target]
+    r = subprocess.run(cmd[:2] + ["--offline"] + cmd[2:], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise AssertionError(f"building the native addon failed ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
+    built = os.path.join(target, "release", "libfaas_node_native.so")
+    _native_tmp = tempfile.mkdtemp(prefix="faas-node-native-")
+    _native_addon = os.path.join(_native_tmp, "faas_native.node")
+    shutil.copyfile(built, _native_addon)
+    return _native_addon
+
+
+def tearDownModule():
+    if _native_tmp is not None:
+        shutil.rmtree(_native_tmp, ignore_errors=True)
 
 
 class Gateway:
     """The gateway end of one runtime instance."""
 
-    def __init__(self, code_dir, handler, reuse=None, env=None, fd3="seqpacket"):
+    def __init__(self, code_dir, handler, reuse=None, env=None, fd3="seqpacket", native="off", runtime=RUNTIME):
+        """`native`: the value of FAAS_NODE_NATIVE (a path, "off"), None to leave it unset."""
         self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.native = native not in (None, "off")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("FAAS_", "AWS_", "LAMBDA_", "_HANDLER"))}
         full_env.update({"FAAS_FUNCTION_NAME": "fn-test", "FAAS_FUNCTION_VERSION": "7", "FAAS_MEMORY_MB": "256"})
+        if native is not None:
+            full_env["FAAS_NODE_NATIVE"] = native
         if reuse is not None:
             full_env["FAAS_REUSE"] = reuse
         full_env.update(env or {})
@@ -148,7 +254,7 @@ class Gateway:
                 os.dup2(child_fd, 3)
 
         self.proc = subprocess.Popen(
-            [NODE, RUNTIME, "--handler", handler, "--code", code_dir],
+            [NODE, runtime, "--handler", handler, "--code", code_dir],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -163,12 +269,17 @@ class Gateway:
 
     def recv(self):
         """The next frame; None when the runtime closed its end."""
-        data, anc, flags, _ = self.sock.recvmsg(MAX_DATAGRAM + 1, socket.CMSG_SPACE(4 * 2))
+        data, anc, flags, _ = self.sock.recvmsg(MAX_DATAGRAM + 1, socket.CMSG_SPACE(4 * 2), socket.MSG_CMSG_CLOEXEC)
+        fds = []
+        for level, typ, cdata in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"{len(cdata) // 4}i", cdata[: len(cdata) // 4 * 4]))
         if not data:
+            for fd in fds:
+                os.close(fd)
             return None
-        assert not anc, "the Node runtime cannot pass fds"
         assert not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
-        return decode(data)
+        return decode(data, fds, self.native)
 
     def ready(self):
         f = self.recv()
@@ -370,10 +481,18 @@ FIXTURES = {
     "succeed.js": """
         exports.handler = (event, context) => { context.succeed({ legacy: true }); };
     """,
+    "fds.js": """
+        const fs = require('fs');
+        exports.handler = async (event) => ({ fds: fs.readdirSync('/proc/self/fd').length, pad: 'q'.repeat(event.pad.length) });
+    """,
 }
 
 
-class NodeRuntimeTest(unittest.TestCase):
+class RuntimeCases:
+    """The cases of both modes; `native` is the FAAS_NODE_NATIVE the runtime gets."""
+
+    native = "off"
+
     @classmethod
     def setUpClass(cls):
         cls.code = tempfile.mkdtemp(prefix="faas-node-test-")
@@ -388,6 +507,7 @@ class NodeRuntimeTest(unittest.TestCase):
         shutil.rmtree(cls.code, ignore_errors=True)
 
     def start(self, handler, **kw):
+        kw.setdefault("native", self.native)
         gw = Gateway(self.code, handler, **kw)
         self.addCleanup(gw.close)
         return gw
@@ -578,21 +698,8 @@ class NodeRuntimeTest(unittest.TestCase):
         _, r, _ = self.call("big.handler", json.dumps({"size": MAX_INLINE_BODY}))
         self.assertEqual((r.kind, r.status, len(r.body)), (RESULT, 200, MAX_INLINE_BODY))
         self.assertEqual(r.body, b"x" * MAX_INLINE_BODY)
-
-    def test_five_mib_response_is_a_clear_error(self):
-        gw = self.start("big.handler", reuse="keep_alive")
-        gw.ready()
-        _, r = gw.invoke(1, json.dumps({"size": 5 * 1024 * 1024}))
-        e = self.assert_lambda_error(r, "Function.ResponseSizeTooLarge", json.loads(r.body)["errorMessage"])
-        self.assertIn("5242880 bytes", e["errorMessage"])
-        self.assertIn("memfd", e["errorMessage"])
-        # The instance lives on.
-        gw.ready()
-        _, r = gw.invoke(2, json.dumps({"size": MAX_INLINE_BODY + 1}))
-        self.assertEqual((r.kind, r.status), (ERROR, 500))
-        gw.ready()
-        _, r = gw.invoke(3, json.dumps({"size": 10}))
-        self.assertEqual((r.kind, r.body), (RESULT, b"x" * 10))
+        # Inline without the addon; with it, a memfd (above 64 KiB, as faas-guest sends).
+        self.assertEqual(r.memfd, self.native != "off")
 
     def test_request_body_up_to_inline_limit(self):
         # The gateway sends at most 64 KiB inline, but the protocol allows 128 KiB.
@@ -601,19 +708,6 @@ class NodeRuntimeTest(unittest.TestCase):
         self.assertEqual(len(body), MAX_INLINE_BODY)
         _, r, _ = self.call("big.handler", body)
         self.assertEqual((r.kind, r.body), (RESULT, b"xxx"))
-
-    def test_memfd_request_is_answered_413_without_running_the_handler(self):
-        gw = self.start("echo.handler", reuse="keep_alive")
-        gw.ready()
-        big = json.dumps({"pad": "z" * 200_000}).encode()
-        _, r = gw.invoke(5, big, memfd=True)
-        self.assertEqual((r.kind, r.status), (ERROR, 413), r)
-        e = json.loads(r.body)
-        self.assertEqual(e["errorType"], "Runtime.RequestTooLarge")
-        self.assertIn(str(len(big)), e["errorMessage"])
-        gw.ready()
-        _, r = gw.invoke(6, '{"small": true}')
-        self.assertEqual(r.json()["event"], {"small": True})
 
     def test_too_many_headers_is_an_error(self):
         _, r, _ = self.call("headers.handler", '{"n": 256}')
@@ -648,13 +742,6 @@ class NodeRuntimeTest(unittest.TestCase):
         self.assertEqual([(f.stream, f.body) for f in logs if f.stream != 3], [(1, b"raw stdout\n"), (2, b"raw stderr\n")])
         # Order is kept: stdout/stderr writes come between debug and "after await".
         self.assertEqual([f.stream for f in logs], [3, 3, 3, 3, 3, 1, 2, 3])
-
-    def test_huge_log_record_is_truncated(self):
-        logs, r, _ = self.call("hugelog.handler", "{}")
-        self.assertEqual(r.json(), "ok")
-        self.assertEqual(len(logs), 1)
-        self.assertLessEqual(len(logs[0].body), MAX_INLINE_BODY)
-        self.assertIn(b"log record truncated", logs[0].body)
 
     # -- reuse -----------------------------------------------------------------
 
@@ -739,6 +826,7 @@ class NodeRuntimeTest(unittest.TestCase):
             "unknown kind": good[:5] + b"\x09" + good[6:],
             "length": good + b"extra",
             "meta": good[:HEADER_LEN] + b"\x01\x02",
+            "longer than a datagram": good + b"z" * (MAX_DATAGRAM + 100 - len(good)),
         }
         for what, datagram in bad.items():
             with self.subTest(what):
@@ -755,6 +843,231 @@ class NodeRuntimeTest(unittest.TestCase):
         gw.ready()
         took = time.monotonic() - t
         self.assertLess(took, 2.0)
+
+
+class InlineRuntimeTest(RuntimeCases, unittest.TestCase):
+    """Without the addon (FAAS_NODE_NATIVE=off): bodies inline only."""
+
+    native = "off"
+
+    def test_five_mib_response_is_a_clear_error(self):
+        gw = self.start("big.handler", reuse="keep_alive")
+        gw.ready()
+        _, r = gw.invoke(1, json.dumps({"size": 5 * 1024 * 1024}))
+        e = self.assert_lambda_error(r, "Function.ResponseSizeTooLarge", json.loads(r.body)["errorMessage"])
+        self.assertIn("5242880 bytes", e["errorMessage"])
+        self.assertIn("memfd", e["errorMessage"])
+        # The instance lives on.
+        gw.ready()
+        _, r = gw.invoke(2, json.dumps({"size": MAX_INLINE_BODY + 1}))
+        self.assertEqual((r.kind, r.status), (ERROR, 500))
+        gw.ready()
+        _, r = gw.invoke(3, json.dumps({"size": 10}))
+        self.assertEqual((r.kind, r.body), (RESULT, b"x" * 10))
+
+    def test_memfd_request_is_answered_413_without_running_the_handler(self):
+        gw = self.start("echo.handler", reuse="keep_alive")
+        gw.ready()
+        big = json.dumps({"pad": "z" * 200_000}).encode()
+        _, r = gw.invoke(5, big, memfd=True)
+        self.assertEqual((r.kind, r.status), (ERROR, 413), r)
+        e = json.loads(r.body)
+        self.assertEqual(e["errorType"], "Runtime.RequestTooLarge")
+        self.assertIn(str(len(big)), e["errorMessage"])
+        gw.ready()
+        _, r = gw.invoke(6, '{"small": true}')
+        self.assertEqual(r.json()["event"], {"small": True})
+
+    def test_huge_log_record_is_truncated(self):
+        logs, r, _ = self.call("hugelog.handler", "{}")
+        self.assertEqual(r.json(), "ok")
+        self.assertEqual(len(logs), 1)
+        self.assertLessEqual(len(logs[0].body), MAX_INLINE_BODY)
+        self.assertIn(b"log record truncated", logs[0].body)
+
+    def test_unloadable_addon_next_to_the_runtime_is_ignored(self):
+        # A copy of the runtime with a broken faas_native.node beside it, FAAS_NODE_NATIVE unset.
+        d = tempfile.mkdtemp(prefix="faas-node-rt-")
+        self.addCleanup(shutil.rmtree, d, True)
+        shutil.copy(RUNTIME, d)
+        with open(os.path.join(d, "faas_native.node"), "wb") as f:
+            f.write(b"not an ELF file")
+        gw = self.start("big.handler", reuse="keep_alive", native=None, runtime=os.path.join(d, "faas_runtime.js"))
+        gw.ready()
+        _, r = gw.invoke(1, json.dumps({"size": MIB5}))
+        self.assertEqual((r.kind, r.status), (ERROR, 500), r)
+        self.assertEqual(json.loads(r.body)["errorType"], "Function.ResponseSizeTooLarge")
+        gw.ready()
+        gw.sock.close()
+        self.assertEqual(gw.wait(), 0)
+        err = gw.proc.stderr.read().decode()
+        self.assertIn("ignoring the native addon", err)
+        self.assertIn("inline only", err)
+
+    def test_addon_that_cannot_be_loaded_exits_2(self):
+        missing = os.path.join(self.code, "no-such-addon.node")
+        gw = self.start("echo.handler", native=missing)
+        self.assertIsNone(gw.recv(), "no Ready when FAAS_NODE_NATIVE cannot be loaded")
+        self.assertEqual(gw.wait(), 2)
+        err = gw.proc.stderr.read().decode()
+        self.assertIn("cannot load the native addon FAAS_NODE_NATIVE=", err)
+        self.assertIn("no-such-addon.node", err)
+
+
+class NativeRuntimeTest(RuntimeCases, unittest.TestCase):
+    """With the addon: memfd bodies both ways above 64 KiB."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.native = native_addon()
+        super().setUpClass()
+
+    def test_five_mib_request_and_response_round_trip(self):
+        gw = self.start("echo.handler", reuse="keep_alive")
+        for i in range(1, 4):
+            gw.ready()
+            pad = chr(ord("a") + i) * MIB5
+            big = json.dumps({"pad": pad, "i": i}).encode()
+            logs, r = gw.invoke(i, big, memfd=True)
+            self.assertEqual((r.kind, r.status, r.memfd), (RESULT, 200, True), r)
+            self.assertGreater(len(r.body), MIB5)
+            self.assertEqual(r.json(), {"event": {"pad": pad, "i": i}, "requestId": str(i)})
+            self.assertEqual(logs, [])
+        gw.ready()
+        _, r = gw.invoke(9, '{"small": true}')
+        self.assertEqual((r.memfd, r.json()["event"]), (False, {"small": True}))
+
+    def test_five_mib_response(self):
+        _, r, rc = self.call("big.handler", json.dumps({"size": MIB5}))
+        self.assertEqual((r.kind, r.status, r.memfd, len(r.body)), (RESULT, 200, True, MIB5), r)
+        self.assertEqual(r.body, b"x" * MIB5)
+        self.assertEqual(r.header("content-type"), "application/octet-stream")
+        self.assertEqual(rc, 0)
+
+    def test_memfd_threshold_is_64_kib(self):
+        gw = self.start("big.handler", reuse="keep_alive")
+        for i, size in enumerate((MEMFD_THRESHOLD, MEMFD_THRESHOLD + 1), 1):
+            gw.ready()
+            _, r = gw.invoke(i, json.dumps({"size": size}))
+            self.assertEqual((r.kind, len(r.body), r.memfd), (RESULT, size, size > MEMFD_THRESHOLD))
+        # A request just over the threshold, as the gateway sends it (memfd).
+        gw.ready()
+        body = json.dumps({"size": 3, "pad": "p" * MEMFD_THRESHOLD}).encode()
+        _, r = gw.invoke(3, body, memfd=True)
+        self.assertEqual((r.kind, r.body), (RESULT, b"xxx"))
+
+    def test_response_over_max_body_is_a_clear_error(self):
+        gw = self.start("big.handler", reuse="keep_alive")
+        gw.ready()
+        _, r = gw.invoke(1, json.dumps({"size": MAX_BODY + 1}))
+        e = self.assert_lambda_error(r, "Function.ResponseSizeTooLarge", json.loads(r.body)["errorMessage"])
+        self.assertIn(f"{MAX_BODY + 1} bytes", e["errorMessage"])
+        gw.ready()
+        _, r = gw.invoke(2, json.dumps({"size": MAX_BODY}))
+        self.assertEqual((r.kind, r.memfd, len(r.body)), (RESULT, True, MAX_BODY))
+
+    def test_huge_log_record_travels_as_memfd(self):
+        logs, r, _ = self.call("hugelog.handler", "{}")
+        self.assertEqual(r.json(), "ok")
+        self.assertEqual(len(logs), 1)
+        self.assertTrue(logs[0].memfd)
+        m = LOG_LINE.match(logs[0].body.decode())
+        self.assertIsNotNone(m, logs[0].body[:200])
+        self.assertEqual(m.group(4), "y" * 200000)
+
+    def test_no_fd_leaks_across_memfd_invocations(self):
+        gw = self.start("fds.handler", reuse="keep_alive")
+        counts = []
+        for i in range(1, 6):
+            gw.ready()
+            _, r = gw.invoke(i, json.dumps({"pad": "f" * 300_000}).encode(), memfd=True)
+            self.assertTrue(r.memfd)
+            counts.append(r.json()["fds"])
+        self.assertEqual(len(set(counts[1:])), 1, counts)
+
+    def test_addon_next_to_the_runtime_is_found(self):
+        d = tempfile.mkdtemp(prefix="faas-node-rt-")
+        self.addCleanup(shutil.rmtree, d, True)
+        shutil.copy(RUNTIME, d)
+        shutil.copy(self.native, os.path.join(d, "faas_native.node"))
+        gw = self.start("big.handler", native=None, runtime=os.path.join(d, "faas_runtime.js"))
+        gw.native = True  # found without FAAS_NODE_NATIVE: decode() is to expect memfds
+        gw.ready()
+        _, r = gw.invoke(1, json.dumps({"size": MIB5}))
+        self.assertEqual((r.kind, r.memfd, len(r.body)), (RESULT, True, MIB5), r)
+
+    def test_addon_api_directly(self):
+        script = textwrap.dedent("""
+            const assert = require('assert');
+            const mod = { exports: {} };
+            process.dlopen(mod, process.argv[1]);
+            const m = mod.exports;
+            const out = {};
+            const b = Buffer.alloc(300000, 'k');
+            const fd = m.memfdFrom(b);
+            out.flags = require('fs').readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8').match(/flags:\\s*(\\d+)/)[1];
+            assert.ok(m.readMemfd(fd, b.length).equals(b));
+            const code = (f) => { try { f(); return 'no error'; } catch (e) { return `${e.name}/${e.code}/${e.message}`; } };
+            out.closedByRead = code(() => m.close(fd));
+            out.size = code(() => m.readMemfd(m.memfdFrom(Buffer.from('abc')), 4));
+            out.empty = m.readMemfd(m.memfdFrom(Buffer.alloc(0)), 0).length;
+            out.type = code(() => m.send(1, 'not a buffer', -1));
+            out.range = code(() => m.recv(-2, 10));
+            out.missing = code(() => m.recv(1));
+            out.notSocket = code(() => m.recv(1, 10));
+            console.log(JSON.stringify(out));
+        """)
+        r = subprocess.run([NODE, "-e", script, self.native], capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout)
+        # The memfd is close-on-exec (O_CLOEXEC in fdinfo's octal flags); its seals are
+        # checked on every memfd the runtime sends (read_received_memfd).
+        self.assertTrue(int(out["flags"], 8) & 0o2000000, out)
+        self.assertTrue(out["closedByRead"].startswith("Error/EBADF/close: "), out)
+        self.assertEqual(out["size"], "Error/ERR_FAAS_MEMFD_SIZE/memfd body has 3 bytes, header says 4")
+        self.assertEqual(out["empty"], 0)
+        self.assertEqual(out["type"], "TypeError/ERR_INVALID_ARG_TYPE/send: data: a Buffer is expected")
+        self.assertTrue(out["range"].startswith("RangeError/ERR_OUT_OF_RANGE/"), out)
+        self.assertTrue(out["missing"].startswith("TypeError/ERR_INVALID_ARG_TYPE/"), out)
+        self.assertTrue(out["notSocket"].startswith("Error/ENOTSOCK/recvmsg: "), out)
+
+    def test_bad_memfd_frames_exit_71(self):
+        payload = b'{"a": 1}' + b" " * 100_000
+        meta_only = invoke_frame(1, payload, memfd=True)
+        inline = invoke_frame(1, b"{}")
+        r, w = os.pipe()
+        os.close(w)
+        self.addCleanup(os.close, r)
+        cases = {
+            # what: (datagram, fds to create, expected stderr text)
+            "unsealed memfd": (meta_only, lambda: [sealed_memfd(payload, seals=0)], "not sealed"),
+            "write seal only": (meta_only, lambda: [sealed_memfd(payload, seals=F_SEAL_WRITE)], "not sealed"),
+            "size differs": (invoke_frame(1, payload + b" ", memfd=True), lambda: [sealed_memfd(payload)], "header says"),
+            "not a memfd": (meta_only, lambda: [os.dup(r)], "not sealed"),
+            "flag without fd": (meta_only, lambda: [], "carries no fd"),
+            "fd without flag": (inline, lambda: [sealed_memfd(b"{}")], "does not announce"),
+            "two fds": (meta_only, lambda: [sealed_memfd(payload), sealed_memfd(payload)], "fds"),
+            "over max body": (
+                HEADER.pack(MAGIC, VERSION, INVOKE, FLAG_MEMFD, 1, len(meta_only) - HEADER_LEN, MAX_BODY + 1) + meta_only[HEADER_LEN:],
+                lambda: [sealed_memfd(payload)],
+                "exceeds the limit",
+            ),
+        }
+        for what, (datagram, make_fds, needle) in cases.items():
+            with self.subTest(what):
+                gw = self.start("echo.handler")
+                gw.ready()
+                fds = make_fds()
+                try:
+                    gw.send_raw(datagram, fds)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                self.assertIsNone(gw.recv())
+                self.assertEqual(gw.wait(), 71)
+                err = gw.proc.stderr.read().decode()
+                self.assertIn("receiving from the gateway", err)
+                self.assertIn(needle, err)
 
 
 if __name__ == "__main__":
