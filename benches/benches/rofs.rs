@@ -85,6 +85,11 @@ fn bench(c: &mut Criterion) {
     let img = MmapImage::open(&img_path).expect("open");
     let rel = five_deep(&tree, Path::new(""), 1).expect("a 5-component path");
     let ipath = format!("/{}", rel.display());
+    // Tails: criterion reports medians only. Skipped when `cargo test` runs
+    // the bench once (no `--bench` argument).
+    if std::env::args().any(|a| a == "--bench") {
+        print_tails(&img_path, &img, &ipath);
+    }
     let mut g = c.benchmark_group("rofs/lookup5");
     g.bench_function("loader", |b| {
         b.iter(|| img.lookup(black_box(&ipath)).expect("lookup"))
@@ -128,6 +133,45 @@ fn bench(c: &mut Criterion) {
         b.iter(|| img.read_at(ino, 0, &mut buf).expect("read_at"))
     });
     g.finish();
+}
+
+/// p50/p99/p999 of `MmapImage::open` (10,000 opens, each timed) and of a
+/// warm 5-component `lookup` (100,000 batches of 100 lookups, each batch
+/// timed and divided by 100: one lookup is shorter than the clock's own
+/// cost).
+fn print_tails(img_path: &Path, img: &MmapImage, ipath: &str) {
+    fn pct(sorted: &[f64], q: f64) -> f64 {
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    }
+    let mut open_ns: Vec<f64> = (0..10_000)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let i = MmapImage::open(black_box(img_path)).expect("open");
+            let d = t.elapsed().as_nanos() as f64;
+            drop(i);
+            d
+        })
+        .collect();
+    let mut lookup_ns: Vec<f64> = (0..100_000)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..100 {
+                black_box(img.lookup(black_box(ipath)).expect("lookup"));
+            }
+            t.elapsed().as_nanos() as f64 / 100.0
+        })
+        .collect();
+    open_ns.sort_by(f64::total_cmp);
+    lookup_ns.sort_by(f64::total_cmp);
+    println!(
+        "rofs tails: open p50 {:.1} µs p99 {:.1} µs p999 {:.1} µs; lookup5 p50 {:.1} ns p99 {:.1} ns p999 {:.1} ns (batches of 100)",
+        pct(&open_ns, 0.5) / 1e3,
+        pct(&open_ns, 0.99) / 1e3,
+        pct(&open_ns, 0.999) / 1e3,
+        pct(&lookup_ns, 0.5),
+        pct(&lookup_ns, 0.99),
+        pct(&lookup_ns, 0.999),
+    );
 }
 
 criterion_group!(benches, bench);
