@@ -486,6 +486,7 @@ fn build_plan(
         }
     }
     areas.sort_by_key(|a| a.start);
+    let areas = merge_adjacent(areas);
 
     let xstate = meta.xstate_bytes().map_err(|e| invalid(dir, e))?;
     let frame_len = (FRAME_FPSTATE + xstate.len() + 4 + 63) & !63;
@@ -593,6 +594,31 @@ fn build_plan(
         ));
     }
     Ok(out)
+}
+
+/// Merges neighbours that one `mmap` can create: adjacent in memory, same
+/// protection, flags and advice, and — for file mappings — the same file
+/// with contiguous offsets. A library's `.data` and `.bss` saved side by
+/// side in the page file are one mapping at restore, so a process with 30
+/// libraries needs tens of `mmap`s fewer (each ~1.5 µs).
+fn merge_adjacent(areas: Vec<plan::Area>) -> Vec<plan::Area> {
+    let mut out: Vec<plan::Area> = Vec::with_capacity(areas.len());
+    for a in areas {
+        if let Some(last) = out.last_mut() {
+            let adjacent = last.start + last.len == a.start;
+            let same = last.prot == a.prot
+                && last.flags == a.flags
+                && last.fd == a.fd
+                && last.advice == a.advice;
+            let contiguous = a.fd == plan::ANON || last.offset + last.len == a.offset;
+            if adjacent && same && contiguous {
+                last.len += a.len;
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
 }
 
 /// Appends the bytes of one of the plan's `#[repr(C)]` structs.
@@ -916,4 +942,51 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Meta, SnapshotError> {
     let bytes = fs::read(&path)
         .map_err(|e| invalid(dir, format!("cannot read {}: {e}", path.display())))?;
     Meta::decode(&bytes).map_err(|e| invalid(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(start: u64, len: u64, fd: u32, offset: u64, prot: u32) -> plan::Area {
+        plan::Area {
+            start,
+            len,
+            offset,
+            prot,
+            flags: libc::MAP_PRIVATE as u32,
+            fd,
+            advice: 0,
+        }
+    }
+
+    #[test]
+    fn merges_only_what_one_mmap_can_create() {
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let merged = merge_adjacent(vec![
+            // .data and .bss saved side by side in the page file: one.
+            area(0x1000, 0x2000, 0, 0x0, rw),
+            area(0x3000, 0x1000, 0, 0x2000, rw),
+            // Adjacent, but a gap in the page file: kept apart.
+            area(0x4000, 0x1000, 0, 0x9000, rw),
+            // Adjacent, same file range, other protection: kept apart.
+            area(0x5000, 0x1000, 0, 0xa000, libc::PROT_READ as u32),
+            // Not adjacent in memory: kept apart.
+            area(0x8000, 0x1000, 0, 0xb000, libc::PROT_READ as u32),
+            // Anonymous neighbours: one.
+            area(0x9000, 0x1000, plan::ANON, 0, rw),
+            area(0xa000, 0x3000, plan::ANON, 0, rw),
+        ]);
+        let got: Vec<(u64, u64)> = merged.iter().map(|a| (a.start, a.len)).collect();
+        assert_eq!(
+            got,
+            [
+                (0x1000, 0x3000),
+                (0x4000, 0x1000),
+                (0x5000, 0x1000),
+                (0x8000, 0x1000),
+                (0x9000, 0x4000)
+            ]
+        );
+    }
 }
