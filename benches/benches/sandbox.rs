@@ -42,6 +42,7 @@ fn spec(root: &std::path::Path) -> (SandboxSpec, std::os::fd::OwnedFd) {
             policy: SandboxPolicy {
                 seccomp: Some("native".into()),
                 proc: false,
+                ..SandboxPolicy::default()
             },
             channel: theirs,
             stdin: Stdio::Null,

@@ -62,6 +62,20 @@ pub struct SandboxPolicy {
     pub seccomp: Option<String>,
     /// Mount a fresh procfs of the sandbox's own pid namespace at `/proc`.
     pub proc: bool,
+    /// Read-only bind mounts, `(host directory, path inside)`: each host
+    /// directory appears read-only (and nosuid, nodev) at its inside path,
+    /// an absolute path of at least two components (`/var/task`). The
+    /// first component (`/var`) must be a directory of the root; inside the
+    /// sandbox it is replaced by an empty read-only tmpfs that holds only
+    /// the binds' mount points, so the root's own files there are hidden
+    /// and nothing is created on the host. Runtimes that cannot isolate
+    /// (`ProcessRuntime`) refuse binds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<(PathBuf, PathBuf)>,
+    /// The working directory inside the sandbox (default `/`), also the
+    /// one a restored process finds itself in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
 }
 
 /// A resource limit that ended or hampered an instance.

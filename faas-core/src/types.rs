@@ -177,9 +177,14 @@ pub struct FunctionSpec {
     /// Reuse policy.
     #[serde(default)]
     pub reuse: Reuse,
-    /// Start mode.
+    /// Start mode. Set by the platform at deploy: `restore` when it took a
+    /// snapshot of the initialised runtime, else `cold`.
     #[serde(default)]
     pub start: StartMode,
+    /// The snapshot directory that `restore` starts from (set by the
+    /// platform at deploy, with `start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
 }
 
 fn default_version() -> u32 {
@@ -231,6 +236,7 @@ impl FunctionSpec {
             concurrency: Concurrency::default(),
             reuse: Reuse::default(),
             start: StartMode::default(),
+            snapshot: None,
         }
     }
 
@@ -400,6 +406,10 @@ pub struct Timings {
     pub start_us: u64,
     /// From handing over the request to its result, in microseconds.
     pub run_us: u64,
+    /// How the instance was brought up when it was started for this
+    /// request (`None`: an instance that was already running served it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<StartMode>,
 }
 
 /// The answer of a function.

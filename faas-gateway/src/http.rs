@@ -4,11 +4,11 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /healthz` | `ok` |
-//! | `POST /functions` | deploy a [`FunctionSpec`] (JSON) as a new version → `201` + the spec |
+//! | `POST /functions` | deploy a [`FunctionSpec`] (JSON) as a new version, prepared by the [`Preparer`] (a snapshot) → `201` + the spec (its `start` mode) and any `warnings` |
 //! | `GET /functions` | every function's latest version |
 //! | `GET /functions/{name}` | its latest version |
 //! | `DELETE /functions/{name}` | delete every version → `204` |
-//! | `POST /invoke/{name}` | run it: the function's status, headers and body |
+//! | `POST /invoke/{name}` | run it: the function's status, headers and body, plus `x-faas-start` (`cold`, `restore`, or `warm` for a reused instance) and `server-timing` |
 //!
 //! Errors are JSON `{"error": CODE, "message": TEXT}` with exactly one
 //! response per request: unknown function `404`, body over the limit `413`,
@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use faas_core::{
     FunctionSpec, Invocation, InvocationId, InvokeError, NodeGateway, NodeId, Outcome, Placement,
-    ScheduleError, Scheduler, UnixMillis,
+    ScheduleError, Scheduler, StartMode, UnixMillis,
 };
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
@@ -33,6 +33,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use parking_lot::RwLock;
 use serde::Serialize;
 
+use crate::prepare::{PrepareError, Prepared, Preparer};
 use crate::registry::{DeployError, Registry, fill_random};
 
 /// The response body type of the gateway.
@@ -59,8 +60,19 @@ pub struct FunctionGateway {
     registry: Arc<Registry>,
     scheduler: Arc<dyn Scheduler>,
     nodes: RwLock<HashMap<NodeId, Arc<dyn NodeGateway>>>,
+    preparer: Option<Arc<dyn Preparer>>,
     config: GatewayConfig,
     next_id: AtomicU64,
+}
+
+/// The answer to a deploy: the spec as registered, and what the deployer
+/// should know.
+#[derive(Serialize)]
+struct Deployed<'a> {
+    #[serde(flatten)]
+    spec: &'a FunctionSpec,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -118,11 +130,22 @@ impl FunctionGateway {
             registry,
             scheduler,
             nodes: RwLock::new(HashMap::new()),
+            preparer: None,
             config,
             // Random start, so ids of successive runs do not collide; the top
             // bit is kept clear so the counter never wraps in practice.
             next_id: AtomicU64::new(u64::from_le_bytes(seed) >> 1),
         }
+    }
+
+    /// Deploys go through `preparer` (see [`Preparer`]): it checks each
+    /// new version before it is copied and prepares it (a snapshot) before
+    /// it is registered. Without one, versions are registered cold as they
+    /// are.
+    #[must_use]
+    pub fn with_preparer(mut self, preparer: Arc<dyn Preparer>) -> Self {
+        self.preparer = Some(preparer);
+        self
     }
 
     /// Registers the node gateway of a node (the scheduler must know the node
@@ -233,18 +256,49 @@ impl FunctionGateway {
                 );
             }
         };
+        if let Some(p) = &self.preparer
+            && let Err(e) = p.check(&spec)
+        {
+            return prepare_error(&e);
+        }
         let registry = self.registry.clone();
-        match tokio::task::spawn_blocking(move || registry.deploy(spec)).await {
-            Ok(Ok(spec)) => {
-                tracing::info!(function = %spec.name, version = spec.version, "deployed");
-                json(StatusCode::CREATED, &*spec)
+        let staged = match tokio::task::spawn_blocking(move || registry.stage(spec)).await {
+            Ok(Ok(staged)) => staged,
+            Ok(Err(e)) => return deploy_error(&e),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        };
+        let prepared = match &self.preparer {
+            Some(p) => {
+                let dir = staged.dir().to_path_buf();
+                match p.prepare(staged.spec(), &dir).await {
+                    Ok(prepared) => prepared,
+                    Err(e) => {
+                        let registry = self.registry.clone();
+                        let _ = tokio::task::spawn_blocking(move || registry.abandon(staged)).await;
+                        return prepare_error(&e);
+                    }
+                }
             }
-            Ok(Err(e @ DeployError::State { .. })) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "state_error",
-                e.to_string(),
-            ),
-            Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_spec", e.to_string()),
+            None => Prepared::default(),
+        };
+        let Prepared {
+            start,
+            snapshot,
+            warnings,
+        } = prepared;
+        let registry = self.registry.clone();
+        match tokio::task::spawn_blocking(move || registry.commit(staged, start, snapshot)).await {
+            Ok(Ok(spec)) => {
+                tracing::info!(function = %spec.name, version = spec.version, start = spec.start.as_str(), "deployed");
+                json(
+                    StatusCode::CREATED,
+                    &Deployed {
+                        spec: &spec,
+                        warnings,
+                    },
+                )
+            }
+            Ok(Err(e)) => deploy_error(&e),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }
@@ -345,11 +399,13 @@ impl FunctionGateway {
                 let t = r.timings;
                 let h = resp.headers_mut();
                 insert(h, "x-faas-cold", if r.cold { "true" } else { "false" });
+                let started = t.started.map_or("warm", StartMode::as_str);
+                insert(h, "x-faas-start", started);
                 insert(
                     h,
                     "server-timing",
                     &format!(
-                        "queue;dur={:.3}, start;dur={:.3}, run;dur={:.3}",
+                        "queue;dur={:.3}, start;dur={:.3};desc={started}, run;dur={:.3}",
                         t.queued_us as f64 / 1e3,
                         t.start_us as f64 / 1e3,
                         t.run_us as f64 / 1e3
@@ -429,6 +485,26 @@ fn insert(h: &mut http::HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(HeaderName::from_static(name), v);
     }
+}
+
+fn deploy_error(e: &DeployError) -> Response<ResponseBody> {
+    match e {
+        DeployError::State { .. } => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state_error",
+            e.to_string(),
+        ),
+        _ => error(StatusCode::BAD_REQUEST, "bad_spec", e.to_string()),
+    }
+}
+
+fn prepare_error(e: &PrepareError) -> Response<ResponseBody> {
+    let (status, code) = match e {
+        PrepareError::Unavailable(_) => (StatusCode::BAD_REQUEST, "runtime_unavailable"),
+        PrepareError::Init { .. } => (StatusCode::BAD_REQUEST, "init_failed"),
+        PrepareError::Sys { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "prepare_failed"),
+    };
+    error(status, code, e.to_string())
 }
 
 fn not_deployed(name: &str) -> Response<ResponseBody> {

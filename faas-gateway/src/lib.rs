@@ -20,13 +20,25 @@
 //!   pulls it, enforces the deadline and treats the instance as hostile.
 //! - [`Registry`]: deployed functions and their versions under a state
 //!   directory.
+//! - [`RuntimeCommands`]: the language runtimes (Python, Node.js) of a
+//!   node, and the layout their instances see ([`Layout`]: the code at
+//!   `/var/task`, the runtime at `/var/runtime`, both read-only).
+//! - [`Preparer`]: what a node does with a new version before it is
+//!   registered; [`LocalNodeGateway`] checks the runtime and takes the
+//!   snapshot that Python instances are restored from.
 
 mod channel;
 mod http;
 mod node;
+mod prepare;
 mod registry;
+mod runtimes;
 mod sys;
 
 pub use http::{FunctionGateway, GatewayConfig, ResponseBody};
 pub use node::{LocalNodeGateway, NodeConfig, NodeStats};
-pub use registry::{DeployError, OpenError, Registry};
+pub use prepare::{PrepareError, Prepared, Preparer};
+pub use registry::{DeployError, OpenError, Registry, Staged};
+pub use runtimes::{
+    Layout, RUNTIME_DIR, RuntimeCommand, RuntimeCommands, RuntimeUnavailable, TASK_DIR,
+};

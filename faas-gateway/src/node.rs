@@ -2,20 +2,25 @@
 //! requests, deadlines, and exactly one answer per request.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use faas_core::protocol::{Body, DecodeLimits, Frame, ProtocolError, channel_pair};
 use faas_core::{
-    BoxFuture, FunctionSpec, Instance, Invocation, InvocationResult, InvokeError, NodeGateway,
-    NodeId, Placement, Reuse, SandboxRuntime, SandboxSpec, Stdio, Timings,
+    BoxFuture, ExitStatus, FunctionSpec, Instance, Invocation, InvocationResult, InvokeError,
+    LaunchError, NodeGateway, NodeId, Placement, Reuse, RuntimeKind, SandboxPolicy, SandboxRuntime,
+    SandboxSpec, Snapshotter, StartMode, Stdio, Timings,
 };
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
 use crate::channel::AsyncChannel;
+use crate::prepare::{self, PrepareError, Prepared, Preparer, SnapshotFailure};
+use crate::runtimes::{self, Layout, RuntimeCommands};
 
 type Reply = oneshot::Sender<Result<InvocationResult, InvokeError>>;
 
@@ -28,6 +33,12 @@ pub struct NodeConfig {
     pub max_body: u64,
     /// Whether instances inherit the node's stderr (else it is discarded).
     pub inherit_stderr: bool,
+    /// The language runtimes (Python, Node.js) this node offers.
+    pub runtimes: RuntimeCommands,
+    /// Where language runtimes find their files: [`Layout::Sandbox`] when
+    /// the sandbox runtime honours `SandboxPolicy::binds`
+    /// (`PooledSandboxRuntime`), [`Layout::Host`] for `ProcessRuntime`.
+    pub layout: Layout,
 }
 
 impl Default for NodeConfig {
@@ -36,6 +47,8 @@ impl Default for NodeConfig {
             node: NodeId("local".into()),
             max_body: 64 * 1024 * 1024,
             inherit_stderr: true,
+            runtimes: RuntimeCommands::default(),
+            layout: Layout::default(),
         }
     }
 }
@@ -82,11 +95,14 @@ impl Queue {
 struct FnState {
     spec: Arc<FunctionSpec>,
     queue: Mutex<Queue>,
+    /// A restore from the function's snapshot failed: start cold from now on.
+    restore_failed: AtomicBool,
 }
 
 struct Inner {
     config: NodeConfig,
     runtime: Arc<dyn SandboxRuntime>,
+    snapshotter: Option<Arc<dyn Snapshotter>>,
     functions: Mutex<HashMap<(String, u32), Arc<FnState>>>,
     stats: NodeStats,
     next_instance: AtomicU64,
@@ -109,18 +125,47 @@ struct Inner {
 /// (instance killed), protocol violation (instance killed), launch failure.
 /// `per_request` instances are killed after their answer; `keep_alive`
 /// instances wait for the next request of their function for the idle time.
+///
+/// Instances of a function deployed with `start: restore` are restored
+/// from its snapshot; when a restore fails (the snapshot no longer matches
+/// the host, e.g. an updated interpreter), the function's instances start
+/// cold from then on and a warning is logged. As a [`Preparer`] it checks
+/// that a function's language runtime is available and, with a
+/// [`Snapshotter`] and the sandbox layout, takes Python snapshots at deploy
+/// (see [`Preparer`]).
 #[derive(Clone)]
 pub struct LocalNodeGateway {
     inner: Arc<Inner>,
 }
 
 impl LocalNodeGateway {
-    /// A node gateway launching instances with `runtime`.
+    /// A node gateway launching instances with `runtime`, always cold.
     pub fn new(config: NodeConfig, runtime: Arc<dyn SandboxRuntime>) -> Self {
+        Self::build(config, runtime, None)
+    }
+
+    /// A node gateway that also takes snapshots of Python functions at
+    /// deploy with `snapshotter` and restores their instances from them
+    /// (`runtime` must support `StartMode::Restore` and the config's layout
+    /// be [`Layout::Sandbox`]).
+    pub fn with_snapshotter(
+        config: NodeConfig,
+        runtime: Arc<dyn SandboxRuntime>,
+        snapshotter: Arc<dyn Snapshotter>,
+    ) -> Self {
+        Self::build(config, runtime, Some(snapshotter))
+    }
+
+    fn build(
+        config: NodeConfig,
+        runtime: Arc<dyn SandboxRuntime>,
+        snapshotter: Option<Arc<dyn Snapshotter>>,
+    ) -> Self {
         LocalNodeGateway {
             inner: Arc::new(Inner {
                 config,
                 runtime,
+                snapshotter,
                 functions: Mutex::new(HashMap::new()),
                 stats: NodeStats::default(),
                 next_instance: AtomicU64::new(1),
@@ -149,6 +194,7 @@ impl LocalNodeGateway {
                 let st = Arc::new(FnState {
                     spec: spec.clone(),
                     queue: Mutex::new(Queue::default()),
+                    restore_failed: AtomicBool::new(false),
                 });
                 fns.insert(key, st.clone());
                 st
@@ -277,62 +323,7 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         Reuse::PerRequest => None,
         Reuse::KeepAlive { idle_ms } => Some(Duration::from_millis(idle_ms)),
     };
-    let mut env: Vec<(String, String)> = spec
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    env.extend([
-        ("FAAS_FUNCTION_NAME".to_owned(), spec.name.clone()),
-        ("FAAS_FUNCTION_VERSION".to_owned(), spec.version.to_string()),
-        (
-            "FAAS_MEMORY_MB".to_owned(),
-            spec.limits.memory_mb.to_string(),
-        ),
-        (
-            "FAAS_TIMEOUT_MS".to_owned(),
-            spec.limits.timeout_ms.to_string(),
-        ),
-        (
-            "FAAS_REUSE".to_owned(),
-            if keep_alive.is_some() {
-                "keep_alive"
-            } else {
-                "per_request"
-            }
-            .to_owned(),
-        ),
-    ]);
-    let sandbox = SandboxSpec {
-        name: name.clone(),
-        root: spec.image.clone(),
-        program: spec.handler.clone().into(),
-        args: Vec::new(),
-        env,
-        limits: spec.limits,
-        start: spec.start,
-        snapshot: None,
-        policy: faas_core::SandboxPolicy {
-            seccomp: Some(
-                match spec.runtime {
-                    faas_core::RuntimeKind::Python => "python",
-                    faas_core::RuntimeKind::Node => "node",
-                    faas_core::RuntimeKind::Native | faas_core::RuntimeKind::Exec => "native",
-                }
-                .to_owned(),
-            ),
-            proc: false,
-        },
-        channel: theirs,
-        stdin: Stdio::Null,
-        stdout: Stdio::Null,
-        stderr: if inner.config.inherit_stderr {
-            Stdio::Inherit
-        } else {
-            Stdio::Null
-        },
-    };
-    let mut inst = match inner.runtime.launch(sandbox).await {
+    let (mut inst, mode) = match launch(&inner, &st, &name, theirs).await {
         Ok(i) => i,
         Err(e) => {
             tracing::warn!(function = %spec.name, error = %e, "launch failed");
@@ -346,6 +337,18 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
     // Startup: the instance must say Ready within the function's timeout.
     let mut start_us = match await_ready(&mut chan, inst.as_mut(), timeout).await {
         Ok(()) => micros(started.elapsed()),
+        Err(InvokeError::Exited {
+            status: ExitStatus::Code(code @ 120..=127),
+            ..
+        }) if mode == StartMode::Restore => {
+            // The snapshot restorer gave up (its reason is on the
+            // instance's stderr): the request is still queued; start this
+            // function cold from now on.
+            tracing::warn!(function = %spec.name, version = spec.version, code, "restoring the snapshot failed; starting cold from now on");
+            st.restore_failed.store(true, Ordering::Relaxed);
+            drop(_live);
+            return spawn_instance(inner.clone(), st);
+        }
         Err(e) => {
             tracing::debug!(instance = %name, error = %e, "instance failed before Ready");
             return fail_one(&st, e);
@@ -378,7 +381,8 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         if !cold {
             inner.stats.reused.fetch_add(1, Ordering::Relaxed);
         }
-        let served = serve_one(&mut chan, inst.as_mut(), p, start_us, cold, timeout).await;
+        let how = cold.then_some(mode);
+        let served = serve_one(&mut chan, inst.as_mut(), p, start_us, how, timeout).await;
         cold = false;
         start_us = 0;
         announced = false;
@@ -388,6 +392,150 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
     }
     let _ = inst.kill();
     let _ = inst.wait().await;
+}
+
+/// The sandbox spec of an instance of `spec` (cold, or restored from
+/// `snapshot`).
+fn sandbox_spec(
+    config: &NodeConfig,
+    spec: &FunctionSpec,
+    name: &str,
+    snapshot: Option<&Path>,
+    channel: OwnedFd,
+) -> Result<SandboxSpec, LaunchError> {
+    let cmd = runtimes::command(spec, &config.runtimes, config.layout, false).map_err(|e| {
+        LaunchError::Unsupported {
+            name: name.to_owned(),
+            runtime: "node gateway",
+            what: e.to_string(),
+        }
+    })?;
+    Ok(SandboxSpec {
+        name: name.to_owned(),
+        root: cmd.root,
+        program: cmd.program,
+        args: cmd.args,
+        env: runtimes::instance_env(spec, config.layout),
+        limits: spec.limits,
+        start: if snapshot.is_some() {
+            StartMode::Restore
+        } else {
+            StartMode::Cold
+        },
+        snapshot: snapshot.map(Path::to_path_buf),
+        policy: SandboxPolicy {
+            seccomp: Some(cmd.seccomp.to_owned()),
+            proc: false,
+            binds: cmd.binds,
+            cwd: cmd.cwd,
+        },
+        channel,
+        stdin: Stdio::Null,
+        stdout: Stdio::Null,
+        stderr: if config.inherit_stderr {
+            Stdio::Inherit
+        } else {
+            Stdio::Null
+        },
+    })
+}
+
+/// Launches an instance of `st`'s function with `channel` as its fd 3:
+/// restored from its snapshot when it has one (and restoring has not
+/// failed before), else cold. A restore that cannot even be launched falls
+/// back to a cold start at once. Returns the instance and how it started.
+async fn launch(
+    inner: &Inner,
+    st: &FnState,
+    name: &str,
+    channel: OwnedFd,
+) -> Result<(Box<dyn Instance>, StartMode), LaunchError> {
+    let spec = &st.spec;
+    let cfg = &inner.config;
+    if spec.start == StartMode::Restore
+        && let Some(dir) = &spec.snapshot
+        && !st.restore_failed.load(Ordering::Relaxed)
+    {
+        let spare = channel.try_clone().map_err(|source| LaunchError::Sys {
+            name: name.to_owned(),
+            op: "duplicating the guest channel",
+            source,
+        })?;
+        match inner
+            .runtime
+            .launch(sandbox_spec(cfg, spec, name, Some(dir), channel)?)
+            .await
+        {
+            Ok(inst) => return Ok((inst, StartMode::Restore)),
+            Err(e) => {
+                tracing::warn!(function = %spec.name, version = spec.version, error = %e, "restoring the snapshot failed; starting cold from now on");
+                st.restore_failed.store(true, Ordering::Relaxed);
+                let inst = inner
+                    .runtime
+                    .launch(sandbox_spec(cfg, spec, name, None, spare)?)
+                    .await?;
+                return Ok((inst, StartMode::Cold));
+            }
+        }
+    }
+    let inst = inner
+        .runtime
+        .launch(sandbox_spec(cfg, spec, name, None, channel)?)
+        .await?;
+    Ok((inst, StartMode::Cold))
+}
+
+impl Preparer for LocalNodeGateway {
+    fn check(&self, spec: &FunctionSpec) -> Result<(), PrepareError> {
+        if matches!(spec.runtime, RuntimeKind::Python | RuntimeKind::Node) {
+            self.inner.config.runtimes.check(spec.runtime)?;
+        }
+        Ok(())
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        spec: &'a FunctionSpec,
+        version_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<Prepared, PrepareError>> {
+        Box::pin(async move {
+            self.check(spec)?;
+            let inner = &self.inner;
+            let snapshotter = match &inner.snapshotter {
+                Some(s) if spec.runtime == RuntimeKind::Python => s,
+                _ => return Ok(Prepared::default()),
+            };
+            if inner.config.layout != Layout::Sandbox {
+                return Ok(Prepared::default());
+            }
+            match prepare::snapshot_python(
+                &inner.config,
+                &inner.runtime,
+                snapshotter,
+                spec,
+                version_dir,
+            )
+            .await
+            {
+                Ok(dir) => Ok(Prepared {
+                    start: StartMode::Restore,
+                    snapshot: Some(dir),
+                    warnings: Vec::new(),
+                }),
+                Err(SnapshotFailure::Init(e)) => Err(e),
+                Err(SnapshotFailure::Snapshot(why)) => {
+                    tracing::warn!(function = %spec.name, version = spec.version, "no snapshot, instances start cold: {why}");
+                    Ok(Prepared {
+                        start: StartMode::Cold,
+                        snapshot: None,
+                        warnings: vec![format!(
+                            "no snapshot was taken, instances start cold: {why}"
+                        )],
+                    })
+                }
+            }
+        })
+    }
 }
 
 fn micros(d: Duration) -> u64 {
@@ -480,7 +628,7 @@ async fn serve_one(
     inst: &mut dyn Instance,
     p: Pending,
     start_us: u64,
-    cold: bool,
+    started: Option<StartMode>,
     timeout: Duration,
 ) -> bool {
     let Pending {
@@ -520,8 +668,9 @@ async fn serve_one(
                     queued_us,
                     start_us,
                     run_us: micros(sent.elapsed()),
+                    started,
                 },
-                cold,
+                cold: started.is_some(),
             }),
             true,
         ),

@@ -4,12 +4,20 @@
 //! ```text
 //! STATE/functions/NAME/VERSION-DEPLOYID/spec.json   the spec as deployed
 //! STATE/functions/NAME/VERSION-DEPLOYID/root/       a private copy of the function's directory
+//! STATE/functions/NAME/VERSION-DEPLOYID/snapshot/   its snapshot, when one was taken
 //! ```
 //!
 //! A deploy copies the user's directory, so later edits to it do not change
 //! a deployed version, and writes the version directory atomically (rename
-//! from a temporary name). Every version stays runnable until the function is
-//! deleted.
+//! from a temporary name). The copy is readable by everyone (directories
+//! 0755, files at least 0644): instances run as unprivileged uids. Every
+//! version stays runnable until the function is deleted.
+//!
+//! A deploy is [`Registry::stage`] (the version directory is written under
+//! its final name, not yet visible) then [`Registry::commit`] (its start
+//! mode recorded, `spec.json` replaced atomically, the version visible),
+//! so that a node can prepare the version in place (a snapshot) before any
+//! request sees it; [`Registry::deploy`] does both.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -17,7 +25,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use faas_core::{FunctionSpec, ImageRef, SpecError};
+use faas_core::{FunctionSpec, ImageRef, RuntimeKind, SpecError, StartMode};
 use parking_lot::{Mutex, RwLock};
 
 /// Why a deploy failed.
@@ -41,7 +49,8 @@ pub enum DeployError {
     /// Image files are not accepted yet.
     #[error("image {0}: deploying from an image file is not supported yet; give a directory")]
     ImageUnsupported(PathBuf),
-    /// The handler is missing or not an executable regular file.
+    /// The handler is missing: not an executable regular file (native,
+    /// exec), or its module file does not exist (python, node).
     #[error("handler {handler:?} in {dir}: {why}")]
     Handler {
         /// The handler.
@@ -49,7 +58,7 @@ pub enum DeployError {
         /// The function's directory.
         dir: PathBuf,
         /// What is wrong.
-        why: &'static str,
+        why: String,
     },
     /// The state directory cannot be written.
     #[error("state directory {path}: {source}")]
@@ -177,15 +186,31 @@ impl Registry {
         v
     }
 
-    /// Deploys a new version of `spec.name`: validates the spec, copies the
-    /// function's directory into the state directory and checks the handler.
-    /// Blocking (file system work): call it from a blocking context.
+    /// Deploys a new version of `spec.name` in cold mode: [`Registry::stage`]
+    /// and [`Registry::commit`]. Blocking (file system work): call it from a
+    /// blocking context.
     ///
     /// # Errors
     ///
     /// See [`DeployError`]; nothing is registered on error.
-    pub fn deploy(&self, mut spec: FunctionSpec) -> Result<Arc<FunctionSpec>, DeployError> {
+    pub fn deploy(&self, spec: FunctionSpec) -> Result<Arc<FunctionSpec>, DeployError> {
+        let staged = self.stage(spec)?;
+        self.commit(staged, StartMode::Cold, None)
+    }
+
+    /// Writes a new version of `spec.name` without registering it:
+    /// validates the spec, checks the handler, copies the function's
+    /// directory into the state directory under the version's final name
+    /// (with `spec.json` in cold mode). The platform decides the start mode:
+    /// `start` and `snapshot` of `spec` are reset. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// See [`DeployError`]; nothing is left behind on error.
+    pub fn stage(&self, mut spec: FunctionSpec) -> Result<Staged, DeployError> {
         spec.validate()?;
+        spec.start = StartMode::Cold;
+        spec.snapshot = None;
         let src = match &spec.image {
             ImageRef::Dir(d) => d.clone(),
             ImageRef::Image(p) => return Err(DeployError::ImageUnsupported(p.clone())),
@@ -197,17 +222,30 @@ impl Registry {
         if !meta.is_dir() {
             return Err(DeployError::NotADirectory(src));
         }
-        check_handler(&src, &spec.handler)?;
+        check_handler(&src, &spec)?;
 
         let _w = self.write.lock();
-        let version = self
+        let fdir = self.dir.join(&spec.name);
+        // Above every registered version and every version directory
+        // (staged ones are not registered yet).
+        let registered = self
             .functions
             .read()
             .get(&spec.name)
-            .and_then(|e| e.versions.last_key_value().map(|(v, _)| v + 1))
-            .unwrap_or(1);
+            .and_then(|e| e.versions.last_key_value().map(|(v, _)| *v))
+            .unwrap_or(0);
+        let on_disk = std::fs::read_dir(&fdir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                name.to_str()?.split('-').next()?.parse::<u32>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        let version = registered.max(on_disk) + 1;
         spec.version = version;
-        let fdir = self.dir.join(&spec.name);
         let state_err = |path: &Path| {
             let path = path.to_owned();
             move |source| DeployError::State { path, source }
@@ -219,12 +257,17 @@ impl Registry {
         let root = tmp.join("root");
         let result = (|| {
             std::fs::create_dir_all(&root).map_err(state_err(&root))?;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
+                .map_err(state_err(&root))?;
             copy_tree(&src, &root)?;
-            // Mount points a sandbox needs in a read-only root.
-            for d in ["dev", "tmp", "proc"] {
-                let p = root.join(d);
-                if !p.exists() {
-                    std::fs::create_dir(&p).map_err(state_err(&p))?;
+            // Mount points a sandbox needs when the directory is its root
+            // (language runtimes have the host's / as root instead).
+            if matches!(spec.runtime, RuntimeKind::Native | RuntimeKind::Exec) {
+                for d in ["dev", "tmp", "proc"] {
+                    let p = root.join(d);
+                    if !p.exists() {
+                        std::fs::create_dir(&p).map_err(state_err(&p))?;
+                    }
                 }
             }
             spec.image = ImageRef::Dir(fin.join("root"));
@@ -239,14 +282,55 @@ impl Registry {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
+        Ok(Staged { spec, dir: fin })
+    }
+
+    /// Registers a staged version with its start mode (and snapshot):
+    /// rewrites its `spec.json` atomically, then makes it the latest
+    /// version. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// The spec cannot be written (the function was deleted meanwhile, the
+    /// disk is full); the version directory is removed.
+    pub fn commit(
+        &self,
+        staged: Staged,
+        start: StartMode,
+        snapshot: Option<PathBuf>,
+    ) -> Result<Arc<FunctionSpec>, DeployError> {
+        let Staged { mut spec, dir } = staged;
+        let _w = self.write.lock();
+        if start != StartMode::Cold || snapshot.is_some() {
+            spec.start = start;
+            spec.snapshot = snapshot;
+            let path = dir.join("spec.json");
+            let tmp = dir.join(".spec.json.tmp");
+            let written = serde_json::to_vec_pretty(&spec)
+                .map_err(io::Error::from)
+                .and_then(|json| std::fs::write(&tmp, json))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(source) = written {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(DeployError::State { path, source });
+            }
+        }
         let spec = Arc::new(spec);
         self.functions
             .write()
             .entry(spec.name.clone())
             .or_default()
             .versions
-            .insert(version, spec.clone());
+            .insert(spec.version, spec.clone());
         Ok(spec)
+    }
+
+    /// Forgets a staged version: removes its directory. Blocking.
+    pub fn abandon(&self, staged: Staged) {
+        let _w = self.write.lock();
+        if let Err(e) = std::fs::remove_dir_all(&staged.dir) {
+            tracing::warn!(dir = %staged.dir.display(), error = %e, "removing an abandoned version failed");
+        }
     }
 
     /// Deletes every version of `name`. Returns whether it existed.
@@ -274,20 +358,111 @@ impl Registry {
     }
 }
 
-fn check_handler(dir: &Path, handler: &str) -> Result<(), DeployError> {
-    let err = |why| DeployError::Handler {
+/// A version written by [`Registry::stage`], not registered yet.
+#[derive(Debug)]
+pub struct Staged {
+    spec: FunctionSpec,
+    dir: PathBuf,
+}
+
+impl Staged {
+    /// The spec with its version number and final image path.
+    pub fn spec(&self) -> &FunctionSpec {
+        &self.spec
+    }
+
+    /// The version directory (holding `root/` and `spec.json`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Checks that the handler names something in `dir`: an executable
+/// (native, exec), or the module file of `MODULE.FUNCTION` (python:
+/// `MODULE.py` or a package, dots or slashes as separators; node:
+/// `MODULE.js`, `.mjs`, `.cjs`, the bare file or a directory).
+fn check_handler(dir: &Path, spec: &FunctionSpec) -> Result<(), DeployError> {
+    let handler = spec.handler.as_str();
+    let err = |why: String| DeployError::Handler {
         handler: handler.to_owned(),
         dir: dir.to_owned(),
         why,
     };
-    let meta = std::fs::metadata(dir.join(handler)).map_err(|_| err("no such file"))?;
-    if !meta.is_file() {
-        return Err(err("not a regular file"));
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err(err("not executable (chmod +x it)"));
+    let is_file = |p: &str| dir.join(p).is_file();
+    match spec.runtime {
+        RuntimeKind::Native | RuntimeKind::Exec => {
+            let meta =
+                std::fs::metadata(dir.join(handler)).map_err(|_| err("no such file".into()))?;
+            if !meta.is_file() {
+                return Err(err("not a regular file".into()));
+            }
+            if meta.permissions().mode() & 0o111 == 0 {
+                return Err(err("not executable (chmod +x it)".into()));
+            }
+        }
+        RuntimeKind::Python => {
+            let Some((module, function)) = handler.rsplit_once('.') else {
+                return Err(err(
+                    "give MODULE.FUNCTION (lambda_function.lambda_handler)".into()
+                ));
+            };
+            if module.is_empty() || function.is_empty() {
+                return Err(err(
+                    "give MODULE.FUNCTION (lambda_function.lambda_handler)".into()
+                ));
+            }
+            let path = module.replace('.', "/");
+            let found = is_file(&format!("{path}.py"))
+                || is_file(&format!("{path}.pyc"))
+                || is_file(&format!("{path}/__init__.py"))
+                || extension_module(dir, &path);
+            if !found {
+                return Err(err(format!(
+                    "no module file {path}.py (the handler is MODULE.FUNCTION; for {handler:?} the directory needs {path}.py)"
+                )));
+            }
+        }
+        RuntimeKind::Node => {
+            // Lambda's rule: the module is everything up to the first dot
+            // after the last slash; the rest is the (nested) export.
+            let slash = handler.rfind('/').map_or(0, |i| i + 1);
+            let Some(dot) = handler[slash..].find('.').map(|i| slash + i) else {
+                return Err(err("give FILE.EXPORT (index.handler)".into()));
+            };
+            let module = &handler[..dot];
+            if handler[slash..dot].is_empty() || handler.len() == dot + 1 {
+                return Err(err("give FILE.EXPORT (index.handler)".into()));
+            }
+            let found = ["", ".js", ".mjs", ".cjs"]
+                .iter()
+                .any(|ext| is_file(&format!("{module}{ext}")))
+                || dir.join(module).is_dir();
+            if !found {
+                return Err(err(format!(
+                    "no module file {module}.js, {module}.mjs or {module}.cjs (the handler is FILE.EXPORT)"
+                )));
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether `dir` holds a compiled extension module `path.*.so`.
+fn extension_module(dir: &Path, path: &str) -> bool {
+    let p = dir.join(path);
+    let (Some(parent), Some(stem)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+        return false;
+    };
+    std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix(stem)
+                    .is_some_and(|rest| rest.starts_with('.') && rest.ends_with(".so"))
+            })
+        })
 }
 
 /// Copies a directory tree: directories, regular files (with their mode)
@@ -307,9 +482,31 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), DeployError> {
                 path: to.clone(),
                 source,
             })?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).map_err(
+                |source| DeployError::State {
+                    path: to.clone(),
+                    source,
+                },
+            )?;
             copy_tree(&from, &to)?;
         } else if ft.is_file() {
             std::fs::copy(&from, &to).map_err(src_err(&from))?;
+            // Readable by the instances' unprivileged uids (executable for
+            // them where it is for its owner).
+            let mode = std::fs::metadata(&to)
+                .map_err(src_err(&to))?
+                .permissions()
+                .mode();
+            let readable =
+                (mode & 0o7777 & !0o7000) | 0o444 | if mode & 0o100 != 0 { 0o111 } else { 0 };
+            if readable != mode & 0o7777 {
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(readable)).map_err(
+                    |source| DeployError::State {
+                        path: to.clone(),
+                        source,
+                    },
+                )?;
+            }
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&from).map_err(src_err(&from))?;
             std::os::unix::fs::symlink(&target, &to).map_err(|source| DeployError::State {
@@ -360,8 +557,6 @@ pub(crate) fn fill_random(buf: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
-    use faas_core::RuntimeKind;
-
     use super::*;
 
     fn make_fn(dir: &Path) {
@@ -401,6 +596,86 @@ mod tests {
         assert!(!r.remove("f").unwrap());
         assert!(r.get("f").is_none());
         assert!(!root.exists());
+    }
+
+    #[test]
+    fn language_handlers_name_a_module_file() {
+        let state = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("lambda_function.py"), "").unwrap();
+        std::fs::create_dir_all(src.path().join("pkg/sub")).unwrap();
+        std::fs::write(src.path().join("pkg/sub/mod.py"), "").unwrap();
+        std::fs::write(src.path().join("index.mjs"), "").unwrap();
+        let r = Registry::open(state.path()).unwrap();
+        let lang = |runtime, handler: &str| {
+            FunctionSpec::new("f", runtime, ImageRef::Dir(src.path().into()), handler)
+        };
+        let py = RuntimeKind::Python;
+        for ok in [
+            "lambda_function.lambda_handler",
+            "pkg.sub.mod.fn",
+            "pkg/sub/mod.fn",
+        ] {
+            r.deploy(lang(py, ok))
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let e = r.deploy(lang(py, "app.handler")).unwrap_err().to_string();
+        assert!(e.contains("no module file app.py"), "{e}");
+        let e = r.deploy(lang(py, "handler")).unwrap_err().to_string();
+        assert!(e.contains("MODULE.FUNCTION"), "{e}");
+        let v = r
+            .deploy(lang(RuntimeKind::Node, "index.api.v1.handler"))
+            .unwrap();
+        // No sandbox mount points in a language runtime's code directory.
+        assert!(!v.image.path().join("dev").exists());
+        let e = r
+            .deploy(lang(RuntimeKind::Node, "lib/main.handler"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no module file lib/main.js"), "{e}");
+    }
+
+    #[test]
+    fn staged_versions_are_invisible_until_committed() {
+        let state = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        make_fn(src.path());
+        // A private file of the deployer becomes readable by instances.
+        std::fs::write(src.path().join("secret"), "s").unwrap();
+        std::fs::set_permissions(
+            src.path().join("secret"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let r = Registry::open(state.path()).unwrap();
+        let mut s = spec("f", src.path());
+        s.start = StartMode::Restore;
+        s.snapshot = Some("/elsewhere".into());
+        let a = r.stage(s.clone()).unwrap();
+        let b = r.stage(s).unwrap();
+        // The platform decides the start mode, not the request.
+        assert_eq!(
+            (a.spec().start, a.spec().snapshot.as_ref()),
+            (StartMode::Cold, None)
+        );
+        assert_eq!((a.spec().version, b.spec().version), (1, 2));
+        assert!(r.get("f").is_none());
+        let mode = std::fs::metadata(a.dir().join("root/secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let b_dir = b.dir().to_path_buf();
+        r.abandon(b);
+        assert!(!b_dir.exists());
+        let snap = a.dir().join("snapshot");
+        let v1 = r.commit(a, StartMode::Restore, Some(snap.clone())).unwrap();
+        assert_eq!(v1.snapshot.as_deref(), Some(snap.as_path()));
+        drop(r);
+        let r = Registry::open(state.path()).unwrap();
+        let f = r.get("f").unwrap();
+        assert_eq!((f.version, f.start), (1, StartMode::Restore));
+        assert_eq!(f.snapshot.as_deref(), Some(snap.as_path()));
     }
 
     #[test]

@@ -22,9 +22,11 @@ use crate::sys;
 ///
 /// What it does: the root must be a directory ([`ImageRef::Dir`]); the
 /// program (relative to the root) is executed with the root as working
-/// directory, exactly `spec.env` as environment, `spec.channel` as fd 3, and
+/// directory (or the policy's `cwd`, a host path here), exactly `spec.env`
+/// as environment, `spec.channel` as fd 3, and
 /// in a process group of its own so that killing the instance kills
-/// everything it started. Only [`StartMode::Cold`] is supported.
+/// everything it started. Only [`StartMode::Cold`] is supported, and no
+/// read-only binds (`SandboxPolicy::binds`): it cannot remap paths.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcessRuntime;
 
@@ -64,6 +66,13 @@ fn launch(spec: SandboxSpec) -> Result<ProcessInstance, LaunchError> {
             });
         }
     };
+    if !spec.policy.binds.is_empty() {
+        return Err(LaunchError::Unsupported {
+            name: spec.name,
+            runtime: "process",
+            what: "read-only binds (it does not isolate: run with host paths)".to_owned(),
+        });
+    }
     if spec.start != StartMode::Cold {
         return Err(LaunchError::Unsupported {
             name: spec.name,
@@ -76,7 +85,7 @@ fn launch(spec: SandboxSpec) -> Result<ProcessInstance, LaunchError> {
     cmd.args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&root)
+        .current_dir(spec.policy.cwd.as_deref().unwrap_or(&root))
         .process_group(0)
         .stdin(stdio(spec.stdin))
         .stdout(stdio(spec.stdout))

@@ -20,7 +20,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::cgroup::{Cgroup, CgroupError, Cgroups};
 use crate::seccomp::{SeccompFilters, SeccompProfile};
 use crate::sys::ns;
-use crate::sys::spawn::{self, ChildPlan};
+use crate::sys::spawn::{self, BindPlan, ChildPlan};
 
 /// Settings of a [`PooledSandboxRuntime`].
 #[derive(Debug, Clone)]
@@ -183,8 +183,11 @@ struct Shared {
 ///   reconfigure it), ipc, uts, cgroup;
 /// - root: the function's directory (or its EROFS image, mounted once per
 ///   image) bound read-only, `/tmp` a size-limited tmpfs, `/dev` with only
-///   null, zero and urandom, `/proc` only when the policy asks;
-///   `pivot_root` with the old root detached;
+///   null, zero and urandom, `/proc` only when the policy asks; the
+///   policy's read-only binds (each host directory bound read-only once
+///   per runtime, then into the sandbox on a read-only tmpfs that replaces
+///   the bind's top directory: `/var` for `/var/task`); `pivot_root` with
+///   the old root detached, then the policy's working directory;
 /// - then rlimits, all capabilities dropped and securebits locked, every fd
 ///   but 0–3 closed at exec, no_new_privs, and the seccomp filters last;
 /// - cgroups (v1 or v2) with the memory, pids and CPU limits; an OOM kill is
@@ -551,7 +554,9 @@ fn raw_stdio(s: &Stdio, null: &OwnedFd, own: &mut Vec<OwnedFd>, which: i32) -> i
     })
 }
 
-/// What a parked sandbox is interchangeable on.
+/// What a parked sandbox is interchangeable on: everything its set-up
+/// before the park depends on (root, binds and working directory, limits,
+/// seccomp profile, /proc).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ParkKey {
     root: PathBuf,
@@ -560,6 +565,8 @@ struct ParkKey {
     cpu_millis: u32,
     seccomp: String,
     proc: bool,
+    binds: Vec<(PathBuf, PathBuf)>,
+    cwd: Option<PathBuf>,
 }
 
 impl ParkKey {
@@ -575,8 +582,126 @@ impl ParkKey {
                 .clone()
                 .unwrap_or_else(|| "native".into()),
             proc: spec.policy.proc,
+            binds: spec.policy.binds.clone(),
+            cwd: spec.policy.cwd.clone(),
         }
     }
+}
+
+/// Mount points of the sandbox itself, which binds may not cover.
+const OWN_TOPS: [&str; 3] = ["dev", "tmp", "proc"];
+
+/// Checks the binds of `key` against the root mounted at `root` and turns
+/// them into the child's [`BindPlan`] (paths under `base`); each host
+/// directory is bound read-only once per runtime, like a root.
+fn bind_plan(
+    sh: &Shared,
+    name: &str,
+    key: &ParkKey,
+    root: &Path,
+    base: &[u8],
+) -> Result<BindPlan, LaunchError> {
+    use std::path::Component;
+    let bad = |what: String| LaunchError::Unsupported {
+        name: name.to_owned(),
+        runtime: "sandbox",
+        what,
+    };
+    let c = |what: &str, b: &[u8]| {
+        spawn::cstring(what, b).map_err(sys_err(name, "preparing the sandbox binds"))
+    };
+    let under_base = |p: &Path| [base, p.as_os_str().as_bytes()].concat();
+    let mut plan = BindPlan::default();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for (host, inside) in &key.binds {
+        let parts: Vec<&std::ffi::OsStr> = inside
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(p) => Some(Ok(p)),
+                Component::RootDir => None,
+                _ => Some(Err(())),
+            })
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|_| inside.is_absolute())
+            .ok_or_else(|| {
+                bad(format!(
+                    "bind target {}: use a plain absolute path",
+                    inside.display()
+                ))
+            })?;
+        if parts.len() < 2 {
+            return Err(bad(format!(
+                "bind target {}: give an absolute path of at least two components (/var/task)",
+                inside.display()
+            )));
+        }
+        let top = Path::new("/").join(parts[0]);
+        if OWN_TOPS.iter().any(|t| parts[0] == *t) {
+            return Err(bad(format!(
+                "bind target {}: {} is a mount point of the sandbox itself",
+                inside.display(),
+                top.display()
+            )));
+        }
+        if !root.join(parts[0]).is_dir() {
+            return Err(LaunchError::Program {
+                name: name.to_owned(),
+                program: root.join(parts[0]),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "the root needs a {} directory to mount the bind {} on",
+                        top.display(),
+                        inside.display()
+                    ),
+                ),
+            });
+        }
+        if let Some((_, other)) = key
+            .binds
+            .iter()
+            .find(|(_, o)| o != inside && (o.starts_with(inside) || inside.starts_with(o)))
+        {
+            return Err(bad(format!(
+                "bind targets {} and {} are nested",
+                inside.display(),
+                other.display()
+            )));
+        }
+        if !host.is_dir() {
+            return Err(LaunchError::Program {
+                name: name.to_owned(),
+                program: host.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("bind source for {} is not a directory", inside.display()),
+                ),
+            });
+        }
+        let source = sh.root_dir(name, &ImageRef::Dir(host.clone()))?;
+        let top_c = c("bind", &under_base(&top))?;
+        if !plan.tops.contains(&top_c) {
+            plan.tops.push(top_c);
+        }
+        let mut dir = top;
+        for p in &parts[1..] {
+            dir.push(p);
+            if !dirs.contains(&dir) {
+                dirs.push(dir.clone());
+            }
+        }
+        plan.binds.push((
+            c("bind", source.as_os_str().as_bytes())?,
+            c("bind", &under_base(inside))?,
+        ));
+    }
+    // Parents first: a path sorts after its prefixes.
+    dirs.sort();
+    for d in &dirs {
+        plan.dirs.push(c("bind", &under_base(d))?);
+    }
+    Ok(plan)
 }
 
 /// A sandbox set up up to its exec, waiting for a request on `ctl`.
@@ -791,6 +916,18 @@ fn start(
             format!("size={}m,mode=1777", sh.config.tmp_mb).as_bytes(),
         )?,
         mount_proc: key.proc,
+        binds: bind_plan(sh, name, key, root, base)?,
+        cwd: match &key.cwd {
+            Some(d) if d.is_absolute() => Some(c("working directory", d.as_os_str().as_bytes())?),
+            Some(d) => {
+                return Err(LaunchError::Unsupported {
+                    name: name.to_owned(),
+                    runtime: "sandbox",
+                    what: format!("a relative working directory ({})", d.display()),
+                });
+            }
+            None => None,
+        },
         program,
         argv,
         envp,
@@ -1142,7 +1279,9 @@ impl SandboxRuntime for PooledSandboxRuntime {
                 // next requests.
                 let sh = sh.clone();
                 tokio::task::spawn_blocking(move || {
-                    if let Some(root) = sh.roots.lock().get(&key.root).cloned() {
+                    // Not under the lock: parking takes it (binds).
+                    let root = sh.roots.lock().get(&key.root).cloned();
+                    if let Some(root) = root {
                         sh.park_more(&key, &root);
                     }
                 });

@@ -89,6 +89,7 @@ async fn a_thousand_sandboxes_leak_nothing() {
                 policy: SandboxPolicy {
                     seccomp: Some("python".into()),
                     proc: false,
+                    ..SandboxPolicy::default()
                 },
                 channel: theirs,
                 stdin: Stdio::Null,

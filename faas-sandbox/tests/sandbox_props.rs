@@ -87,6 +87,7 @@ fn spec(
             policy: SandboxPolicy {
                 seccomp: Some(seccomp.into()),
                 proc: proc_,
+                ..SandboxPolicy::default()
             },
             channel: theirs,
             stdin: Stdio::Null,
@@ -337,4 +338,62 @@ fn descendants(pid: u32) -> Vec<String> {
                 .then(|| e.file_name().to_string_lossy().into_owned())
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_are_read_only_and_replace_their_top_directory() {
+    let rt = runtime();
+    // A private (0700) host directory the sandbox's uid could not traverse.
+    let host = tempfile::tempdir().unwrap();
+    let code = host.path().join("code");
+    std::fs::create_dir(&code).unwrap();
+    std::fs::write(code.join("hello.txt"), "bound\n").unwrap();
+    let script = "pwd; cat hello.txt; ls /var | tr '\\n' ,; echo; \
+                  touch /var/task/new 2>/dev/null && echo task=rw || echo task=ro; \
+                  mkdir /var/other 2>/dev/null && echo var=rw || echo var=ro";
+    for round in 0..2 {
+        let (mut s, mut r, _ours) = spec(
+            "/bin/sh",
+            &["-c", script],
+            false,
+            "python",
+            Limits::default(),
+        );
+        s.policy.binds = vec![(code.clone(), PathBuf::from("/var/task"))];
+        s.policy.cwd = Some(PathBuf::from("/var/task"));
+        let mut inst = rt.launch(s).await.unwrap();
+        assert_eq!(inst.wait().await.unwrap(), ExitStatus::Code(0));
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(
+            out, "/var/task\nbound\ntask,\ntask=ro\nvar=ro\n",
+            "round {round}"
+        );
+        // The second round may use a sandbox parked with the same binds.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!code.join("new").exists());
+    // Nothing was created on the host for the mount point.
+    assert!(!std::path::Path::new("/var/task").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_binds_are_refused_with_the_reason() {
+    let rt = runtime();
+    let code = tempfile::tempdir().unwrap();
+    for (inside, want) in [
+        ("/var", "at least two components"),
+        ("var/task", "plain absolute path"),
+        ("/var/../etc/x", "plain absolute path"),
+        ("/tmp/code", "mount point of the sandbox itself"),
+        ("/no-such-top/code", "no-such-top"),
+    ] {
+        let (mut s, _r, _ours) = spec("/bin/true", &[], false, "python", Limits::default());
+        s.policy.binds = vec![(code.path().to_path_buf(), PathBuf::from(inside))];
+        let e = match rt.launch(s).await {
+            Ok(_) => panic!("bind {inside} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(want), "{inside}: {e}");
+    }
 }

@@ -168,6 +168,7 @@ fn spec(snapshot: Option<PathBuf>) -> (SandboxSpec, std::io::PipeReader, OwnedFd
             policy: SandboxPolicy {
                 seccomp: Some("native".into()),
                 proc: true,
+                ..SandboxPolicy::default()
             },
             channel: theirs,
             stdin: Stdio::Null,

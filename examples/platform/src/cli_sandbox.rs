@@ -130,6 +130,7 @@ async fn run_one(a: RunArgs) -> anyhow::Result<i32> {
         policy: SandboxPolicy {
             seccomp: Some(a.seccomp),
             proc: a.proc,
+            ..SandboxPolicy::default()
         },
         channel: theirs,
         stdin: Stdio::Inherit,

@@ -7,15 +7,19 @@
 //! Platform
 //!   ├─ FunctionGateway (faas-gateway)  HTTP API, body limit, trace ids
 //!   ├─ LocalScheduler  (faas-sched)    one local node, slots, per-function limits
-//!   ├─ LocalNodeGateway(faas-gateway)  queues, instances pull over fd 3
-//!   └─ PooledSandboxRuntime (faas-sandbox) namespaces, cgroups, seccomp
-//!      (or ProcessRuntime: plain processes, development only)
+//!   ├─ LocalNodeGateway(faas-gateway)  queues, instances pull over fd 3;
+//!   │    at deploy: Python snapshots (faas-snapshot's PtraceSnapshotter)
+//!   ├─ PooledSandboxRuntime (faas-sandbox) namespaces, cgroups, seccomp
+//!   │    (or ProcessRuntime: plain processes, development only)
+//!   └─ runtimes: the Python and Node.js runtime scripts, embedded and
+//!        written to STATE/runtimes/ at start-up
 //! ```
 
 pub mod client;
 pub mod embedded;
 pub mod load;
 mod platform;
+pub mod runtimes;
 
 pub use platform::{Platform, PlatformConfig, SandboxChoice};
 

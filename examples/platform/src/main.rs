@@ -30,7 +30,9 @@ struct Cli {
 enum Command {
     /// Run the platform (gateway, scheduler, node) in this process.
     Serve(ServeArgs),
-    /// Deploy a function from a directory holding its executable.
+    /// Deploy a function from a directory: an executable, or a Python or
+    /// Node.js Lambda handler (Python: snapshotted at deploy, restored per
+    /// request).
     Deploy(DeployArgs),
     /// Invoke a function and print its answer.
     Invoke(InvokeArgs),
@@ -94,6 +96,17 @@ struct ServeArgs {
     /// `auto` (pooled when root, else process).
     #[arg(long, default_value = "auto", value_parser = parse_sandbox)]
     sandbox: SandboxChoice,
+    /// The Python interpreter of Python functions (a system path that the
+    /// sandboxes' unprivileged uids can reach, not a shim under /root).
+    #[arg(long, default_value = faas_platform::runtimes::DEFAULT_PYTHON)]
+    python: PathBuf,
+    /// The Node.js interpreter of Node functions.
+    #[arg(long, default_value = faas_platform::runtimes::DEFAULT_NODE)]
+    node: PathBuf,
+    /// Do not snapshot Python functions at deploy: their instances start
+    /// cold (snapshots need the pooled sandbox anyway).
+    #[arg(long)]
+    no_snapshots: bool,
 }
 
 fn parse_sandbox(s: &str) -> Result<SandboxChoice, String> {
@@ -114,10 +127,13 @@ struct DeployArgs {
     /// Directory holding the function's files; it is copied at deploy time.
     #[arg(long)]
     dir: PathBuf,
-    /// How the code runs.
+    /// How the code runs: native or exec (an executable), python or node
+    /// (an AWS Lambda handler, run by the platform's runtime).
     #[arg(long, default_value = "native", value_parser = parse_runtime)]
     runtime: RuntimeKind,
-    /// The executable inside --dir.
+    /// The executable inside --dir (native, exec), or the Lambda handler:
+    /// MODULE.FUNCTION for python (lambda_function.lambda_handler), FILE.EXPORT
+    /// for node (index.handler).
     #[arg(long)]
     handler: String,
     /// Invocation timeout in milliseconds.
@@ -320,6 +336,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.max_body = a.max_body;
     config.inherit_stderr = !a.quiet_instances;
     config.sandbox = a.sandbox;
+    config.python = a.python;
+    config.node = a.node;
+    config.snapshots = !a.no_snapshots;
     let platform = Platform::new(&config)?;
     let (listener, addr) = Platform::bind(a.listen).await?;
     println!(
@@ -355,7 +374,19 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
         .await?;
     let spec: FunctionSpec =
         serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
-    println!("deployed {} version {}", spec.name, spec.version);
+    let warnings: Vec<String> = serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| serde_json::from_value(v.get("warnings")?.clone()).ok())
+        .unwrap_or_default();
+    for w in warnings {
+        eprintln!("faas: warning: {w}");
+    }
+    println!(
+        "deployed {} version {} (start: {})",
+        spec.name,
+        spec.version,
+        spec.start.as_str()
+    );
     Ok(())
 }
 
@@ -397,8 +428,8 @@ async fn ls(server: &str) -> anyhow::Result<()> {
     let fns: Vec<FunctionSpec> =
         serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
     println!(
-        "{:<24} {:>7}  {:<8} {:<10} {:>9}  HANDLER",
-        "NAME", "VERSION", "RUNTIME", "REUSE", "TIMEOUT"
+        "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>9}  HANDLER",
+        "NAME", "VERSION", "RUNTIME", "START", "REUSE", "TIMEOUT"
     );
     for f in fns {
         let reuse = match f.reuse {
@@ -406,10 +437,11 @@ async fn ls(server: &str) -> anyhow::Result<()> {
             Reuse::KeepAlive { idle_ms } => format!("keep {}s", idle_ms / 1000),
         };
         println!(
-            "{:<24} {:>7}  {:<8} {:<10} {:>8}s  {}",
+            "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>8}s  {}",
             f.name,
             f.version,
             f.runtime,
+            f.start.as_str(),
             reuse,
             f.limits.timeout_ms as f64 / 1000.0,
             f.handler

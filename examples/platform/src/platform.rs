@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use faas_core::SandboxRuntime;
 use faas_core::{NodeId, NodeInfo, Scheduler};
-use faas_gateway::{FunctionGateway, GatewayConfig, LocalNodeGateway, NodeConfig, Registry};
+use faas_gateway::{
+    FunctionGateway, GatewayConfig, Layout, LocalNodeGateway, NodeConfig, Registry,
+};
 use faas_sandbox::{PooledSandboxRuntime, ProcessRuntime, SandboxConfig};
 use faas_sched::LocalScheduler;
 
@@ -25,6 +27,13 @@ pub struct PlatformConfig {
     pub inherit_stderr: bool,
     /// How instances are started.
     pub sandbox: SandboxChoice,
+    /// The Python interpreter of Python functions.
+    pub python: PathBuf,
+    /// The Node.js interpreter of Node functions.
+    pub node: PathBuf,
+    /// Take a snapshot of each Python function at deploy and restore its
+    /// instances from it (with the pooled sandbox; else they start cold).
+    pub snapshots: bool,
 }
 
 /// Which [`SandboxRuntime`] starts the instances.
@@ -42,7 +51,8 @@ pub enum SandboxChoice {
 
 impl PlatformConfig {
     /// Defaults with the given state directory: 64 slots, 6 MiB bodies,
-    /// instance stderr shown.
+    /// instance stderr shown, `/usr/bin/python3` and `/usr/bin/node`,
+    /// snapshots on.
     pub fn new(state_dir: PathBuf) -> Self {
         PlatformConfig {
             state_dir,
@@ -50,20 +60,34 @@ impl PlatformConfig {
             max_body: 6 * 1024 * 1024,
             inherit_stderr: true,
             sandbox: SandboxChoice::Auto,
+            python: PathBuf::from(crate::runtimes::DEFAULT_PYTHON),
+            node: PathBuf::from(crate::runtimes::DEFAULT_NODE),
+            snapshots: true,
         }
     }
 }
 
-fn runtime(choice: SandboxChoice) -> anyhow::Result<Arc<dyn SandboxRuntime>> {
-    let pooled = || -> anyhow::Result<Arc<dyn SandboxRuntime>> {
-        Ok(Arc::new(
-            PooledSandboxRuntime::new(SandboxConfig::default())
-                .context("starting the sandbox runtime")?,
+/// The sandbox runtime, and the layout its instances see (binds and
+/// restores only with the pooled sandbox).
+fn runtime(choice: SandboxChoice) -> anyhow::Result<(Arc<dyn SandboxRuntime>, Layout)> {
+    let pooled = || -> anyhow::Result<(Arc<dyn SandboxRuntime>, Layout)> {
+        Ok((
+            Arc::new(
+                PooledSandboxRuntime::new(SandboxConfig::default())
+                    .context("starting the sandbox runtime")?,
+            ),
+            Layout::Sandbox,
         ))
+    };
+    let process = || {
+        (
+            Arc::new(ProcessRuntime::new()) as Arc<dyn SandboxRuntime>,
+            Layout::Host,
+        )
     };
     match choice {
         SandboxChoice::Pooled => pooled(),
-        SandboxChoice::Process => Ok(Arc::new(ProcessRuntime::new())),
+        SandboxChoice::Process => Ok(process()),
         SandboxChoice::Auto => match pooled() {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -71,7 +95,7 @@ fn runtime(choice: SandboxChoice) -> anyhow::Result<Arc<dyn SandboxRuntime>> {
                 eprintln!(
                     "faas: WARNING: {e:#}\nfaas: WARNING: instances run as plain processes: not isolated, for development only"
                 );
-                Ok(Arc::new(ProcessRuntime::new()))
+                Ok(process())
             }
         },
     }
@@ -107,23 +131,42 @@ impl Platform {
             slots: config.slots,
             memory_mb: 0,
         });
-        let runtime = runtime(config.sandbox)?;
+        let (runtime, layout) = runtime(config.sandbox)?;
         let runtime_name = runtime.name();
-        let node = LocalNodeGateway::new(
-            NodeConfig {
-                node: node_id,
-                max_body: 64 * 1024 * 1024,
-                inherit_stderr: config.inherit_stderr,
-            },
-            runtime,
+        let runtimes = crate::runtimes::install(&config.state_dir, &config.python, &config.node)
+            .with_context(|| {
+                format!(
+                    "writing the language runtimes into {}",
+                    config.state_dir.join("runtimes").display()
+                )
+            })?;
+        let node_config = NodeConfig {
+            node: node_id,
+            max_body: 64 * 1024 * 1024,
+            inherit_stderr: config.inherit_stderr,
+            runtimes,
+            layout,
+        };
+        // Restores need the pooled sandbox (the layout says which it is).
+        let node = if config.snapshots && layout == Layout::Sandbox {
+            LocalNodeGateway::with_snapshotter(
+                node_config,
+                runtime,
+                Arc::new(faas_snapshot::PtraceSnapshotter::new()),
+            )
+        } else {
+            LocalNodeGateway::new(node_config, runtime)
+        };
+        let gateway = Arc::new(
+            FunctionGateway::new(
+                registry,
+                scheduler.clone(),
+                GatewayConfig {
+                    max_body: config.max_body,
+                },
+            )
+            .with_preparer(Arc::new(node.clone())),
         );
-        let gateway = Arc::new(FunctionGateway::new(
-            registry,
-            scheduler.clone(),
-            GatewayConfig {
-                max_body: config.max_body,
-            },
-        ));
         gateway.add_node(Arc::new(node.clone()));
         Ok(Platform {
             gateway,

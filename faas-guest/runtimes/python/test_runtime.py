@@ -1172,7 +1172,7 @@ class EndToEnd(unittest.TestCase):
             with open(cls.log.name) as f:
                 raise AssertionError("faas serve did not start: " + f.read())
         cls.env = dict(os.environ, FAAS_SERVER=cls.url)
-        subprocess.run([cls.bin, "deploy", "pyfn", "--dir", fn, "--runtime", "python", "--handler", "run"],
+        subprocess.run([cls.bin, "deploy", "pyfn", "--dir", fn, "--runtime", "exec", "--handler", "run"],
                        env=cls.env, check=True, capture_output=True)
 
     @classmethod

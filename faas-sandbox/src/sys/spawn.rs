@@ -13,7 +13,8 @@
 //!   write uid_map/gid_map, cgroup.procs
 //!   write(sync) ──────────────────────▶  setresgid/setresuid(0) = host range
 //!                                         / private; root bound ro; /dev, /tmp (, /proc)
-//!                                         pivot_root; hostname; rlimits
+//!                                         (binds: tmpfs on their top dir, bound ro)
+//!                                         pivot_root; cwd; hostname; rlimits
 //!                                         caps dropped, securebits locked; no_new_privs
 //!                                         (parked: wait here for fds 0-3 + argv/envp)
 //!                                         fds 0-3; close_range(4.., CLOEXEC)
@@ -110,7 +111,9 @@ stages! {
     DevNodes => "binding /dev/null, /dev/zero, /dev/urandom",
     MountTmp => "mounting /tmp (does the root have a tmp directory?)",
     MountProc => "mounting /proc (does the root have a proc directory?)",
+    MountBinds => "mounting the read-only binds (does the root have their top directory?)",
     PivotRoot => "pivot_root",
+    Cwd => "changing to the working directory (does it exist in the sandbox?)",
     Hostname => "sethostname",
     Rlimits => "setrlimit",
     Fds => "placing fds 0-3",
@@ -142,6 +145,10 @@ pub(crate) struct ChildPlan {
     pub base_proc: CString,
     pub tmp_opts: CString,
     pub mount_proc: bool,
+    /// Read-only binds: see [`BindPlan`].
+    pub binds: BindPlan,
+    /// Working directory inside the new root (after `pivot_root`).
+    pub cwd: Option<CString>,
     /// Program path inside the new root.
     pub program: CString,
     pub argv: Vec<CString>,
@@ -159,6 +166,25 @@ pub(crate) struct ChildPlan {
     /// the restorer's executable, the plan socket) to exec the restorer.
     pub park: Option<RawFd>,
 }
+
+/// The read-only binds of a sandbox, as paths under the base directory the
+/// new root is assembled on (all prepared by the parent):
+///
+/// 1. a small tmpfs on each of `tops` (the binds' top-level directories),
+/// 2. `dirs` created on it, parents first (the mount points),
+/// 3. each `(source, target)` bound recursively and made read-only,
+///    nosuid, nodev (`source` is the runtime's own read-only host bind of
+///    the directory, which has no submounts),
+/// 4. the tmpfs made read-only.
+#[derive(Default)]
+pub(crate) struct BindPlan {
+    pub tops: Vec<CString>,
+    pub dirs: Vec<CString>,
+    pub binds: Vec<(CString, CString)>,
+}
+
+/// Options of the tmpfs under the binds: mount points only.
+const BIND_TOP_OPTS: &std::ffi::CStr = c"size=16k,nr_inodes=64,mode=755";
 
 /// The fds of a restore request: 0-3, the restorer's executable, the
 /// child's end of the plan socket.
@@ -531,6 +557,66 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
                 Stage::MountProc
             );
         }
+        // 3b. The read-only binds, on a tmpfs over their top directory.
+        for top in &plan.binds.tops {
+            check!(
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    top.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    BIND_TOP_OPTS.as_ptr().cast()
+                ),
+                Stage::MountBinds
+            );
+        }
+        for dir in &plan.binds.dirs {
+            if libc::mkdir(dir.as_ptr(), 0o755) < 0 && *libc::__errno_location() != libc::EEXIST {
+                fail(err_w, Stage::MountBinds);
+            }
+        }
+        for (source, target) in &plan.binds.binds {
+            check!(
+                libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null()
+                ),
+                Stage::MountBinds
+            );
+            check!(
+                libc::mount(
+                    none,
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV,
+                    std::ptr::null()
+                ),
+                Stage::MountBinds
+            );
+        }
+        for top in &plan.binds.tops {
+            check!(
+                libc::mount(
+                    none,
+                    top.as_ptr(),
+                    none,
+                    libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    BIND_TOP_OPTS.as_ptr().cast()
+                ),
+                Stage::MountBinds
+            );
+        }
         // 4. pivot_root onto it and detach the old root.
         check!(libc::chdir(plan.base.as_ptr()), Stage::PivotRoot);
         check!(
@@ -548,6 +634,9 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
             || cwd[1] != 0
         {
             fail(err_w, Stage::PivotRoot);
+        }
+        if let Some(cwd) = &plan.cwd {
+            check!(libc::chdir(cwd.as_ptr()), Stage::Cwd);
         }
         // 5. Host name and resource limits.
         check!(libc::sethostname(c"faas".as_ptr(), 4), Stage::Hostname);

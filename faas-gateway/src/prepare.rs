@@ -1,0 +1,456 @@
+//! Preparing a function version on a node at deploy time, before it is
+//! registered: checking that its runtime is available, and for Python
+//! taking the snapshot its instances are restored from (DESIGN.md §4, §6).
+//!
+//! ```text
+//! deploy ─▶ Preparer::check (runtime available?)
+//!        ─▶ Registry::stage  (version directory written, not yet visible)
+//!        ─▶ Preparer::prepare
+//!             python, sandbox layout, snapshotter:
+//!               sandbox (same layout, limits, seccomp as its instances)
+//!                 pid 1: python3 -c WRAPPER (fork, exec, wait)
+//!                 pid 2: python3 /var/runtime/faas_runtime.py … --snapshot
+//!                        initialises, SIGSTOPs itself   (pid 1 could not:
+//!                        the kernel ignores signals a pid-namespace init sends itself)
+//!               ─▶ Snapshotter::checkpoint(host pid of pid 2, VERSION/snapshot)
+//!               ─▶ one trial restore into a sandbox must say Ready
+//!               ─▶ start = restore
+//!        ─▶ Registry::commit (spec.json rewritten, version visible)
+//! ```
+//!
+//! A runtime that exits before its snapshot point fails the deploy with the
+//! last lines of its output. A snapshot that cannot be taken or does not
+//! restore leaves the function in cold mode, with a warning.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use faas_core::protocol::{DecodeLimits, Frame, channel_pair};
+use faas_core::{
+    BoxFuture, ExitStatus, FunctionSpec, Instance, RuntimeKind, SandboxPolicy, SandboxRuntime,
+    SandboxSpec, Snapshotter, StartMode, Stdio,
+};
+
+use crate::channel::AsyncChannel;
+use crate::node::NodeConfig;
+use crate::runtimes::{self, RuntimeUnavailable};
+
+/// Prepares freshly written function versions before they are registered
+/// (see the module docs). [`crate::LocalNodeGateway`] implements it;
+/// [`crate::FunctionGateway::with_preparer`] installs one.
+///
+/// # Example
+///
+/// A preparer that accepts everything as it is:
+///
+/// ```
+/// use std::path::Path;
+/// use faas_core::{BoxFuture, FunctionSpec};
+/// use faas_gateway::{PrepareError, Prepared, Preparer};
+///
+/// struct AsIs;
+///
+/// impl Preparer for AsIs {
+///     fn check(&self, _spec: &FunctionSpec) -> Result<(), PrepareError> { Ok(()) }
+///     fn prepare<'a>(&'a self, _spec: &'a FunctionSpec, _dir: &'a Path)
+///         -> BoxFuture<'a, Result<Prepared, PrepareError>>
+///     {
+///         Box::pin(async { Ok(Prepared::default()) })
+///     }
+/// }
+///
+/// let p: &dyn Preparer = &AsIs;
+/// let _ = p;
+/// ```
+pub trait Preparer: Send + Sync {
+    /// Checks, before anything is copied, that `spec` can run here.
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot (its language runtime is missing, ...).
+    fn check(&self, spec: &FunctionSpec) -> Result<(), PrepareError>;
+
+    /// Prepares the version of `spec` written at `version_dir` (its code is
+    /// `spec.image`): decides its start mode.
+    fn prepare<'a>(
+        &'a self,
+        spec: &'a FunctionSpec,
+        version_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<Prepared, PrepareError>>;
+}
+
+/// What [`Preparer::prepare`] decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// How instances start.
+    pub start: StartMode,
+    /// The snapshot `restore` starts from.
+    pub snapshot: Option<PathBuf>,
+    /// What the deployer should know (e.g. why the function starts cold).
+    pub warnings: Vec<String>,
+}
+
+/// Why a version cannot be deployed on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Its language runtime is not available.
+    #[error(transparent)]
+    Unavailable(#[from] RuntimeUnavailable),
+    /// Its runtime failed to initialise (import error, exception at module
+    /// init, ...).
+    #[error("function {name}: the {runtime} runtime {what} while initialising{}", output_suffix(.output))]
+    Init {
+        /// The function.
+        name: String,
+        /// Its runtime.
+        runtime: RuntimeKind,
+        /// What happened ("exited with status 2").
+        what: String,
+        /// The last lines of its output.
+        output: String,
+    },
+    /// The sandbox or the channel could not be set up.
+    #[error("function {name}: preparing failed: {what}")]
+    Sys {
+        /// The function.
+        name: String,
+        /// What failed.
+        what: String,
+    },
+}
+
+fn output_suffix(output: &str) -> String {
+    if output.is_empty() {
+        String::new()
+    } else {
+        format!(": {output}")
+    }
+}
+
+/// Started as pid 1 of the snapshot sandbox: the runtime runs as its child
+/// (a pid-namespace init cannot stop itself), and its status is passed on.
+const WRAPPER: &str = "import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status = os.waitpid(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+os._exit(code if code >= 0 else 128 - code)
+";
+
+/// Output kept from an initialising runtime, in bytes.
+const OUTPUT_TAIL: usize = 4096;
+/// Lines of it shown in an error.
+const OUTPUT_LINES: usize = 8;
+/// How long a trial restore may take to say Ready.
+const RESTORE_CHECK: Duration = Duration::from_secs(10);
+
+/// How a snapshot attempt failed.
+pub(crate) enum SnapshotFailure {
+    /// The runtime did not initialise: the deploy fails.
+    Init(PrepareError),
+    /// Only the snapshot failed: the function starts cold.
+    Snapshot(String),
+}
+
+/// The last lines of `bytes`, on one line each joined by " | ".
+fn tail_lines(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(OUTPUT_LINES)..].join(" | ")
+}
+
+/// Reads `r` to its end on a thread, keeping the last [`OUTPUT_TAIL`]
+/// bytes.
+fn collect_tail(mut r: std::io::PipeReader) -> tokio::sync::oneshot::Receiver<Vec<u8>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("faas-init-output".into())
+        .spawn(move || {
+            let mut keep = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                keep.extend_from_slice(&buf[..n]);
+                if keep.len() > 2 * OUTPUT_TAIL {
+                    keep.drain(..keep.len() - OUTPUT_TAIL);
+                }
+            }
+            let start = keep.len().saturating_sub(OUTPUT_TAIL);
+            let _ = tx.send(keep.split_off(start));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the thread that reads a runtime's output");
+    }
+    rx
+}
+
+/// The state letter of `/proc/PID/stat` (`None` when it is gone).
+fn proc_state(pid: u32) -> Option<char> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// The parent pid in `/proc/PID/stat`.
+fn proc_ppid(pid: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A child of host process `parent` (the runtime under the wrapper).
+fn child_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| proc_ppid(&pid.to_string()) == Some(parent))
+}
+
+/// Everything a sandbox of `spec`'s instances has, for the snapshot and
+/// the trial restore (same root, binds, working directory, limits and
+/// seccomp profile: same parked sandboxes).
+fn sandbox_spec(
+    config: &NodeConfig,
+    spec: &FunctionSpec,
+    name: String,
+    restore: Option<&Path>,
+    channel: std::os::fd::OwnedFd,
+    output: std::io::PipeWriter,
+) -> Result<SandboxSpec, RuntimeUnavailable> {
+    let cmd = runtimes::command(spec, &config.runtimes, config.layout, true)?;
+    // The wrapper is pid 1; the runtime command its arguments.
+    let mut args = vec![
+        "-I".to_owned(),
+        "-S".to_owned(),
+        "-c".to_owned(),
+        WRAPPER.to_owned(),
+        cmd.program.to_string_lossy().into_owned(),
+    ];
+    args.extend(cmd.args);
+    // stdout and stderr both into `output`.
+    let fd = std::os::fd::OwnedFd::from(output);
+    let (stdout, stderr) = match fd.try_clone() {
+        Ok(dup) => (Stdio::Fd(dup), Stdio::Fd(fd)),
+        Err(_) => (Stdio::Null, Stdio::Fd(fd)),
+    };
+    Ok(SandboxSpec {
+        name,
+        root: cmd.root,
+        program: cmd.program,
+        args,
+        env: runtimes::instance_env(spec, config.layout),
+        limits: spec.limits,
+        start: if restore.is_some() {
+            StartMode::Restore
+        } else {
+            StartMode::Cold
+        },
+        snapshot: restore.map(Path::to_path_buf),
+        policy: SandboxPolicy {
+            seccomp: Some(cmd.seccomp.to_owned()),
+            proc: false,
+            binds: cmd.binds,
+            cwd: cmd.cwd,
+        },
+        channel,
+        stdin: Stdio::Null,
+        stdout,
+        stderr,
+    })
+}
+
+/// Kills an instance and reaps it.
+async fn finish(inst: &mut dyn Instance) {
+    let _ = inst.kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), inst.wait()).await;
+}
+
+/// Takes the snapshot of a Python function's initialised runtime into
+/// `version_dir/snapshot` and checks that it restores (see the module
+/// docs). Returns the snapshot directory.
+pub(crate) async fn snapshot_python(
+    config: &NodeConfig,
+    runtime: &Arc<dyn SandboxRuntime>,
+    snapshotter: &Arc<dyn Snapshotter>,
+    spec: &FunctionSpec,
+    version_dir: &Path,
+) -> Result<PathBuf, SnapshotFailure> {
+    let sys = |what: String| {
+        SnapshotFailure::Init(PrepareError::Sys {
+            name: spec.name.clone(),
+            what,
+        })
+    };
+    let dir = version_dir.join("snapshot");
+    let (ours, theirs) = channel_pair().map_err(|e| sys(format!("guest channel: {e}")))?;
+    let (r, w) = std::io::pipe().map_err(|e| sys(format!("output pipe: {e}")))?;
+    let name = format!("{}-v{}-snapshot", spec.name, spec.version);
+    let sandbox = sandbox_spec(config, spec, name, None, theirs, w)
+        .map_err(|e| SnapshotFailure::Init(e.into()))?;
+    let output = collect_tail(r);
+    let mut inst = runtime
+        .launch(sandbox)
+        .await
+        .map_err(|e| sys(format!("starting the runtime: {e}")))?;
+    let init_failed = |what: String, out: Vec<u8>| {
+        let output = tail_lines(&out);
+        if output.contains("faas_runtime: --snapshot:") {
+            // The code initialised but cannot be checkpointed (threads left
+            // running, a hook failed): it still runs cold.
+            SnapshotFailure::Snapshot(format!("the runtime refused the snapshot: {output}"))
+        } else {
+            SnapshotFailure::Init(PrepareError::Init {
+                name: spec.name.clone(),
+                runtime: spec.runtime,
+                what,
+                output,
+            })
+        }
+    };
+    let budget = spec.limits.timeout();
+    let deadline = tokio::time::Instant::now() + budget;
+    let host_pid = inst.pid();
+    let mut child = None;
+    let stopped = loop {
+        if child.is_none() {
+            child = child_of(host_pid);
+        }
+        if let Some(pid) = child
+            && proc_state(pid) == Some('T')
+        {
+            break pid;
+        }
+        let exited = tokio::select! {
+            s = inst.wait() => Some(s),
+            () = tokio::time::sleep(Duration::from_millis(5)) => None,
+        };
+        if let Some(status) = exited {
+            let out = tokio::time::timeout(Duration::from_secs(2), output)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let what = match status {
+                Ok(ExitStatus::Code(c)) => format!("exited with status {c}"),
+                Ok(ExitStatus::Signal(s)) => format!("was killed by signal {s}"),
+                Err(e) => format!("could not be waited for ({e})"),
+            };
+            let what = match inst.exceeded() {
+                Some(limit) => format!("{what}: {limit}"),
+                None => what,
+            };
+            return Err(init_failed(what, out));
+        }
+        if tokio::time::Instant::now() > deadline {
+            finish(inst.as_mut()).await;
+            let out = tokio::time::timeout(Duration::from_secs(2), output)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            return Err(init_failed(
+                format!(
+                    "did not reach its snapshot point within the timeout of {} ms",
+                    budget.as_millis()
+                ),
+                out,
+            ));
+        }
+    };
+    let taken = snapshotter.checkpoint(stopped, &dir).await;
+    finish(inst.as_mut()).await;
+    drop(ours);
+    let info = taken.map_err(|e| SnapshotFailure::Snapshot(format!("checkpoint failed: {e}")))?;
+    tracing::info!(function = %spec.name, version = spec.version, pages = info.pages, bytes = info.bytes, "snapshot taken");
+    if let Err(e) = check_restore(config, runtime, spec, &dir).await {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(SnapshotFailure::Snapshot(format!(
+            "the snapshot does not restore: {e}"
+        )));
+    }
+    Ok(dir)
+}
+
+/// Restores one instance from `dir` and waits for its `Ready`.
+async fn check_restore(
+    config: &NodeConfig,
+    runtime: &Arc<dyn SandboxRuntime>,
+    spec: &FunctionSpec,
+    dir: &Path,
+) -> Result<(), String> {
+    let (ours, theirs) = channel_pair().map_err(|e| e.to_string())?;
+    let mut chan = AsyncChannel::new(
+        ours,
+        DecodeLimits {
+            max_body: config.max_body,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let name = format!("{}-v{}-check", spec.name, spec.version);
+    let (r, w) = std::io::pipe().map_err(|e| e.to_string())?;
+    let sandbox =
+        sandbox_spec(config, spec, name, Some(dir), theirs, w).map_err(|e| e.to_string())?;
+    let output = collect_tail(r);
+    let mut inst = runtime.launch(sandbox).await.map_err(|e| e.to_string())?;
+    let ready = tokio::time::timeout(RESTORE_CHECK, chan.recv()).await;
+    // Closing the channel ends a restored runtime (exit 0).
+    drop(chan);
+    finish(inst.as_mut()).await;
+    let status = match ready {
+        Ok(Ok(Some(Frame::Ready { .. }))) => return Ok(()),
+        Ok(Ok(Some(other))) => format!("it sent {:?} instead of Ready", other.kind()),
+        Ok(Ok(None)) => "it exited before Ready".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no Ready within {} s", RESTORE_CHECK.as_secs()),
+    };
+    let out = tokio::time::timeout(Duration::from_secs(2), output)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    Err(format!("{status}{}", output_suffix(&tail_lines(&out))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_lines_keeps_the_last_non_empty_lines() {
+        let text: String = (0..20).map(|i| format!("line {i}\n\n")).collect();
+        assert_eq!(
+            tail_lines(text.as_bytes()),
+            "line 12 | line 13 | line 14 | line 15 | line 16 | line 17 | line 18 | line 19"
+        );
+        assert_eq!(tail_lines(b""), "");
+    }
+
+    #[test]
+    fn init_errors_read_as_one_line() {
+        let e = PrepareError::Init {
+            name: "f".into(),
+            runtime: RuntimeKind::Python,
+            what: "exited with status 2".into(),
+            output: "faas_runtime: cannot load handler".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "function f: the python runtime exited with status 2 while initialising: faas_runtime: cannot load handler"
+        );
+    }
+}
