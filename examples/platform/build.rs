@@ -114,9 +114,10 @@ fn main() {
             );
         }
     }
+    build_node_addon(&cargo, &workspace, &out_dir);
     // In the build script's `output` file (and with `cargo build -vv`).
     println!(
-        "nested build of the example functions: {:.1} s (jobserver {})",
+        "nested build of the example functions and the Node addon: {:.1} s (jobserver {})",
         started.elapsed().as_secs_f64(),
         if env::var_os("CARGO_MAKEFLAGS").is_some() {
             "shared with the outer cargo"
@@ -124,6 +125,38 @@ fn main() {
             "of its own"
         }
     );
+}
+
+/// Builds the Node.js runtime's N-API addon (`faas-guest/runtimes/node/native`,
+/// a standalone package: it passes sealed-memfd bodies over fd 3) into
+/// `$OUT_DIR/faas_native.node`, where `src/runtimes.rs` embeds it. A plain
+/// dynamic cdylib for the host's `node` (no `+crt-static`).
+fn build_node_addon(cargo: &OsString, workspace: &Path, out_dir: &Path) {
+    let manifest = workspace.join("faas-guest/runtimes/node/native/Cargo.toml");
+    let target_dir = out_dir.join("node-native-target");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--locked", "--manifest-path"])
+        .arg(&manifest);
+    nested_cargo::clean_env(&mut cmd);
+    cmd.env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_TERM_COLOR", "never")
+        .current_dir(workspace);
+    let output = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => panic!("faas-platform build.rs: cannot run cargo to build the Node addon: {e}"),
+    };
+    if !output.status.success() {
+        panic!(
+            "faas-platform build.rs: building the Node addon ({}) failed ({}):\n{}",
+            manifest.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let built = target_dir.join("release/libfaas_node_native.so");
+    if let Err(e) = fs::copy(&built, out_dir.join("faas_native.node")) {
+        panic!("faas-platform build.rs: copy {}: {e}", built.display());
+    }
 }
 
 fn required_var(name: &str) -> String {

@@ -11,22 +11,30 @@ use std::path::{Path, PathBuf};
 use faas_gateway::{RuntimeCommand, RuntimeCommands};
 
 /// The Python runtime: the entry point and the module it imports.
-const PYTHON: &[(&str, &str)] = &[
+const PYTHON: &[(&str, &[u8])] = &[
     (
         "faas_runtime.py",
-        include_str!("../../../faas-guest/runtimes/python/faas_runtime.py"),
+        include_bytes!("../../../faas-guest/runtimes/python/faas_runtime.py"),
     ),
     (
         "_faas_runtime.py",
-        include_str!("../../../faas-guest/runtimes/python/_faas_runtime.py"),
+        include_bytes!("../../../faas-guest/runtimes/python/_faas_runtime.py"),
     ),
 ];
 
-/// The Node.js runtime, one file.
-const NODE: &[(&str, &str)] = &[(
-    "faas_runtime.js",
-    include_str!("../../../faas-guest/runtimes/node/faas_runtime.js"),
-)];
+/// The Node.js runtime and its N-API addon (built by build.rs), which lets
+/// it pass bodies over 64 KiB as sealed memfds; the runtime loads it from
+/// next to itself.
+const NODE: &[(&str, &[u8])] = &[
+    (
+        "faas_runtime.js",
+        include_bytes!("../../../faas-guest/runtimes/node/faas_runtime.js"),
+    ),
+    (
+        "faas_native.node",
+        include_bytes!(concat!(env!("OUT_DIR"), "/faas_native.node")),
+    ),
+];
 
 /// The default interpreters: system paths that a sandbox's unprivileged uid
 /// can reach (never a version manager's shim under `/root`).
@@ -36,14 +44,14 @@ pub const DEFAULT_NODE: &str = "/usr/bin/node";
 
 /// Writes `files` into `dir` (created, world-readable), each only when its
 /// content differs. Returns whether anything was written.
-fn write_files(dir: &Path, files: &[(&str, &str)]) -> io::Result<bool> {
+fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> io::Result<bool> {
     use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
     let mut changed = false;
     for (name, text) in files {
         let path = dir.join(name);
-        if fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+        if fs::read(&path).is_ok_and(|old| old == *text) {
             continue;
         }
         let tmp = dir.join(format!(".{name}.tmp"));
@@ -132,13 +140,13 @@ mod tests {
         .unwrap();
         let py = rt.python.unwrap();
         let script = py.scripts.join("_faas_runtime.py");
-        assert_eq!(fs::read_to_string(&script).unwrap(), PYTHON[1].1);
+        assert_eq!(fs::read(&script).unwrap(), PYTHON[1].1);
         let mtime = fs::metadata(&script).unwrap().modified().unwrap();
         assert!(!write_files(&py.scripts, PYTHON).unwrap());
         assert_eq!(fs::metadata(&script).unwrap().modified().unwrap(), mtime);
         fs::write(&script, "changed").unwrap();
         assert!(write_files(&py.scripts, PYTHON).unwrap());
-        assert_eq!(fs::read_to_string(&script).unwrap(), PYTHON[1].1);
+        assert_eq!(fs::read(&script).unwrap(), PYTHON[1].1);
         assert!(rt.node.unwrap().scripts.join("faas_runtime.js").is_file());
     }
 }
