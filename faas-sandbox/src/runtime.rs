@@ -152,6 +152,10 @@ impl NetnsPool {
     }
 }
 
+/// An opened snapshot's cache key: its directory, the seccomp profile and
+/// the binds it is restored with.
+type SnapshotKey = (PathBuf, String, Vec<(PathBuf, PathBuf)>);
+
 struct Shared {
     config: SandboxConfig,
     base: PathBuf,
@@ -164,9 +168,9 @@ struct Shared {
     /// the root's path.
     roots: Mutex<HashMap<PathBuf, PathBuf>>,
     filters: Mutex<HashMap<String, Arc<SeccompFilters>>>,
-    /// Opened snapshots, by (directory, seccomp profile): each is opened
+    /// Opened snapshots, by (directory, seccomp profile, binds): each is opened
     /// with its profile's programs, which its restorer installs.
-    snapshots: Mutex<HashMap<(PathBuf, String), Arc<Snapshot>>>,
+    snapshots: Mutex<HashMap<SnapshotKey, Arc<Snapshot>>>,
     parked: Mutex<HashMap<ParkKey, Vec<Parked>>>,
     /// Set when the runtime is dropped: background tasks stop parking.
     closing: std::sync::atomic::AtomicBool,
@@ -487,8 +491,9 @@ impl Shared {
         name: &str,
         dir: &Path,
         profile: &str,
+        binds: &[(PathBuf, PathBuf)],
     ) -> Result<Arc<Snapshot>, LaunchError> {
-        let key = (dir.to_path_buf(), profile.to_owned());
+        let key = (dir.to_path_buf(), profile.to_owned(), binds.to_vec());
         if let Some(s) = self.snapshots.lock().get(&key) {
             return Ok(s.clone());
         }
@@ -497,6 +502,12 @@ impl Shared {
             seccomp: filters.programs().iter().map(|p| bpf_bytes(p)).collect(),
             // The sandbox child set it before parking.
             no_new_privs: false,
+            // Files the guest mapped through a bind (a Python extension in
+            // /var/task) are opened on the host where the bind comes from.
+            path_map: binds
+                .iter()
+                .map(|(host, inside)| (inside.clone(), host.clone()))
+                .collect(),
         };
         // Opened without the lock: it reads and checks the whole snapshot.
         // Two launches racing here open it twice; the first one is kept.
@@ -515,8 +526,8 @@ impl Shared {
 
     /// Drops `snap` from the cache (it failed to restore), so that the
     /// next launch opens its directory again.
-    fn forget_snapshot(&self, profile: &str, snap: &Arc<Snapshot>) {
-        let key = (snap.dir().to_path_buf(), profile.to_owned());
+    fn forget_snapshot(&self, profile: &str, binds: &[(PathBuf, PathBuf)], snap: &Arc<Snapshot>) {
+        let key = (snap.dir().to_path_buf(), profile.to_owned(), binds.to_vec());
         let mut cache = self.snapshots.lock();
         if cache.get(&key).is_some_and(|s| Arc::ptr_eq(s, snap)) {
             cache.remove(&key);
@@ -1163,7 +1174,7 @@ fn restore_blocking(
     fds: [BorrowedFd<'_>; 4],
     payload: &[u8],
 ) -> Result<SandboxInstance, LaunchError> {
-    let snap = sh.snapshot(name, dir, &key.seccomp)?;
+    let snap = sh.snapshot(name, dir, &key.seccomp, &key.binds)?;
     let exe = faas_snapshot::restorer_executable().map_err(|e| LaunchError::Sys {
         name: name.to_owned(),
         op: "staging the snapshot restorer",
@@ -1175,7 +1186,7 @@ fn restore_blocking(
     let (ours, theirs) =
         seqpacket_pair().map_err(sys_err(name, "creating the restore plan socket"))?;
     if let Err(e) = snap.send_plan(&ours) {
-        sh.forget_snapshot(&key.seccomp, &snap);
+        sh.forget_snapshot(&key.seccomp, &key.binds, &snap);
         return Err(LaunchError::Sys {
             name: name.to_owned(),
             op: "sending the restore plan",

@@ -156,6 +156,23 @@ pub struct RestoreOptions {
     /// Set no_new_privs before installing the filter (needed without
     /// CAP_SYS_ADMIN).
     pub no_new_privs: bool,
+    /// Where the mapped files are on this host when the checkpointed
+    /// process saw them elsewhere: `(as the process saw it, on the host)`
+    /// path prefixes, e.g. a sandbox's read-only bind `/var/task` of a
+    /// host directory. The first matching prefix applies; the files'
+    /// device and inode must still match (a bind keeps both).
+    pub path_map: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The host path of a file the process mapped as `seen`.
+fn host_path(seen: &str, map: &[(PathBuf, PathBuf)]) -> PathBuf {
+    let seen = Path::new(seen);
+    for (guest, host) in map {
+        if let Ok(rest) = seen.strip_prefix(guest) {
+            return host.join(rest);
+        }
+    }
+    seen.to_path_buf()
 }
 
 /// The descriptors a restored process starts with.
@@ -226,11 +243,12 @@ impl Snapshot {
                     && a.prot() & libc::PROT_WRITE as u32 != 0
                     && matches!(a.source, Source::File { file, .. } if file == i)
             });
+            let path = host_path(&f.path, &options.path_map);
             let file = OpenOptions::new()
                 .read(true)
                 .write(writable)
-                .open(&f.path)
-                .map_err(|e| invalid(dir, format!("mapped file {}: {e}", f.path)))?;
+                .open(&path)
+                .map_err(|e| invalid(dir, format!("mapped file {}: {e}", path.display())))?;
             check_file(dir, f, &file)?;
             fds.push(file);
         }
@@ -958,6 +976,27 @@ mod tests {
             fd,
             advice: 0,
         }
+    }
+
+    #[test]
+    fn mapped_files_are_found_through_the_path_map() {
+        let map = vec![
+            (PathBuf::from("/var/task"), PathBuf::from("/srv/fn/3/root")),
+            (PathBuf::from("/var"), PathBuf::from("/elsewhere")),
+        ];
+        assert_eq!(
+            host_path("/var/task/ext.so", &map),
+            Path::new("/srv/fn/3/root/ext.so")
+        );
+        assert_eq!(
+            host_path("/var/taskforce/x", &map),
+            Path::new("/elsewhere/taskforce/x")
+        );
+        assert_eq!(
+            host_path("/usr/lib/libc.so.6", &map),
+            Path::new("/usr/lib/libc.so.6")
+        );
+        assert_eq!(host_path("/var/task", &map), Path::new("/srv/fn/3/root"));
     }
 
     #[test]

@@ -76,6 +76,7 @@ fn the_restorer_installs_the_filter_before_the_guest_runs() {
         &RestoreOptions {
             seccomp: vec![deny_getppid()],
             no_new_privs: true,
+            ..RestoreOptions::default()
         },
     )
     .expect("open with a filter");
@@ -87,6 +88,7 @@ fn the_restorer_installs_the_filter_before_the_guest_runs() {
         &RestoreOptions {
             seccomp: vec![vec![0; 7]],
             no_new_privs: true,
+            ..RestoreOptions::default()
         },
     );
     let err = bad.expect_err("a program that is not whole instructions");

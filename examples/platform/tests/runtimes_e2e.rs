@@ -427,3 +427,52 @@ fn node_cold_in_the_pooled_sandbox() {
     let e = deploy_fails(&s, "bad", &dir, "node", "missing.handler");
     assert!(e.contains("no module file missing.js"), "{e}");
 }
+
+/// A shared library in the function's own directory, loaded at module
+/// scope (what a Python C extension or a `ctypes` binding does): the
+/// snapshot maps it as `/var/task/libadd.so`, which exists on the host only
+/// under the function's version directory — the restore finds it through
+/// the sandbox's binds.
+#[test]
+fn python_with_a_shared_library_in_its_code_is_restored() {
+    let s = Server::start_logged(&["--sandbox", "pooled"]);
+    let dir = function_dir(
+        &s,
+        "pyext",
+        "lambda_function.py",
+        "import ctypes, os\n\
+         LIB = ctypes.CDLL(os.path.join(os.path.dirname(__file__), 'libadd.so'))\n\
+         def lambda_handler(event, context):\n    return {'sum': LIB.add(event['a'], event['b'])}\n",
+    );
+    std::fs::write(
+        dir.join("add.c"),
+        "int add(int a, int b) { return a + b; }\n",
+    )
+    .unwrap();
+    let cc = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(dir.join("libadd.so"))
+        .arg(dir.join("add.c"))
+        .status()
+        .expect("gcc (scripts/test installs it)");
+    assert!(cc.success(), "gcc failed");
+    let (out, err) = deploy(
+        &s,
+        "pyext",
+        &dir,
+        "python",
+        "lambda_function.lambda_handler",
+        &[],
+    );
+    assert_eq!(
+        out.trim(),
+        "deployed pyext version 1 (start: restore)",
+        "{err}"
+    );
+    for _ in 0..2 {
+        let r = invoke(&s, "pyext", r#"{"a": 40, "b": 2}"#);
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(header(&r, "x-faas-start"), "restore");
+        assert_eq!(json(&r)["sum"], 42);
+    }
+}
