@@ -62,6 +62,8 @@ pub(crate) fn run(args: SnapshotArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
         SnapshotCommand::Restore { dir } => {
+            // One restore and done: no restorer started ahead for a next one.
+            faas_snapshot::set_restorer_pool_size(0);
             let snapshot = Snapshot::open(&dir)?;
             let mut child = snapshot
                 .restore(RestoreIo {
