@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use faas_core::protocol::{Body, DecodeLimits, Frame, ProtocolError, channel_pair};
 use faas_core::{
     BoxFuture, ExitStatus, FunctionSpec, Instance, Invocation, InvocationResult, InvokeError,
-    LaunchError, NodeGateway, NodeId, Placement, Reuse, RuntimeKind, SandboxPolicy, SandboxRuntime,
-    SandboxSpec, Snapshotter, StartMode, Stdio, Timings,
+    LaunchError, NodeGateway, NodeId, Placement, Reuse, RuntimeKind, SandboxRuntime, SandboxSpec,
+    Snapshotter, StartMode, Stdio, Timings,
 };
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -410,34 +410,22 @@ fn sandbox_spec(
             what: e.to_string(),
         }
     })?;
-    Ok(SandboxSpec {
-        name: name.to_owned(),
-        root: cmd.root,
-        program: cmd.program,
-        args: cmd.args,
-        env: runtimes::instance_env(spec, config.layout),
-        limits: spec.limits,
-        start: if snapshot.is_some() {
-            StartMode::Restore
-        } else {
-            StartMode::Cold
+    let stderr = if config.inherit_stderr {
+        Stdio::Inherit
+    } else {
+        Stdio::Null
+    };
+    Ok(cmd.into_spec(
+        name.to_owned(),
+        spec,
+        config.layout,
+        snapshot,
+        runtimes::InstanceIo {
+            channel,
+            stdout: Stdio::Null,
+            stderr,
         },
-        snapshot: snapshot.map(Path::to_path_buf),
-        policy: SandboxPolicy {
-            seccomp: Some(cmd.seccomp.to_owned()),
-            proc: false,
-            binds: cmd.binds,
-            cwd: cmd.cwd,
-        },
-        channel,
-        stdin: Stdio::Null,
-        stdout: Stdio::Null,
-        stderr: if config.inherit_stderr {
-            Stdio::Inherit
-        } else {
-            Stdio::Null
-        },
-    })
+    ))
 }
 
 /// Launches an instance of `st`'s function with `channel` as its fd 3:

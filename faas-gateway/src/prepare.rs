@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use faas_core::protocol::{DecodeLimits, Frame, channel_pair};
 use faas_core::{
-    BoxFuture, ExitStatus, FunctionSpec, Instance, RuntimeKind, SandboxPolicy, SandboxRuntime,
-    SandboxSpec, Snapshotter, StartMode, Stdio,
+    BoxFuture, ExitStatus, FunctionSpec, Instance, RuntimeKind, SandboxRuntime, SandboxSpec,
+    Snapshotter, StartMode, Stdio,
 };
 
 use crate::channel::AsyncChannel;
@@ -232,7 +232,7 @@ fn sandbox_spec(
     channel: std::os::fd::OwnedFd,
     output: std::io::PipeWriter,
 ) -> Result<SandboxSpec, RuntimeUnavailable> {
-    let cmd = runtimes::command(spec, &config.runtimes, config.layout, true)?;
+    let mut cmd = runtimes::command(spec, &config.runtimes, config.layout, true)?;
     // The wrapper is pid 1; the runtime command its arguments.
     let mut args = vec![
         "-I".to_owned(),
@@ -241,37 +241,24 @@ fn sandbox_spec(
         WRAPPER.to_owned(),
         cmd.program.to_string_lossy().into_owned(),
     ];
-    args.extend(cmd.args);
+    args.extend(std::mem::take(&mut cmd.args));
     // stdout and stderr both into `output`.
     let fd = std::os::fd::OwnedFd::from(output);
     let (stdout, stderr) = match fd.try_clone() {
         Ok(dup) => (Stdio::Fd(dup), Stdio::Fd(fd)),
         Err(_) => (Stdio::Null, Stdio::Fd(fd)),
     };
-    Ok(SandboxSpec {
+    Ok(runtimes::Command { args, ..cmd }.into_spec(
         name,
-        root: cmd.root,
-        program: cmd.program,
-        args,
-        env: runtimes::instance_env(spec, config.layout),
-        limits: spec.limits,
-        start: if restore.is_some() {
-            StartMode::Restore
-        } else {
-            StartMode::Cold
+        spec,
+        config.layout,
+        restore,
+        runtimes::InstanceIo {
+            channel,
+            stdout,
+            stderr,
         },
-        snapshot: restore.map(Path::to_path_buf),
-        policy: SandboxPolicy {
-            seccomp: Some(cmd.seccomp.to_owned()),
-            proc: false,
-            binds: cmd.binds,
-            cwd: cmd.cwd,
-        },
-        channel,
-        stdin: Stdio::Null,
-        stdout,
-        stderr,
-    })
+    ))
 }
 
 /// Kills an instance and reaps it.

@@ -131,6 +131,51 @@ pub(crate) struct Command {
     pub seccomp: &'static str,
 }
 
+/// The fds of an instance besides the ones its spec does not choose.
+pub(crate) struct InstanceIo {
+    pub channel: std::os::fd::OwnedFd,
+    pub stdout: faas_core::Stdio,
+    pub stderr: faas_core::Stdio,
+}
+
+impl Command {
+    /// The sandbox spec of an instance of `spec` started by this command:
+    /// cold, or restored from `snapshot`.
+    pub(crate) fn into_spec(
+        self,
+        name: String,
+        spec: &FunctionSpec,
+        layout: Layout,
+        snapshot: Option<&Path>,
+        io: InstanceIo,
+    ) -> faas_core::SandboxSpec {
+        faas_core::SandboxSpec {
+            name,
+            root: self.root,
+            program: self.program,
+            args: self.args,
+            env: instance_env(spec, layout),
+            limits: spec.limits,
+            start: if snapshot.is_some() {
+                faas_core::StartMode::Restore
+            } else {
+                faas_core::StartMode::Cold
+            },
+            snapshot: snapshot.map(Path::to_path_buf),
+            policy: faas_core::SandboxPolicy {
+                seccomp: Some(self.seccomp.to_owned()),
+                proc: false,
+                binds: self.binds,
+                cwd: self.cwd,
+            },
+            channel: io.channel,
+            stdin: faas_core::Stdio::Null,
+            stdout: io.stdout,
+            stderr: io.stderr,
+        }
+    }
+}
+
 /// The command of an instance of `spec`; `snapshot` adds the Python
 /// runtime's `--snapshot`.
 ///

@@ -190,6 +190,41 @@ pub struct RestoreIo {
     pub inherit_stdio: bool,
 }
 
+impl RestoreIo {
+    /// The descriptors that travel to the restorer (or a template's
+    /// child), in fd order, and the mask saying which of fds 0–3 they are.
+    pub(crate) fn fds(&self) -> (u64, Vec<BorrowedFd<'_>>) {
+        let mut mask = 0u64;
+        let mut fds = Vec::with_capacity(4);
+        let std = [&self.stdin, &self.stdout, &self.stderr];
+        for (i, own) in std.into_iter().enumerate() {
+            if let Some(fd) = std_fd(own, i as i32, self.inherit_stdio) {
+                fds.push(fd);
+                mask |= 1 << i;
+            }
+        }
+        if let Some(ch) = &self.channel {
+            fds.push(ch.as_fd());
+            mask |= 1 << 3;
+        }
+        (mask, fds)
+    }
+}
+
+/// `/dev/null`, read-write: fds a restored process should have but nobody
+/// gave.
+pub(crate) fn dev_null() -> Result<OwnedFd, SnapshotError> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|source| SnapshotError::Sys {
+            op: "open /dev/null",
+            source,
+        })
+}
+
 impl Snapshot {
     /// Opens the snapshot in `dir`: reads and checks its metadata, refuses it
     /// when this host's vDSO, xsave features or kernel differ from the
@@ -723,19 +758,7 @@ pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), SnapshotError> {
 
 /// The restorer's first message: the guest's fds 0–3 and working directory.
 fn send_io(sock: &OwnedFd, io: &RestoreIo, cwd: &[u8]) -> io::Result<()> {
-    let mut mask = 0u64;
-    let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(4);
-    let std = [&io.stdin, &io.stdout, &io.stderr];
-    for (i, own) in std.into_iter().enumerate() {
-        if let Some(fd) = std_fd(own, i as i32, io.inherit_stdio) {
-            fds.push(fd);
-            mask |= 1 << i;
-        }
-    }
-    if let Some(ch) = &io.channel {
-        fds.push(ch.as_fd());
-        mask |= 1 << 3;
-    }
+    let (mask, fds) = io.fds();
     let cwd = if cwd.len() <= plan::CWD_MAX { cwd } else { &[] };
     let head = plan::IoMessage {
         magic: plan::IO_MAGIC,

@@ -1,7 +1,6 @@
 //! [`PtraceSnapshotter`]: the [`Snapshotter`] over [`dump`] and [`Snapshot`].
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use faas_core::{
 use parking_lot::Mutex;
 
 use crate::dump::{DumpOptions, dump};
-use crate::restore::{RestoreIo, Snapshot};
+use crate::restore::{RestoreIo, Snapshot, dev_null};
 
 /// Checkpoints with ptrace, restores with the in-process restorer.
 ///
@@ -45,17 +44,7 @@ fn fd_of(s: Stdio) -> Result<Option<OwnedFd>, SnapshotError> {
     Ok(match s {
         Stdio::Fd(fd) => Some(fd),
         Stdio::Inherit => None,
-        Stdio::Null => Some(
-            File::options()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .map_err(|source| SnapshotError::Sys {
-                    op: "open /dev/null",
-                    source,
-                })?
-                .into(),
-        ),
+        Stdio::Null => Some(dev_null()?),
     })
 }
 

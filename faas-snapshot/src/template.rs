@@ -1,16 +1,15 @@
 //! [`ForkTemplate`]: one restored instance kept parked; every new instance
 //! is a fork of it.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use faas_core::SnapshotError;
 use parking_lot::Mutex;
 
 use crate::plan::ForkCommand;
-use crate::restore::{RestoreIo, Restored, Snapshot, send_with_fds};
+use crate::restore::{RestoreIo, Restored, Snapshot, dev_null, send_with_fds};
 use crate::sys;
 
 /// The namespaces a fork of a template gets: pid, ipc, uts, mount and
@@ -42,23 +41,10 @@ impl ForkTemplate {
     /// Restores `snapshot` as a parked template (its fds 0–2 are
     /// /dev/null, it has no fd 3).
     pub fn new(snapshot: &Snapshot) -> Result<ForkTemplate, SnapshotError> {
-        let null = || -> Result<Option<OwnedFd>, SnapshotError> {
-            Ok(Some(
-                File::options()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .map_err(|source| SnapshotError::Sys {
-                        op: "open /dev/null",
-                        source,
-                    })?
-                    .into(),
-            ))
-        };
         let io = RestoreIo {
-            stdin: null()?,
-            stdout: null()?,
-            stderr: null()?,
+            stdin: Some(dev_null()?),
+            stdout: Some(dev_null()?),
+            stderr: Some(dev_null()?),
             channel: None,
             inherit_stdio: false,
         };
@@ -83,21 +69,7 @@ impl ForkTemplate {
             dir: self.dir.clone(),
             what,
         };
-        let mut mask = 0u64;
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(4);
-        let std = [&io.stdin, &io.stdout, &io.stderr];
-        for (i, own) in std.into_iter().enumerate() {
-            match own {
-                Some(fd) => fds.push(fd.as_fd()),
-                None if io.inherit_stdio => fds.push(sys::stdio_fd(i as i32)),
-                None => continue,
-            }
-            mask |= 1 << i;
-        }
-        if let Some(ch) = &io.channel {
-            fds.push(ch.as_fd());
-            mask |= 1 << 3;
-        }
+        let (mask, fds) = io.fds();
         let cmd = ForkCommand {
             clone_flags: if namespaces { FORK_NAMESPACES } else { 0 },
             fds: mask,

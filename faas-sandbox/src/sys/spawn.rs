@@ -376,6 +376,45 @@ pub(crate) fn exec_result(err_r: &OwnedFd) -> Result<(), (Stage, io::Error)> {
     ))
 }
 
+/// Which step of [`bind_read_only`] failed (errno says why).
+enum BindStep {
+    Bind,
+    Remount,
+}
+
+/// Binds `source` (recursively) on `target`, then makes the bind
+/// read-only, nosuid and nodev.
+///
+/// # Safety
+///
+/// Only in the cloned child; both are NUL-terminated paths.
+unsafe fn bind_read_only(
+    source: *const libc::c_char,
+    target: *const libc::c_char,
+) -> Result<(), BindStep> {
+    let none: *const libc::c_char = std::ptr::null();
+    // SAFETY: mount(2) with NUL-terminated paths from the caller and no data.
+    let rc = unsafe {
+        libc::mount(
+            source,
+            target,
+            none,
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        return Err(BindStep::Bind);
+    }
+    let flags =
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: as above; a remount names only the target.
+    if unsafe { libc::mount(none, target, none, flags, std::ptr::null()) } < 0 {
+        return Err(BindStep::Remount);
+    }
+    Ok(())
+}
+
 /// Reports `stage` and the current errno to the parent and exits.
 ///
 /// # Safety
@@ -470,32 +509,13 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
             ),
             Stage::MountPrivate
         );
-        check!(
-            libc::mount(
-                plan.root.as_ptr(),
-                plan.base.as_ptr(),
-                none,
-                // The runtime's own read-only bind of the root (which has
-                // no submounts), so recursive is allowed and exact.
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null()
-            ),
-            Stage::BindRoot
-        );
-        check!(
-            libc::mount(
-                none,
-                plan.base.as_ptr(),
-                none,
-                libc::MS_BIND
-                    | libc::MS_REMOUNT
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV,
-                std::ptr::null()
-            ),
-            Stage::RemountRoot
-        );
+        // The runtime's own read-only bind of the root (which has no
+        // submounts), so recursive is allowed and exact.
+        match bind_read_only(plan.root.as_ptr(), plan.base.as_ptr()) {
+            Err(BindStep::Bind) => fail(err_w, Stage::BindRoot),
+            Err(BindStep::Remount) => fail(err_w, Stage::RemountRoot),
+            Ok(()) => {}
+        }
         check!(
             libc::mount(
                 c"tmpfs".as_ptr(),
@@ -576,30 +596,9 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
             }
         }
         for (source, target) in &plan.binds.binds {
-            check!(
-                libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    none,
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null()
-                ),
-                Stage::MountBinds
-            );
-            check!(
-                libc::mount(
-                    none,
-                    target.as_ptr(),
-                    none,
-                    libc::MS_BIND
-                        | libc::MS_REMOUNT
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV,
-                    std::ptr::null()
-                ),
-                Stage::MountBinds
-            );
+            if bind_read_only(source.as_ptr(), target.as_ptr()).is_err() {
+                fail(err_w, Stage::MountBinds);
+            }
         }
         for top in &plan.binds.tops {
             check!(

@@ -55,6 +55,13 @@ fn fail(code: i32, what: &str, err: isize) -> ! {
     sys::exit_group(code)
 }
 
+/// Gives up (see [`fail`]) when a system call returned an error.
+fn check(rc: isize, code: i32, what: &str) {
+    if rc < 0 {
+        fail(code, what, rc);
+    }
+}
+
 fn itoa(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
@@ -109,53 +116,52 @@ pub(crate) fn run(vdso: u64) -> ! {
         map_area(&area, fds);
     }
 
-    let rc = sys::set_mm_map(&header.mm, &header.auxv[..header.auxv_len as usize]);
-    if rc < 0 {
-        fail(exit::STATE, "prctl(PR_SET_MM_MAP)", rc);
-    }
+    check(
+        sys::set_mm_map(&header.mm, &header.auxv[..header.auxv_len as usize]),
+        exit::STATE,
+        "prctl(PR_SET_MM_MAP)",
+    );
     for i in 0..header.n_sigactions as usize {
         let Some(act) = sys::read::<SigAction>(plan, sig_at + i * SIGACTION_LEN) else {
             fail(exit::BAD_PLAN, "signal action outside the plan", 0)
         };
-        let rc = sys::rt_sigaction(&act);
-        if rc < 0 {
-            fail(exit::STATE, "rt_sigaction", rc);
-        }
+        check(sys::rt_sigaction(&act), exit::STATE, "rt_sigaction");
     }
     if header.robust_list != 0 {
-        let rc = sys::set_robust_list(header.robust_list, header.robust_len);
-        if rc < 0 {
-            fail(exit::STATE, "set_robust_list", rc);
-        }
+        check(
+            sys::set_robust_list(header.robust_list, header.robust_len),
+            exit::STATE,
+            "set_robust_list",
+        );
     }
     sys::set_tid_address(header.clear_tid);
-    let rc = sys::set_fs_gs(header.fs_base, header.gs_base);
-    if rc < 0 {
-        fail(exit::STATE, "arch_prctl(ARCH_SET_FS/GS)", rc);
-    }
+    check(
+        sys::set_fs_gs(header.fs_base, header.gs_base),
+        exit::STATE,
+        "arch_prctl(ARCH_SET_FS/GS)",
+    );
 
     // The frame goes below the guest's stack pointer; from here on the
     // guest's memory is complete.
-    let rc = sys::copy_out(header.frame_addr, &plan[frame_at..end]);
-    if rc < 0 {
-        fail(
-            exit::STATE,
-            "signal frame outside the guest's writable memory",
-            rc,
-        );
-    }
+    check(
+        sys::copy_out(header.frame_addr, &plan[frame_at..end]),
+        exit::STATE,
+        "signal frame outside the guest's writable memory",
+    );
     let template = header.mode == plan::MODE_TEMPLATE;
     // A template keeps its command socket.
-    let rc = sys::close_above(if template { plan::PLAN_FD as u32 } else { 3 });
-    if rc < 0 {
-        fail(exit::STATE, "close_range", rc);
-    }
+    check(
+        sys::close_above(if template { plan::PLAN_FD as u32 } else { 3 }),
+        exit::STATE,
+        "close_range",
+    );
     if header.rseq != 0 {
         // Registered here, inherited by every fork of a template.
-        let rc = sys::rseq(header.rseq, header.rseq_len, header.rseq_sig);
-        if rc < 0 {
-            fail(exit::STATE, "rseq registration", rc);
-        }
+        check(
+            sys::rseq(header.rseq, header.rseq_len, header.rseq_sig),
+            exit::STATE,
+            "rseq registration",
+        );
     }
     let filter = &plan[filter_at..frame_at];
     if template {
@@ -176,10 +182,11 @@ fn become_guest(header: &Header, filter: &[u8]) -> ! {
         let Some(program) = rest.get(8..8 + len) else {
             fail(exit::BAD_PLAN, "truncated seccomp program", 0)
         };
-        let rc = sys::seccomp(program, count as u32, header.no_new_privs != 0);
-        if rc < 0 {
-            fail(exit::SECCOMP, "seccomp filter", rc);
-        }
+        check(
+            sys::seccomp(program, count as u32, header.no_new_privs != 0),
+            exit::SECCOMP,
+            "seccomp filter",
+        );
         rest = &rest[8 + len..];
     }
     sys::sigreturn(header.frame_addr + 8)
@@ -235,18 +242,12 @@ fn unmap_all_but(image_start: u64, image_end: u64, header: &Header, vdso: u64) {
     let mut from = LOW;
     for &(start, end) in keep.iter() {
         if start > from {
-            let rc = sys::munmap(from, start - from);
-            if rc < 0 {
-                fail(exit::UNMAP, "munmap", rc);
-            }
+            check(sys::munmap(from, start - from), exit::UNMAP, "munmap");
         }
         from = from.max(end);
     }
     if from < TASK_SIZE {
-        let rc = sys::munmap(from, TASK_SIZE - from);
-        if rc < 0 {
-            fail(exit::UNMAP, "munmap", rc);
-        }
+        check(sys::munmap(from, TASK_SIZE - from), exit::UNMAP, "munmap");
     }
 }
 
@@ -290,16 +291,18 @@ fn move_vdso(header: &Header, vdso: u64, image_start: u64, image_end: u64) {
         let mut cur = vdso.wrapping_add_signed(p.offset);
         if via_scratch {
             let stop = header.scratch + (cur - lo);
-            let rc = sys::mremap(cur, p.len, stop);
-            if rc < 0 {
-                fail(exit::VDSO, "mremap of the vDSO to the scratch range", rc);
-            }
+            check(
+                sys::mremap(cur, p.len, stop),
+                exit::VDSO,
+                "mremap of the vDSO to the scratch range",
+            );
             cur = stop;
         }
-        let rc = sys::mremap(cur, p.len, p.target);
-        if rc < 0 {
-            fail(exit::VDSO, "mremap of the vDSO", rc);
-        }
+        check(
+            sys::mremap(cur, p.len, p.target),
+            exit::VDSO,
+            "mremap of the vDSO",
+        );
     }
 }
 
@@ -312,14 +315,16 @@ fn map_area(area: &Area, fds: &[i32]) {
             None => fail(exit::BAD_PLAN, "area names a descriptor the plan lacks", 0),
         }
     };
-    let rc = sys::mmap_fixed(area.start, area.len, area.prot, area.flags, fd, area.offset);
-    if rc < 0 {
-        fail(exit::MAP, "mmap of a snapshot area", rc);
-    }
+    check(
+        sys::mmap_fixed(area.start, area.len, area.prot, area.flags, fd, area.offset),
+        exit::MAP,
+        "mmap of a snapshot area",
+    );
     if area.advice != 0 {
-        let rc = sys::madvise(area.start, area.len, area.advice);
-        if rc < 0 {
-            fail(exit::MAP, "madvise of a snapshot area", rc);
-        }
+        check(
+            sys::madvise(area.start, area.len, area.advice),
+            exit::MAP,
+            "madvise of a snapshot area",
+        );
     }
 }
