@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use parking_lot::RwLock;
 use serde::Serialize;
 
-use crate::prepare::{PrepareError, Prepared, Preparer};
+use crate::prepare::{PrepareError, Prepared, Preparer, Step};
 use crate::registry::{DeployError, Registry, fill_random};
 
 /// The response body type of the gateway.
@@ -73,6 +73,9 @@ struct Deployed<'a> {
     spec: &'a FunctionSpec,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
+    /// How long each preparation step took.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    steps: Vec<Step>,
 }
 
 #[derive(Serialize)]
@@ -281,20 +284,20 @@ impl FunctionGateway {
             }
             None => Prepared::default(),
         };
-        let Prepared {
-            start,
-            snapshot,
-            warnings,
-        } = prepared;
         let registry = self.registry.clone();
-        match tokio::task::spawn_blocking(move || registry.commit(staged, start, snapshot)).await {
-            Ok(Ok(spec)) => {
+        let committed = tokio::task::spawn_blocking(move || {
+            registry.commit(staged, &prepared).map(|s| (s, prepared))
+        })
+        .await;
+        match committed {
+            Ok(Ok((spec, prepared))) => {
                 tracing::info!(function = %spec.name, version = spec.version, start = spec.start.as_str(), "deployed");
                 json(
                     StatusCode::CREATED,
                     &Deployed {
                         spec: &spec,
-                        warnings,
+                        warnings: prepared.warnings,
+                        steps: prepared.steps,
                     },
                 )
             }

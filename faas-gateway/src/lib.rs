@@ -37,7 +37,7 @@ mod sys;
 
 pub use http::{FunctionGateway, GatewayConfig, ResponseBody};
 pub use node::{LocalNodeGateway, NodeConfig, NodeStats};
-pub use prepare::{PrepareError, Prepared, Preparer};
+pub use prepare::{IMAGE_FILE, PrepareError, Prepared, Preparer, Step};
 pub use registry::{DeployError, OpenError, Registry, Staged};
 pub use runtimes::{
     Layout, RUNTIME_DIR, RuntimeCommand, RuntimeCommands, RuntimeUnavailable, TASK_DIR,

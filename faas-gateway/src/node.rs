@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 
 use faas_core::protocol::{Body, DecodeLimits, Frame, ProtocolError, channel_pair};
 use faas_core::{
-    BoxFuture, ExitStatus, FunctionSpec, Instance, Invocation, InvocationResult, InvokeError,
-    LaunchError, NodeGateway, NodeId, Placement, Reuse, RuntimeKind, SandboxRuntime, SandboxSpec,
-    Snapshotter, StartMode, Stdio, Timings,
+    BoxFuture, ExitStatus, FunctionSpec, ImageRef, Instance, Invocation, InvocationResult,
+    InvokeError, LaunchError, NodeGateway, NodeId, Placement, Reuse, RuntimeKind, SandboxRuntime,
+    SandboxSpec, Snapshotter, StartMode, Stdio, Timings,
 };
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
 use crate::channel::AsyncChannel;
-use crate::prepare::{self, PrepareError, Prepared, Preparer, SnapshotFailure};
+use crate::prepare::{self, PrepareError, Prepared, Preparer, SnapshotFailure, micros};
 use crate::runtimes::{self, Layout, RuntimeCommands};
 
 type Reply = oneshot::Sender<Result<InvocationResult, InvokeError>>;
@@ -334,8 +334,15 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
     inner.stats.live.fetch_add(1, Ordering::Relaxed);
     let _live = LiveGuard(&inner.stats);
 
-    // Startup: the instance must say Ready within the function's timeout.
-    let mut start_us = match await_ready(&mut chan, inst.as_mut(), timeout).await {
+    // Startup: the instance must say Ready within the function's timeout
+    // (a restored native guest said it before its snapshot).
+    let ready_at_once = mode == StartMode::Restore && !prepare::restored_sends_ready(&spec);
+    let ready = if ready_at_once {
+        Ok(())
+    } else {
+        await_ready(&mut chan, inst.as_mut(), timeout).await
+    };
+    let mut start_us = match ready {
         Ok(()) => micros(started.elapsed()),
         Err(InvokeError::Exited {
             status: ExitStatus::Code(code @ 120..=127),
@@ -382,12 +389,24 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             inner.stats.reused.fetch_add(1, Ordering::Relaxed);
         }
         let how = cold.then_some(mode);
-        let served = serve_one(&mut chan, inst.as_mut(), p, start_us, how, timeout).await;
+        let retry = cold && ready_at_once;
+        let served = serve_one(&mut chan, inst.as_mut(), p, start_us, how, timeout, retry).await;
         cold = false;
         start_us = 0;
         announced = false;
-        if !served || keep_alive.is_none() {
-            break;
+        match served {
+            Served::Usable if keep_alive.is_some() => {}
+            Served::Usable | Served::Done => break,
+            Served::RestoreFailed(p) => {
+                // The restorer gave up before the guest ran (its reason is
+                // on the instance's stderr): the request goes back to the
+                // head of the queue, for a cold instance.
+                tracing::warn!(function = %spec.name, version = spec.version, "restoring the snapshot failed; starting cold from now on");
+                st.restore_failed.store(true, Ordering::Relaxed);
+                st.queue.lock().pending.push_front(p);
+                drop(_live);
+                return spawn_instance(inner.clone(), st);
+            }
         }
     }
     let _ = inst.kill();
@@ -481,6 +500,10 @@ impl Preparer for LocalNodeGateway {
         Ok(())
     }
 
+    /// In the sandbox layout: builds the version's faas-rofs image (its
+    /// sandboxes mount it), then, with a snapshotter, takes the snapshot
+    /// of a Python runtime at its snapshot point or of a native guest
+    /// after its `Ready` (see [`crate::prepare`]).
     fn prepare<'a>(
         &'a self,
         spec: &'a FunctionSpec,
@@ -489,45 +512,68 @@ impl Preparer for LocalNodeGateway {
         Box::pin(async move {
             self.check(spec)?;
             let inner = &self.inner;
-            let snapshotter = match &inner.snapshotter {
-                Some(s) if spec.runtime == RuntimeKind::Python => s,
-                _ => return Ok(Prepared::default()),
-            };
             if inner.config.layout != Layout::Sandbox {
                 return Ok(Prepared::default());
             }
-            match prepare::snapshot_python(
-                &inner.config,
-                &inner.runtime,
-                snapshotter,
-                spec,
-                version_dir,
-            )
-            .await
-            {
-                Ok(dir) => Ok(Prepared {
-                    start: StartMode::Restore,
-                    snapshot: Some(dir),
-                    warnings: Vec::new(),
-                }),
-                Err(SnapshotFailure::Init(e)) => Err(e),
+            let mut done = Prepared::default();
+            let built = {
+                let (spec, dir) = (spec.clone(), version_dir.to_path_buf());
+                tokio::task::spawn_blocking(move || prepare::build_image(&spec, &dir)).await
+            };
+            let step = built.map_err(|e| PrepareError::Sys {
+                name: spec.name.clone(),
+                what: format!("building the image: {e}"),
+            })??;
+            done.steps.push(step);
+            let image = version_dir.join(prepare::IMAGE_FILE);
+            let mut spec = spec.clone();
+            spec.image = ImageRef::Image(image.clone());
+            done.image = Some(image);
+            let snapshotter = match &inner.snapshotter {
+                Some(s) if matches!(spec.runtime, RuntimeKind::Python | RuntimeKind::Native) => s,
+                _ => return Ok(done),
+            };
+            let started = Instant::now();
+            let taken = if spec.runtime == RuntimeKind::Python {
+                prepare::snapshot_python(
+                    &inner.config,
+                    &inner.runtime,
+                    snapshotter,
+                    &spec,
+                    version_dir,
+                )
+                .await
+            } else {
+                prepare::snapshot_native(
+                    &inner.config,
+                    &inner.runtime,
+                    snapshotter,
+                    &spec,
+                    version_dir,
+                )
+                .await
+            };
+            match taken {
+                Ok(dir) => {
+                    done.start = StartMode::Restore;
+                    done.snapshot = Some(dir);
+                    done.steps.push(prepare::Step {
+                        step: "snapshot".into(),
+                        us: micros(started.elapsed()),
+                        detail: "taken and restored once".into(),
+                    });
+                }
+                Err(SnapshotFailure::Init(e)) => return Err(e),
                 Err(SnapshotFailure::Snapshot(why)) => {
                     tracing::warn!(function = %spec.name, version = spec.version, "no snapshot, instances start cold: {why}");
-                    Ok(Prepared {
-                        start: StartMode::Cold,
-                        snapshot: None,
-                        warnings: vec![format!(
-                            "no snapshot was taken, instances start cold: {why}"
-                        )],
-                    })
+                    done.warnings.push(format!(
+                        "no snapshot was taken, instances start cold: {why}"
+                    ));
                 }
             }
+            Ok(done)
         })
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Waits for the instance's `Ready`, or turns its failure into the error of
@@ -609,8 +655,19 @@ async fn wait_idle(st: &FnState, inst: &mut dyn Instance, idle: Duration) -> Opt
     }
 }
 
-/// Runs one request on a ready instance. Returns whether the instance is
-/// still usable.
+/// What became of an instance that ran a request.
+enum Served {
+    /// It answered and can take another request.
+    Usable,
+    /// It is gone or was killed.
+    Done,
+    /// It was restored without `Ready` and its restorer gave up before the
+    /// guest ran: the request, unanswered.
+    RestoreFailed(Pending),
+}
+
+/// Runs one request on a ready instance. With `retry_restore`, a restorer
+/// failure (exit status 120-127 before any answer) hands the request back.
 async fn serve_one(
     chan: &mut AsyncChannel,
     inst: &mut dyn Instance,
@@ -618,7 +675,8 @@ async fn serve_one(
     start_us: u64,
     started: Option<StartMode>,
     timeout: Duration,
-) -> bool {
+    retry_restore: bool,
+) -> Served {
     let Pending {
         inv,
         enqueued,
@@ -626,13 +684,14 @@ async fn serve_one(
         reply,
     } = p;
     let id = inv.id;
+    let (function, version) = (inv.function, inv.version);
     let queued_us = micros(enqueued.elapsed()).saturating_sub(start_us);
     let sent = Instant::now();
     let body = match Body::new(inv.body) {
         Ok(b) => b,
         Err(e) => {
             let _ = reply.send(Err(InvokeError::Protocol(e)));
-            return false;
+            return Served::Done;
         }
     };
     let frame = Frame::Invoke {
@@ -670,11 +729,41 @@ async fn serve_one(
                 InvokeError::Exited { .. } => exited(inst).await,
                 e => e,
             };
+            if retry_restore
+                && let InvokeError::Exited {
+                    status: ExitStatus::Code(120..=127),
+                    ..
+                } = e
+                && let Frame::Invoke {
+                    id,
+                    deadline: at,
+                    trace_id,
+                    headers,
+                    body,
+                } = frame
+                && let Ok(body) = body.into_vec()
+            {
+                let inv = Invocation {
+                    id,
+                    function,
+                    version,
+                    headers,
+                    body,
+                    deadline: at,
+                    trace_id,
+                };
+                return Served::RestoreFailed(Pending {
+                    inv,
+                    enqueued,
+                    deadline,
+                    reply,
+                });
+            }
             (Err(e), false)
         }
     };
     let _ = reply.send(result);
-    usable
+    if usable { Served::Usable } else { Served::Done }
 }
 
 type Answer = Result<(u16, Vec<(String, String)>, Vec<u8>), InvokeError>;

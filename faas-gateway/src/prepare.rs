@@ -88,8 +88,26 @@ pub struct Prepared {
     pub start: StartMode,
     /// The snapshot `restore` starts from.
     pub snapshot: Option<PathBuf>,
+    /// The function's files as a faas-rofs (EROFS) image, which its
+    /// sandboxes mount instead of the directory.
+    pub image: Option<PathBuf>,
     /// What the deployer should know (e.g. why the function starts cold).
     pub warnings: Vec<String>,
+    /// How long each step took, in order.
+    pub steps: Vec<Step>,
+}
+
+/// One step of preparing a version, and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Step {
+    /// What was done (`image`, `snapshot`, `restore check`).
+    pub step: String,
+    /// Wall time, in microseconds.
+    pub us: u64,
+    /// A detail for the deployer (files and size of the image, pages of
+    /// the snapshot).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// Why a version cannot be deployed on this node.
@@ -223,7 +241,8 @@ fn child_of(parent: u32) -> Option<u32> {
 
 /// Everything a sandbox of `spec`'s instances has, for the snapshot and
 /// the trial restore (same root, binds, working directory, limits and
-/// seccomp profile: same parked sandboxes).
+/// seccomp profile: same parked sandboxes). Python runs under the wrapper
+/// with `--snapshot`; a native program runs as itself.
 fn sandbox_spec(
     config: &NodeConfig,
     spec: &FunctionSpec,
@@ -232,16 +251,22 @@ fn sandbox_spec(
     channel: std::os::fd::OwnedFd,
     output: std::io::PipeWriter,
 ) -> Result<SandboxSpec, RuntimeUnavailable> {
-    let mut cmd = runtimes::command(spec, &config.runtimes, config.layout, true)?;
-    // The wrapper is pid 1; the runtime command its arguments.
-    let mut args = vec![
-        "-I".to_owned(),
-        "-S".to_owned(),
-        "-c".to_owned(),
-        WRAPPER.to_owned(),
-        cmd.program.to_string_lossy().into_owned(),
-    ];
-    args.extend(std::mem::take(&mut cmd.args));
+    let python = spec.runtime == RuntimeKind::Python;
+    let mut cmd = runtimes::command(spec, &config.runtimes, config.layout, python)?;
+    let args = if python {
+        // The wrapper is pid 1; the runtime command its arguments.
+        let mut args = vec![
+            "-I".to_owned(),
+            "-S".to_owned(),
+            "-c".to_owned(),
+            WRAPPER.to_owned(),
+            cmd.program.to_string_lossy().into_owned(),
+        ];
+        args.extend(std::mem::take(&mut cmd.args));
+        args
+    } else {
+        std::mem::take(&mut cmd.args)
+    };
     // stdout and stderr both into `output`.
     let fd = std::os::fd::OwnedFd::from(output);
     let (stdout, stderr) = match fd.try_clone() {
@@ -373,7 +398,133 @@ pub(crate) async fn snapshot_python(
     Ok(dir)
 }
 
-/// Restores one instance from `dir` and waits for its `Ready`.
+/// Takes the snapshot of a native function into `version_dir/snapshot`
+/// and checks that it restores. Returns the snapshot directory.
+///
+/// A native guest (`faas_guest::serve`) sends `Ready` and blocks in
+/// `recvmsg` on fd 3 for its first request: it is checkpointed right there
+/// (pid 1 of its sandbox; the interrupted `recvmsg` is rewound). Each
+/// restored copy re-enters `recvmsg` on its own fresh channel, so it does
+/// not say `Ready` again: the node gateway hands it its request at once
+/// ([`restored_sends_ready`]). The trial restore closes the channel, which
+/// a guest answers by exiting with status 0.
+pub(crate) async fn snapshot_native(
+    config: &NodeConfig,
+    runtime: &Arc<dyn SandboxRuntime>,
+    snapshotter: &Arc<dyn Snapshotter>,
+    spec: &FunctionSpec,
+    version_dir: &Path,
+) -> Result<PathBuf, SnapshotFailure> {
+    let sys = |what: String| {
+        SnapshotFailure::Init(PrepareError::Sys {
+            name: spec.name.clone(),
+            what,
+        })
+    };
+    let dir = version_dir.join("snapshot");
+    let (ours, theirs) = channel_pair().map_err(|e| sys(format!("guest channel: {e}")))?;
+    let mut chan = AsyncChannel::new(
+        ours,
+        DecodeLimits {
+            max_body: config.max_body,
+        },
+    )
+    .map_err(|e| sys(format!("guest channel: {e}")))?;
+    let (r, w) = std::io::pipe().map_err(|e| sys(format!("output pipe: {e}")))?;
+    let name = format!("{}-v{}-snapshot", spec.name, spec.version);
+    let sandbox = sandbox_spec(config, spec, name, None, theirs, w)
+        .map_err(|e| SnapshotFailure::Init(e.into()))?;
+    let output = collect_tail(r);
+    let mut inst = runtime
+        .launch(sandbox)
+        .await
+        .map_err(|e| sys(format!("starting the function: {e}")))?;
+    let budget = spec.limits.timeout();
+    let ready = tokio::time::timeout(budget, chan.recv()).await;
+    let what = match ready {
+        Ok(Ok(Some(Frame::Ready { .. }))) => None,
+        Ok(Ok(Some(other))) => Some(format!("sent {:?} instead of Ready", other.kind())),
+        Ok(Ok(None)) => Some(match inst.wait().await {
+            Ok(ExitStatus::Code(c)) => format!("exited with status {c} before Ready"),
+            Ok(ExitStatus::Signal(s)) => format!("was killed by signal {s} before Ready"),
+            Err(e) => format!("could not be waited for ({e})"),
+        }),
+        Ok(Err(e)) => Some(format!("broke the protocol: {e}")),
+        Err(_) => Some(format!(
+            "did not say Ready within the timeout of {} ms",
+            budget.as_millis()
+        )),
+    };
+    if let Some(what) = what {
+        finish(inst.as_mut()).await;
+        let out = tokio::time::timeout(Duration::from_secs(2), output)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        return Err(SnapshotFailure::Init(PrepareError::Init {
+            name: spec.name.clone(),
+            runtime: spec.runtime,
+            what,
+            output: tail_lines(&out),
+        }));
+    }
+    let taken = snapshotter.checkpoint(inst.pid(), &dir).await;
+    finish(inst.as_mut()).await;
+    drop(chan);
+    let info = taken.map_err(|e| SnapshotFailure::Snapshot(format!("checkpoint failed: {e}")))?;
+    tracing::info!(function = %spec.name, version = spec.version, pages = info.pages, bytes = info.bytes, "snapshot taken");
+    if let Err(e) = check_restore(config, runtime, spec, &dir).await {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(SnapshotFailure::Snapshot(format!(
+            "the snapshot does not restore: {e}"
+        )));
+    }
+    Ok(dir)
+}
+
+/// Whether an instance restored from a snapshot of `spec`'s function says
+/// `Ready` (a language runtime continuing from its snapshot point) or is
+/// ready at once (a native guest, checkpointed after its `Ready`).
+pub(crate) fn restored_sends_ready(spec: &FunctionSpec) -> bool {
+    spec.runtime != RuntimeKind::Native
+}
+
+/// Builds the faas-rofs image of a staged version's files
+/// (`version_dir/root.erofs`, from `spec.image`), reproducibly. Blocking.
+pub(crate) fn build_image(spec: &FunctionSpec, version_dir: &Path) -> Result<Step, PrepareError> {
+    let started = std::time::Instant::now();
+    let out = version_dir.join(IMAGE_FILE);
+    let summary = faas_rofs::Builder::new()
+        .dir(spec.image.path())
+        .build(&out)
+        .map_err(|e| PrepareError::Sys {
+            name: spec.name.clone(),
+            what: format!("building the image of {}: {e}", spec.image.path().display()),
+        })?;
+    Ok(Step {
+        step: "image".into(),
+        us: micros(started.elapsed()),
+        detail: format!(
+            "{} files, {} bytes, image {} bytes, digest {}",
+            summary.files,
+            summary.file_bytes,
+            summary.image_len,
+            faas_rofs::hex(&summary.digest)
+        ),
+    })
+}
+
+/// The image file of a version, next to its `root` directory.
+pub const IMAGE_FILE: &str = "root.erofs";
+
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Restores one instance from `dir` and checks it runs: a language
+/// runtime must say `Ready`; a native guest, whose channel is closed at
+/// once, must exit with status 0.
 async fn check_restore(
     config: &NodeConfig,
     runtime: &Arc<dyn SandboxRuntime>,
@@ -394,6 +545,25 @@ async fn check_restore(
         sandbox_spec(config, spec, name, Some(dir), theirs, w).map_err(|e| e.to_string())?;
     let output = collect_tail(r);
     let mut inst = runtime.launch(sandbox).await.map_err(|e| e.to_string())?;
+    if !restored_sends_ready(spec) {
+        drop(chan);
+        let status = match tokio::time::timeout(RESTORE_CHECK, inst.wait()).await {
+            Ok(Ok(ExitStatus::Code(0))) => return Ok(()),
+            Ok(Ok(ExitStatus::Code(c))) => format!("it exited with status {c}"),
+            Ok(Ok(ExitStatus::Signal(s))) => format!("it was killed by signal {s}"),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                finish(inst.as_mut()).await;
+                format!("it did not exit within {} s", RESTORE_CHECK.as_secs())
+            }
+        };
+        let out = tokio::time::timeout(Duration::from_secs(2), output)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        return Err(format!("{status}{}", output_suffix(&tail_lines(&out))));
+    }
     let ready = tokio::time::timeout(RESTORE_CHECK, chan.recv()).await;
     // Closing the channel ends a restored runtime (exit 0).
     drop(chan);

@@ -4,6 +4,7 @@
 //! ```text
 //! STATE/functions/NAME/VERSION-DEPLOYID/spec.json   the spec as deployed
 //! STATE/functions/NAME/VERSION-DEPLOYID/root/       a private copy of the function's directory
+//! STATE/functions/NAME/VERSION-DEPLOYID/root.erofs  the same files as a faas-rofs image (sandbox nodes)
 //! STATE/functions/NAME/VERSION-DEPLOYID/snapshot/   its snapshot, when one was taken
 //! ```
 //!
@@ -27,6 +28,8 @@ use std::sync::Arc;
 
 use faas_core::{FunctionSpec, ImageRef, RuntimeKind, SpecError, StartMode};
 use parking_lot::{Mutex, RwLock};
+
+use crate::prepare::Prepared;
 
 /// Why a deploy failed.
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +198,7 @@ impl Registry {
     /// See [`DeployError`]; nothing is registered on error.
     pub fn deploy(&self, spec: FunctionSpec) -> Result<Arc<FunctionSpec>, DeployError> {
         let staged = self.stage(spec)?;
-        self.commit(staged, StartMode::Cold, None)
+        self.commit(staged, &Prepared::default())
     }
 
     /// Writes a new version of `spec.name` without registering it:
@@ -285,7 +288,8 @@ impl Registry {
         Ok(Staged { spec, dir: fin })
     }
 
-    /// Registers a staged version with its start mode (and snapshot):
+    /// Registers a staged version as `prepared` it (start mode, snapshot,
+    /// the image its sandboxes mount instead of the `root` directory):
     /// rewrites its `spec.json` atomically, then makes it the latest
     /// version. Blocking.
     ///
@@ -296,14 +300,19 @@ impl Registry {
     pub fn commit(
         &self,
         staged: Staged,
-        start: StartMode,
-        snapshot: Option<PathBuf>,
+        prepared: &Prepared,
     ) -> Result<Arc<FunctionSpec>, DeployError> {
         let Staged { mut spec, dir } = staged;
         let _w = self.write.lock();
-        if start != StartMode::Cold || snapshot.is_some() {
-            spec.start = start;
-            spec.snapshot = snapshot;
+        if prepared.start != StartMode::Cold
+            || prepared.snapshot.is_some()
+            || prepared.image.is_some()
+        {
+            spec.start = prepared.start;
+            spec.snapshot.clone_from(&prepared.snapshot);
+            if let Some(image) = &prepared.image {
+                spec.image = ImageRef::Image(image.clone());
+            }
             let path = dir.join("spec.json");
             let tmp = dir.join(".spec.json.tmp");
             let written = serde_json::to_vec_pretty(&spec)
@@ -669,7 +678,12 @@ mod tests {
         r.abandon(b);
         assert!(!b_dir.exists());
         let snap = a.dir().join("snapshot");
-        let v1 = r.commit(a, StartMode::Restore, Some(snap.clone())).unwrap();
+        let prepared = Prepared {
+            start: StartMode::Restore,
+            snapshot: Some(snap.clone()),
+            ..Prepared::default()
+        };
+        let v1 = r.commit(a, &prepared).unwrap();
         assert_eq!(v1.snapshot.as_deref(), Some(snap.as_path()));
         drop(r);
         let r = Registry::open(state.path()).unwrap();

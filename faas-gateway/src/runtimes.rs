@@ -12,8 +12,10 @@
 //!   interpreter /usr/bin/python3 | /usr/bin/node (a world-readable host path)
 //! ```
 //!
-//! Native and exec functions are unchanged: their directory is the root and
-//! the handler the program.
+//! Native and exec functions are unchanged: their directory (or its image)
+//! is the root and the handler the program. A version's faas-rofs image
+//! is mounted where its directory would be bound; without the sandbox the
+//! directory it was built from is used.
 
 use std::path::{Path, PathBuf};
 
@@ -193,9 +195,17 @@ pub(crate) fn command(
         RuntimeKind::Node => "node",
         RuntimeKind::Native | RuntimeKind::Exec => "native",
     };
+    // Without the sandbox (no mounts), an image built at deploy is read
+    // from the `root` directory it was built from.
+    let image = match (layout, &spec.image) {
+        (Layout::Host, ImageRef::Image(p)) if p.ends_with(crate::prepare::IMAGE_FILE) => {
+            ImageRef::Dir(p.with_file_name("root"))
+        }
+        (_, image) => image.clone(),
+    };
     let Some(script) = script_name(spec.runtime) else {
         return Ok(Command {
-            root: spec.image.clone(),
+            root: image,
             program: spec.handler.clone().into(),
             args: Vec::new(),
             binds: Vec::new(),
@@ -204,7 +214,7 @@ pub(crate) fn command(
         });
     };
     let cmd = runtimes.check(spec.runtime)?;
-    let code = spec.image.path().to_path_buf();
+    let code = image.path().to_path_buf();
     let (script, code_arg, binds, cwd) = match layout {
         Layout::Sandbox => (
             Path::new(RUNTIME_DIR).join(script),

@@ -484,30 +484,49 @@ impl Shared {
         Ok(f)
     }
 
-    /// The snapshot in `dir`, opened (once per profile) with the seccomp
-    /// programs of `profile` for its restorer to install.
+    /// The snapshot in `dir`, opened (once per profile, binds and root)
+    /// with the seccomp programs of `profile` for its restorer to install.
+    /// `root` is the host mount of the sandbox's root.
     fn snapshot(
         &self,
         name: &str,
         dir: &Path,
-        profile: &str,
-        binds: &[(PathBuf, PathBuf)],
+        park: &ParkKey,
+        root: &Path,
     ) -> Result<Arc<Snapshot>, LaunchError> {
-        let key = (dir.to_path_buf(), profile.to_owned(), binds.to_vec());
+        let (profile, binds) = (&park.seccomp, &park.binds);
+        let key = (dir.to_path_buf(), profile.clone(), binds.clone());
         if let Some(s) = self.snapshots.lock().get(&key) {
             return Ok(s.clone());
         }
         let filters = self.filters(name, profile)?;
+        // Files the guest mapped through a bind (a Python extension in
+        // /var/task) are opened on the host where the bind comes from (an
+        // image's mount), the others below the root's host mount (unless
+        // the root is the host's own /).
+        let mut images = Vec::new();
+        let mut path_map = Vec::new();
+        for (host, inside) in binds {
+            if host.is_file() {
+                let mount = self.root_dir(name, &ImageRef::Image(host.clone()))?;
+                images.push(mount.clone());
+                path_map.push((inside.clone(), mount));
+            } else {
+                path_map.push((inside.clone(), host.clone()));
+            }
+        }
+        if park.root != Path::new("/") {
+            if park.root.is_file() {
+                images.push(root.to_path_buf());
+            }
+            path_map.push((PathBuf::from("/"), root.to_path_buf()));
+        }
         let options = RestoreOptions {
             seccomp: filters.programs().iter().map(|p| bpf_bytes(p)).collect(),
             // The sandbox child set it before parking.
             no_new_privs: false,
-            // Files the guest mapped through a bind (a Python extension in
-            // /var/task) are opened on the host where the bind comes from.
-            path_map: binds
-                .iter()
-                .map(|(host, inside)| (inside.clone(), host.clone()))
-                .collect(),
+            path_map,
+            images,
         };
         // Opened without the lock: it reads and checks the whole snapshot.
         // Two launches racing here open it twice; the first one is kept.
@@ -680,17 +699,26 @@ fn bind_plan(
                 other.display()
             )));
         }
-        if !host.is_dir() {
+        // A directory is bound; a regular file is an EROFS image, mounted
+        // (once per node) and bound like a directory.
+        let source = if host.is_dir() {
+            ImageRef::Dir(host.clone())
+        } else if host.is_file() {
+            ImageRef::Image(host.clone())
+        } else {
             return Err(LaunchError::Program {
                 name: name.to_owned(),
                 program: host.clone(),
                 source: io::Error::new(
                     io::ErrorKind::NotFound,
-                    format!("bind source for {} is not a directory", inside.display()),
+                    format!(
+                        "bind source for {} is neither a directory nor an image file",
+                        inside.display()
+                    ),
                 ),
             });
-        }
-        let source = sh.root_dir(name, &ImageRef::Dir(host.clone()))?;
+        };
+        let source = sh.root_dir(name, &source)?;
         let top_c = c("bind", &under_base(&top))?;
         if !plan.tops.contains(&top_c) {
             plan.tops.push(top_c);
@@ -1174,7 +1202,7 @@ fn restore_blocking(
     fds: [BorrowedFd<'_>; 4],
     payload: &[u8],
 ) -> Result<SandboxInstance, LaunchError> {
-    let snap = sh.snapshot(name, dir, &key.seccomp, &key.binds)?;
+    let snap = sh.snapshot(name, dir, key, &p.root)?;
     let exe = faas_snapshot::restorer_executable().map_err(|e| LaunchError::Sys {
         name: name.to_owned(),
         op: "staging the snapshot restorer",

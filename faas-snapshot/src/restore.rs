@@ -159,20 +159,35 @@ pub struct RestoreOptions {
     /// Where the mapped files are on this host when the checkpointed
     /// process saw them elsewhere: `(as the process saw it, on the host)`
     /// path prefixes, e.g. a sandbox's read-only bind `/var/task` of a
-    /// host directory. The first matching prefix applies; the files'
+    /// host directory. The first matching prefix under which the file
+    /// exists applies, else the path as the process saw it; the files'
     /// device and inode must still match (a bind keeps both).
     pub path_map: Vec<(PathBuf, PathBuf)>,
+    /// Host directories where immutable read-only images (EROFS) are
+    /// mounted, e.g. a function's faas-rofs image: a mapped file below one
+    /// of them is the same file when its inode, size and mtime match, on
+    /// whatever device (mounting the image again gives it a new one).
+    pub images: Vec<PathBuf>,
 }
 
-/// The host path of a file the process mapped as `seen`.
+/// The host path of a file the process mapped as `seen`: below the first
+/// matching prefix of `map` where it exists, else `seen` itself where it
+/// exists (a process checkpointed outside any sandbox), else the first
+/// match (for the error). Whichever it is, its identity is checked.
 fn host_path(seen: &str, map: &[(PathBuf, PathBuf)]) -> PathBuf {
     let seen = Path::new(seen);
-    for (guest, host) in map {
-        if let Ok(rest) = seen.strip_prefix(guest) {
-            return host.join(rest);
-        }
-    }
-    seen.to_path_buf()
+    let mut candidates = map
+        .iter()
+        .filter_map(|(guest, host)| Some(host.join(seen.strip_prefix(guest).ok()?)));
+    let first = candidates.next();
+    first
+        .iter()
+        .cloned()
+        .chain(candidates)
+        .chain(std::iter::once(seen.to_path_buf()))
+        .find(|p| p.exists())
+        .or(first)
+        .unwrap_or_else(|| seen.to_path_buf())
 }
 
 /// The descriptors a restored process starts with.
@@ -251,7 +266,7 @@ impl Snapshot {
         let meta_path = dir.join(META_FILE);
         let bytes = fs::read(&meta_path)
             .map_err(|e| invalid(dir, format!("cannot read {}: {e}", meta_path.display())))?;
-        let meta = Meta::decode(&bytes).map_err(|e| invalid(dir, e))?;
+        let mut meta = Meta::decode(&bytes).map_err(|e| invalid(dir, e))?;
         check_host(dir, &meta, host)?;
 
         let mut fds = Vec::with_capacity(1 + meta.files.len());
@@ -272,7 +287,8 @@ impl Snapshot {
             ));
         }
         fds.push(pages);
-        for (i, f) in meta.files.iter().enumerate() {
+        for i in 0..meta.files.len() {
+            let f = &meta.files[i];
             let writable = meta.areas.iter().any(|a| {
                 a.shared()
                     && a.prot() & libc::PROT_WRITE as u32 != 0
@@ -284,7 +300,13 @@ impl Snapshot {
                 .write(writable)
                 .open(&path)
                 .map_err(|e| invalid(dir, format!("mapped file {}: {e}", path.display())))?;
-            check_file(dir, f, &file)?;
+            if options.images.iter().any(|m| path.starts_with(m))
+                && let Ok(m) = file.metadata()
+            {
+                // Same image, mounted again: its files keep their inodes.
+                meta.files[i].dev = m.dev();
+            }
+            check_file(dir, &meta.files[i], &file)?;
             fds.push(file);
         }
         if fds.len() > plan::MAX_FDS {
@@ -1020,6 +1042,16 @@ mod tests {
             Path::new("/usr/lib/libc.so.6")
         );
         assert_eq!(host_path("/var/task", &map), Path::new("/srv/fn/3/root"));
+        // The first prefix where the file exists wins; then the path as seen.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        let map = vec![
+            (PathBuf::from("/"), PathBuf::from("/nonexistent-root")),
+            (PathBuf::from("/x"), dir.path().to_path_buf()),
+        ];
+        assert_eq!(host_path("/x/f", &map), dir.path().join("f"));
+        let seen = dir.path().join("f");
+        assert_eq!(host_path(seen.to_str().unwrap(), &map[..1]), seen);
     }
 
     #[test]

@@ -369,23 +369,43 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     spec.env = a.env.into_iter().collect();
     spec.validate()?;
     let body = serde_json::to_vec(&spec)?;
+    let started = std::time::Instant::now();
     let r = Client::new(&a.server.server)
         .expect_ok(Method::POST, "/functions", body)
         .await?;
+    let took = started.elapsed();
     let spec: FunctionSpec =
         serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
-    let warnings: Vec<String> = serde_json::from_slice::<serde_json::Value>(&r.body)
-        .ok()
-        .and_then(|v| serde_json::from_value(v.get("warnings")?.clone()).ok())
+    let extra = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap_or_default();
+    let warnings: Vec<String> = extra
+        .get("warnings")
+        .and_then(|w| serde_json::from_value(w.clone()).ok())
+        .unwrap_or_default();
+    let steps: Vec<faas_gateway::Step> = extra
+        .get("steps")
+        .and_then(|w| serde_json::from_value(w.clone()).ok())
         .unwrap_or_default();
     for w in warnings {
         eprintln!("faas: warning: {w}");
     }
+    for s in &steps {
+        let detail = if s.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", s.detail)
+        };
+        println!(
+            "  {:<10} {:>9}{detail}",
+            s.step,
+            fmt_ms(Duration::from_micros(s.us))
+        );
+    }
     println!(
-        "deployed {} version {} (start: {})",
+        "deployed {} version {} (start: {}) in {}",
         spec.name,
         spec.version,
-        spec.start.as_str()
+        spec.start.as_str(),
+        fmt_ms(took)
     );
     Ok(())
 }

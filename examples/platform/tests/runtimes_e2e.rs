@@ -112,7 +112,8 @@ fn function_dir(s: &Server, name: &str, file: &str, text: &str) -> PathBuf {
     dir
 }
 
-/// Deploys with the CLI; returns its stdout and stderr.
+/// Deploys with the CLI; returns its summary line without the time it
+/// took ("deployed NAME version N (start: MODE)") and its stderr.
 fn deploy(
     s: &Server,
     name: &str,
@@ -138,7 +139,9 @@ fn deploy(
         String::from_utf8_lossy(&o.stderr).into_owned(),
     );
     assert!(o.status.success(), "deploy {name}: {err}");
-    (out, err)
+    let last = out.lines().last().unwrap_or_default();
+    let summary = last.rsplit_once(" in ").map_or(last, |(s, _)| s);
+    (summary.to_owned(), err)
 }
 
 fn deploy_fails(s: &Server, name: &str, dir: &Path, runtime: &str, handler: &str) -> String {

@@ -187,7 +187,7 @@ def main():
         native(hello)
 
 
-# Version 1's native derivation (unchanged): examples/functions/hello traced,
+# Version 1's native derivation: examples/functions/hello traced,
 # plus the std/libc paths one echo run does not reach.
 NATIVE_EXTRA = {
     "clock_gettime", "clock_nanosleep", "nanosleep", "clone", "exit", "futex", "madvise", "mremap",
@@ -206,6 +206,11 @@ def native(hello):
         "comment": "A static Rust guest linked against faas-guest (examples/functions/hello traced under "
         "strace -f, plus the std/libc paths one echo run does not reach). See profiles/README.md.",
         "allow": sorted(allow),
+        # Native guests are checkpointed at deploy too.
+        "allow_with_args": [
+            prctl("PR_GET_TID_ADDRESS", PR_GET_TID_ADDRESS, "injected by faas-snapshot's checkpoint "
+                  "into the guest blocked after its Ready at deploy (dump.rs remote_state)"),
+        ],
     }
     with open(os.path.join(PROFILES, "native.json"), "w") as f:
         f.write(json.dumps(doc, indent=2) + "\n")
