@@ -50,12 +50,60 @@ pub enum InvokeError {
     /// The node gateway is shutting down.
     #[error("node gateway is shutting down")]
     ShuttingDown,
+    /// `error`, with what the instance wrote before it (see
+    /// [`InvokeError::with_logs`]).
+    #[error("{error}")]
+    WithLogs {
+        /// The failure.
+        error: Box<InvokeError>,
+        /// The instance's output for this request (`Log` frames, stdout,
+        /// stderr).
+        logs: String,
+    },
 }
 
 impl InvokeError {
+    /// This error with the instance's output attached (unchanged when
+    /// `logs` is empty; replaces logs attached before).
+    #[must_use]
+    pub fn with_logs(self, logs: String) -> Self {
+        if logs.is_empty() {
+            return self;
+        }
+        InvokeError::WithLogs {
+            error: Box::new(self.into_parts().0),
+            logs,
+        }
+    }
+
+    /// The failure without its logs (for matching on the kind of failure).
+    pub fn kind(&self) -> &InvokeError {
+        match self {
+            InvokeError::WithLogs { error, .. } => error.kind(),
+            e => e,
+        }
+    }
+
+    /// The logs attached with [`InvokeError::with_logs`] (empty if none).
+    pub fn logs(&self) -> &str {
+        match self {
+            InvokeError::WithLogs { logs, .. } => logs,
+            _ => "",
+        }
+    }
+
+    /// The failure and its logs, separated.
+    pub fn into_parts(self) -> (InvokeError, String) {
+        match self {
+            InvokeError::WithLogs { error, logs } => (error.into_parts().0, logs),
+            e => (e, String::new()),
+        }
+    }
+
     /// The HTTP status a gateway answers with.
     pub fn http_status(&self) -> u16 {
         match self {
+            InvokeError::WithLogs { error, .. } => error.http_status(),
             InvokeError::Exited { .. } | InvokeError::Protocol(_) => 502,
             InvokeError::TimedOut { .. } => 504,
             InvokeError::Function { status, .. } => *status,
@@ -67,6 +115,7 @@ impl InvokeError {
     /// A stable machine-readable code for the JSON error body.
     pub fn code(&self) -> &'static str {
         match self {
+            InvokeError::WithLogs { error, .. } => error.code(),
             InvokeError::Exited { .. } => "instance_exited",
             InvokeError::TimedOut { .. } => "timeout",
             InvokeError::Protocol(_) => "protocol_violation",
@@ -103,7 +152,7 @@ impl InvokeError {
 ///         Box::pin(async move {
 ///             Ok(InvocationResult {
 ///                 status: 200, headers: vec![], body: inv.body,
-///                 timings: Timings::default(), cold: false,
+///                 timings: Timings::default(), cold: false, logs: String::new(),
 ///             })
 ///         })
 ///     }
@@ -164,5 +213,28 @@ mod tests {
             .http_status(),
             500
         );
+    }
+
+    #[test]
+    fn logs_ride_along_without_changing_the_error() {
+        let e = InvokeError::TimedOut {
+            timeout: Duration::from_secs(1),
+        };
+        let text = e.to_string();
+        assert_eq!(e.logs(), "");
+        let e = e.with_logs("a\n".into()).with_logs("b\n".into());
+        assert_eq!(
+            (e.logs(), e.http_status(), e.code()),
+            ("b\n", 504, "timeout")
+        );
+        assert_eq!(e.to_string(), text);
+        assert!(matches!(e.kind(), InvokeError::TimedOut { .. }));
+        let (e, logs) = e.into_parts();
+        assert!(matches!(e, InvokeError::TimedOut { .. }));
+        assert_eq!(logs, "b\n");
+        assert!(matches!(
+            InvokeError::ShuttingDown.with_logs(String::new()),
+            InvokeError::ShuttingDown
+        ));
     }
 }

@@ -425,6 +425,10 @@ pub struct InvocationResult {
     pub timings: Timings,
     /// Whether a new instance was started for this request.
     pub cold: bool,
+    /// What the instance wrote while it served this request (its `Log`
+    /// frames, stdout and stderr), bounded by the node gateway.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub logs: String,
 }
 
 /// Identity of a node of the cluster.

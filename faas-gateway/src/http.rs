@@ -4,16 +4,30 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /healthz` | `ok` |
-//! | `POST /functions` | deploy a [`FunctionSpec`] (JSON) as a new version, prepared by the [`Preparer`] (a snapshot) → `201` + the spec (its `start` mode) and any `warnings` |
+//! | `GET /openapi.json` | the OpenAPI 3 document of these routes |
+//! | `GET /metrics` | Prometheus metrics |
 //! | `GET /functions` | every function's latest version |
+//! | `POST /functions` | deploy a [`FunctionSpec`] (JSON) as a new version, prepared by the [`Preparer`] (a snapshot) → `201` + the spec (its `version`, `start` mode) and any `warnings` |
+//! | `PUT /functions/{name}` | the same, the name from the path (a different `name` in the body is `400`) |
 //! | `GET /functions/{name}` | its latest version |
-//! | `DELETE /functions/{name}` | delete every version → `204` |
-//! | `POST /invoke/{name}` | run it: the function's status, headers and body, plus `x-faas-start` (`cold`, `restore`, or `warm` for a reused instance) and `server-timing` |
+//! | `DELETE /functions/{name}` | delete every version and alias → `204` |
+//! | `GET /functions/{name}/versions` | every version, oldest first |
+//! | `GET /functions/{name}/aliases` | `{"ALIAS": VERSION, ...}` |
+//! | `POST /functions/{name}/aliases/{alias}` | `{"version": N}`: point the alias at version N |
+//! | `POST /invoke/{name}[@version\|@alias]` | run it: the function's status, headers and body, plus `x-faas-invocation-id`, `x-faas-function-version`, `x-faas-start` (`cold`, `restore`, or `warm` for a reused instance) and `server-timing` |
+//! | `POST /invoke-async/{name}[@version\|@alias]` | run it in the background → `202` `{"id"}` + `Location` |
+//! | `GET /invocations/{id}` | an invocation's state and (asynchronous) result |
+//! | `GET /invocations/{id}/logs` | its logs (`text/plain`) |
+//!
+//! [`ROUTES`] is the one table of routes: the router matches requests
+//! against it and a test checks it against the OpenAPI document
+//! ([`OPENAPI`]).
 //!
 //! Errors are JSON `{"error": CODE, "message": TEXT}` with exactly one
-//! response per request: unknown function `404`, body over the limit `413`,
-//! concurrency limit `429` + `Retry-After`, instance exited or broke the
-//! protocol `502`, deadline `504`.
+//! response per request: unknown function, version, alias or invocation
+//! `404`, body over the limit `413`, concurrency limit `429` +
+//! `Retry-After`, instance exited or broke the protocol `502`, deadline
+//! `504`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,20 +38,28 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use faas_core::{
-    FunctionSpec, Invocation, InvocationId, InvokeError, NodeGateway, NodeId, Outcome, Placement,
-    ScheduleError, Scheduler, StartMode, UnixMillis,
+    FunctionSpec, Invocation, InvocationId, InvocationResult, InvokeError, NodeGateway, NodeId,
+    Outcome, Placement, ScheduleError, Scheduler, StartMode, UnixMillis,
 };
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{
+    ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
+};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use parking_lot::RwLock;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
+use crate::invocations::{ErrorInfo, Finished, InvocationLimits, Invocations, State};
 use crate::prepare::{PrepareError, Prepared, Preparer, Step};
-use crate::registry::{DeployError, Registry, fill_random};
+use crate::registry::{AliasError, DeployError, Registry, ResolveError, Target, fill_random};
 
 /// The response body type of the gateway.
 pub type ResponseBody = Full<Bytes>;
+
+/// The OpenAPI 3 document of the gateway's REST API (served at
+/// `/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Configuration of a [`FunctionGateway`].
 #[derive(Debug, Clone)]
@@ -55,11 +77,339 @@ impl Default for GatewayConfig {
     }
 }
 
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Healthz,
+    OpenApi,
+    Metrics,
+    ListFunctions,
+    Deploy,
+    PutFunction,
+    GetFunction,
+    DeleteFunction,
+    ListVersions,
+    ListAliases,
+    SetAlias,
+    Invoke,
+    InvokeAsync,
+    GetInvocation,
+    GetInvocationLogs,
+}
+
+/// One route of the REST API: a method and a path pattern whose `{...}`
+/// segments match any one segment.
+#[derive(Debug)]
+pub struct Route {
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The path pattern, as in the OpenAPI document (`/invoke/{function}`).
+    pub path: &'static str,
+    op: Op,
+}
+
+const fn route(method: &'static str, path: &'static str, op: Op) -> Route {
+    Route { method, path, op }
+}
+
+/// Every route of the gateway: what the router serves and what
+/// [`OPENAPI`] documents.
+pub static ROUTES: [Route; 15] = [
+    route("GET", "/healthz", Op::Healthz),
+    route("GET", "/openapi.json", Op::OpenApi),
+    route("GET", "/metrics", Op::Metrics),
+    route("GET", "/functions", Op::ListFunctions),
+    route("POST", "/functions", Op::Deploy),
+    route("GET", "/functions/{name}", Op::GetFunction),
+    route("PUT", "/functions/{name}", Op::PutFunction),
+    route("DELETE", "/functions/{name}", Op::DeleteFunction),
+    route("GET", "/functions/{name}/versions", Op::ListVersions),
+    route("GET", "/functions/{name}/aliases", Op::ListAliases),
+    route("POST", "/functions/{name}/aliases/{alias}", Op::SetAlias),
+    route("POST", "/invoke/{function}", Op::Invoke),
+    route("POST", "/invoke-async/{function}", Op::InvokeAsync),
+    route("GET", "/invocations/{id}", Op::GetInvocation),
+    route("GET", "/invocations/{id}/logs", Op::GetInvocationLogs),
+];
+
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Routed {
+    /// A route, with the path's `{...}` segments (percent-decoded).
+    To(Op, Vec<String>),
+    /// The path exists with other methods.
+    WrongMethod(Vec<&'static str>),
+    /// No route has this path.
+    Nowhere,
+}
+
+/// Matches `method path` against [`ROUTES`].
+fn route_of(method: &str, path: &str) -> Routed {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut allowed = Vec::new();
+    for r in &ROUTES {
+        let pat: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+        if pat.len() != segs.len() {
+            continue;
+        }
+        let mut params = Vec::new();
+        let matched = pat.iter().zip(&segs).all(|(p, s)| {
+            if p.starts_with('{') {
+                params.push(percent_decode(s));
+                !s.is_empty()
+            } else {
+                p == s
+            }
+        });
+        if !matched {
+            continue;
+        }
+        if r.method == method {
+            return Routed::To(r.op, params);
+        }
+        allowed.push(r.method);
+    }
+    if allowed.is_empty() {
+        Routed::Nowhere
+    } else {
+        Routed::WrongMethod(allowed)
+    }
+}
+
+/// Decodes `%XX` escapes of a path segment (invalid escapes and non-UTF-8
+/// results are kept as they are).
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+}
+
+/// Finds the node gateway of a placement and runs invocations on it; what
+/// a background (asynchronous) invocation takes along.
+#[derive(Clone)]
+struct Dispatcher {
+    scheduler: Arc<dyn Scheduler>,
+    nodes: Arc<RwLock<HashMap<NodeId, Arc<dyn NodeGateway>>>>,
+}
+
+/// Why an invocation produced no function result.
+#[derive(Debug)]
+enum Failure {
+    Schedule(ScheduleError),
+    NoNode(NodeId),
+    Invoke(InvokeError),
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::Schedule(e) => match e {
+                ScheduleError::OverLimit { .. } | ScheduleError::NoCapacity { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                ScheduleError::NoNodes => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Failure::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Invoke(e) => {
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Failure::Schedule(ScheduleError::OverLimit { .. }) => "over_limit",
+            Failure::Schedule(ScheduleError::NoCapacity { .. }) => "no_capacity",
+            Failure::Schedule(ScheduleError::NoNodes) => "no_nodes",
+            Failure::NoNode(_) => "node_unavailable",
+            Failure::Invoke(e) => e.code(),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Failure::Schedule(e) => e.to_string(),
+            Failure::NoNode(n) => format!("node {n} has no gateway"),
+            Failure::Invoke(e) => e.to_string(),
+        }
+    }
+
+    /// The response of a synchronous invocation.
+    fn response(&self) -> Response<ResponseBody> {
+        let retry = match self {
+            Failure::Schedule(e) => e.retry_after().map(|d| d.as_secs().max(1)),
+            _ => None,
+        };
+        let mut r = json(
+            self.status(),
+            &ErrorBody {
+                error: self.code(),
+                message: self.message(),
+                retry_after_s: retry,
+            },
+        );
+        if let Some(s) = retry {
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+
+    /// How the invocation store records it.
+    fn finished(self) -> Finished {
+        let (status, error) = (
+            self.status().as_u16(),
+            ErrorInfo {
+                error: self.code().to_owned(),
+                message: self.message(),
+            },
+        );
+        let logs = match self {
+            Failure::Invoke(e) => e.into_parts().1,
+            _ => String::new(),
+        };
+        Finished::Failed {
+            status,
+            error,
+            logs,
+        }
+    }
+}
+
+/// Marks a synchronous invocation cancelled when its request is dropped
+/// before it finished (client gone).
+struct Recording<'a> {
+    store: &'a Invocations,
+    id: InvocationId,
+    done: bool,
+}
+
+impl Recording<'_> {
+    fn finish(mut self, how: Finished) {
+        self.done = true;
+        self.store.finish(self.id, how);
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.store.finish(
+                self.id,
+                Finished::Failed {
+                    status: 499,
+                    error: ErrorInfo {
+                        error: "cancelled".into(),
+                        message: "the client went away before the function answered".into(),
+                    },
+                    logs: String::new(),
+                },
+            );
+        }
+    }
+}
+
+/// How long an asynchronous invocation retries while the function is at
+/// its concurrency limit (or the cluster full).
+const ASYNC_RETRY_WINDOW: Duration = Duration::from_secs(60);
+
+impl Dispatcher {
+    /// Schedules `spec` and finds the placement's node gateway.
+    fn place(&self, spec: &FunctionSpec) -> Result<(Arc<dyn NodeGateway>, Placement), Failure> {
+        let placement = self.scheduler.schedule(spec).map_err(Failure::Schedule)?;
+        let node = self.nodes.read().get(&placement.node).cloned();
+        match node {
+            Some(n) => Ok((n, placement)),
+            None => {
+                self.scheduler.release(&placement, Outcome::Failed);
+                Err(Failure::NoNode(placement.node))
+            }
+        }
+    }
+
+    /// Runs `inv` on the node of `placement` and releases the placement.
+    async fn run_on(
+        &self,
+        node: Arc<dyn NodeGateway>,
+        placement: Placement,
+        spec: Arc<FunctionSpec>,
+        inv: Invocation,
+    ) -> Result<InvocationResult, Failure> {
+        let mut release = Release {
+            scheduler: &*self.scheduler,
+            placement,
+            outcome: Outcome::Cancelled,
+        };
+        let result = node.invoke(spec, &release.placement, inv).await;
+        release.outcome = match result.as_ref().map_err(InvokeError::kind) {
+            Ok(_) | Err(InvokeError::Function { .. }) => Outcome::Ok,
+            Err(InvokeError::TimedOut { .. }) => Outcome::TimedOut,
+            Err(_) => Outcome::Failed,
+        };
+        result.map_err(Failure::Invoke)
+    }
+
+    /// Runs one invocation.
+    async fn run(
+        &self,
+        spec: Arc<FunctionSpec>,
+        inv: Invocation,
+    ) -> Result<InvocationResult, Failure> {
+        let (node, placement) = self.place(&spec)?;
+        self.run_on(node, placement, spec, inv).await
+    }
+
+    /// Runs an asynchronous invocation: while the function is at its limit
+    /// (`429`), it waits and retries for up to [`ASYNC_RETRY_WINDOW`];
+    /// each attempt gets the function's full timeout.
+    async fn run_async(
+        &self,
+        spec: Arc<FunctionSpec>,
+        mut inv: Invocation,
+    ) -> Result<InvocationResult, Failure> {
+        let give_up = tokio::time::Instant::now() + ASYNC_RETRY_WINDOW;
+        loop {
+            match self.place(&spec) {
+                Ok((node, placement)) => {
+                    inv.deadline = UnixMillis::now().after(spec.limits.timeout());
+                    return self.run_on(node, placement, spec, inv).await;
+                }
+                Err(Failure::Schedule(e))
+                    if e.retry_after().is_some() && tokio::time::Instant::now() < give_up =>
+                {
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or_default()
+                        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// The HTTP function gateway.
 pub struct FunctionGateway {
     registry: Arc<Registry>,
-    scheduler: Arc<dyn Scheduler>,
-    nodes: RwLock<HashMap<NodeId, Arc<dyn NodeGateway>>>,
+    dispatcher: Dispatcher,
+    invocations: Arc<Invocations>,
     preparer: Option<Arc<dyn Preparer>>,
     config: GatewayConfig,
     next_id: AtomicU64,
@@ -86,12 +436,37 @@ struct ErrorBody<'a> {
     retry_after_s: Option<u64>,
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+/// The body of `POST /functions/{name}/aliases/{alias}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasBody {
+    version: u32,
+}
+
+/// The answer to an alias update.
+#[derive(Serialize)]
+struct AliasSet<'a> {
+    function: &'a str,
+    alias: &'a str,
+    version: u32,
+}
+
+fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ResponseBody> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -131,8 +506,11 @@ impl FunctionGateway {
         fill_random(&mut seed);
         FunctionGateway {
             registry,
-            scheduler,
-            nodes: RwLock::new(HashMap::new()),
+            dispatcher: Dispatcher {
+                scheduler,
+                nodes: Arc::new(RwLock::new(HashMap::new())),
+            },
+            invocations: Arc::new(Invocations::new(InvocationLimits::default())),
             preparer: None,
             config,
             // Random start, so ids of successive runs do not collide; the top
@@ -151,10 +529,21 @@ impl FunctionGateway {
         self
     }
 
+    /// Bounds of the store of recent invocations (default: 10,000
+    /// invocations, 256 MiB, one hour, 1,000 pending asynchronous ones).
+    #[must_use]
+    pub fn with_invocation_limits(mut self, limits: InvocationLimits) -> Self {
+        self.invocations = Arc::new(Invocations::new(limits));
+        self
+    }
+
     /// Registers the node gateway of a node (the scheduler must know the node
     /// too).
     pub fn add_node(&self, gateway: Arc<dyn NodeGateway>) {
-        self.nodes.write().insert(gateway.node().clone(), gateway);
+        self.dispatcher
+            .nodes
+            .write()
+            .insert(gateway.node().clone(), gateway);
     }
 
     /// The function registry.
@@ -162,46 +551,118 @@ impl FunctionGateway {
         &self.registry
     }
 
-    /// Handles one HTTP request.
+    /// The recent invocations.
+    pub fn invocations(&self) -> &Arc<Invocations> {
+        &self.invocations
+    }
+
+    /// Handles one HTTP request, in a `request` span that carries its
+    /// trace id (and, for invocations, an `invoke` span with the function,
+    /// version and invocation id).
     pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let path = req.uri().path().to_owned();
-        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = req.method().clone();
-        let resp = match (&method, segs.as_slice()) {
-            (&Method::GET, ["healthz"]) => {
-                let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        let trace = trace_id(req.headers());
+        let span = tracing::info_span!("request", %method, %path, trace = %trace);
+        async move {
+            let resp = match route_of(method.as_str(), &path) {
+                Routed::To(op, params) => self.dispatch(op, &params, req, trace).await,
+                Routed::WrongMethod(allowed) => {
+                    let mut r = error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        format!("{method} is not allowed on {path}"),
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                        r.headers_mut().insert(ALLOW, v);
+                    }
+                    r
+                }
+                Routed::Nowhere => error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no route for {method} {path}"),
+                ),
+            };
+            tracing::debug!(status = resp.status().as_u16(), "request");
+            resp
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispatch<B>(
+        &self,
+        op: Op,
+        params: &[String],
+        req: Request<B>,
+        trace: String,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let p = |i: usize| params.get(i).map_or("", String::as_str);
+        match op {
+            Op::Healthz => text(StatusCode::OK, Bytes::from_static(b"ok\n")),
+            Op::OpenApi => {
+                let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
                 r.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 r
             }
-            (&Method::GET, ["functions"]) => json(StatusCode::OK, &self.registry.list()),
-            (&Method::POST, ["functions"]) => self.deploy(req).await,
-            (&Method::GET, ["functions", name]) => match self.registry.get(name) {
+            Op::Metrics => error(
+                StatusCode::NOT_IMPLEMENTED,
+                "metrics_unavailable",
+                "this gateway has no metrics registry",
+            ),
+            Op::ListFunctions => json(StatusCode::OK, &self.registry.list()),
+            Op::Deploy => self.deploy(req, None).await,
+            Op::PutFunction => self.deploy(req, Some(p(0))).await,
+            Op::GetFunction => match self.registry.get(p(0)) {
                 Some(s) => json(StatusCode::OK, &*s),
-                None => not_deployed(name),
+                None => not_deployed(p(0)),
             },
-            (&Method::DELETE, ["functions", name]) => self.delete(name).await,
-            (&Method::POST, ["invoke", name]) => {
-                let name = (*name).to_owned();
-                self.invoke(&name, req).await
-            }
-            (_, ["healthz"] | ["functions"] | ["functions", _] | ["invoke", _]) => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed on {path}"),
-            ),
-            _ => error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route for {method} {path}"),
-            ),
-        };
-        tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
-        resp
+            Op::DeleteFunction => self.delete(p(0)).await,
+            Op::ListVersions => match self.registry.versions(p(0)) {
+                Some(v) => json(StatusCode::OK, &v),
+                None => not_deployed(p(0)),
+            },
+            Op::ListAliases => match self.registry.aliases(p(0)) {
+                Some(a) => json(StatusCode::OK, &a),
+                None => not_deployed(p(0)),
+            },
+            Op::SetAlias => self.set_alias(p(0), p(1), req).await,
+            Op::Invoke => self.invoke(p(0), req, trace).await,
+            Op::InvokeAsync => self.invoke_async(p(0), req, trace).await,
+            Op::GetInvocation => match parse_id(p(0)) {
+                Ok(id) => match self.invocations.get(id) {
+                    Some(r) => json(StatusCode::OK, &r),
+                    None => no_invocation(p(0)),
+                },
+                Err(r) => r,
+            },
+            Op::GetInvocationLogs => match parse_id(p(0)) {
+                Ok(id) => match self.invocations.logs(id) {
+                    Some((state, logs)) => {
+                        let mut r = text(StatusCode::OK, logs);
+                        let state = match state {
+                            State::Pending => "pending",
+                            State::Done => "done",
+                            State::Failed => "failed",
+                        };
+                        insert(r.headers_mut(), "x-faas-invocation-state", state);
+                        r
+                    }
+                    None => no_invocation(p(0)),
+                },
+                Err(r) => r,
+            },
+        }
     }
 
     async fn read_body<B>(
@@ -240,7 +701,8 @@ impl FunctionGateway {
         }
     }
 
-    async fn deploy<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    /// `POST /functions`, or `PUT /functions/{name}` with `name`.
+    async fn deploy<B>(&self, req: Request<B>, name: Option<&str>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -249,15 +711,9 @@ impl FunctionGateway {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let spec: FunctionSpec = match serde_json::from_slice(&body) {
+        let spec = match parse_spec(&body, name) {
             Ok(s) => s,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_spec",
-                    format!("function spec is not valid JSON for a spec: {e}"),
-                );
-            }
+            Err(r) => return r,
         };
         if let Some(p) = &self.preparer
             && let Err(e) = p.check(&spec)
@@ -326,20 +782,71 @@ impl FunctionGateway {
         }
     }
 
-    async fn invoke<B>(&self, name: &str, req: Request<B>) -> Response<ResponseBody>
+    async fn set_alias<B>(&self, name: &str, alias: &str, req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let Some(spec) = self.registry.get(name) else {
-            return not_deployed(name);
-        };
-        let (parts, body) = match self.read_body(req).await {
+        let (_, body) = match self.read_body(req).await {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let id = InvocationId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let trace_id = trace_id(&parts.headers);
+        let version = match serde_json::from_slice::<AliasBody>(&body) {
+            Ok(b) => b.version,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_alias",
+                    format!("alias body: give {{\"version\": N}}: {e}"),
+                );
+            }
+        };
+        let registry = self.registry.clone();
+        let (n, a) = (name.to_owned(), alias.to_owned());
+        match tokio::task::spawn_blocking(move || registry.set_alias(&n, &a, version)).await {
+            Ok(Ok(())) => {
+                tracing::info!(function = %name, alias, version, "alias set");
+                json(
+                    StatusCode::OK,
+                    &AliasSet {
+                        function: name,
+                        alias,
+                        version,
+                    },
+                )
+            }
+            Ok(Err(e)) => {
+                let (status, code) = match &e {
+                    AliasError::Name(_) => (StatusCode::BAD_REQUEST, "bad_alias"),
+                    AliasError::NoFunction(_) => (StatusCode::NOT_FOUND, "function_not_found"),
+                    AliasError::NoVersion { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
+                    AliasError::State { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "state_error"),
+                };
+                error(status, code, e.to_string())
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        }
+    }
+
+    /// Resolves `target` (`NAME[@VERSION|@ALIAS]`), reads the body and
+    /// builds the invocation.
+    async fn invocation<B>(
+        &self,
+        target: &str,
+        req: Request<B>,
+        trace_id: String,
+    ) -> Result<(Arc<FunctionSpec>, Invocation), Response<ResponseBody>>
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (name, target) =
+            Target::parse(target).map_err(|m| error(StatusCode::BAD_REQUEST, "bad_target", m))?;
+        let spec = self
+            .registry
+            .resolve(name, &target)
+            .map_err(|e| resolve_error(&e))?;
+        let (parts, body) = self.read_body(req).await?;
         let headers = parts
             .headers
             .iter()
@@ -347,43 +854,55 @@ impl FunctionGateway {
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
         let inv = Invocation {
-            id,
+            id: InvocationId(self.next_id.fetch_add(1, Ordering::Relaxed)),
             function: spec.name.clone(),
             version: spec.version,
             headers,
             body: body.to_vec(),
             deadline: UnixMillis::now().after(spec.limits.timeout()),
-            trace_id: trace_id.clone(),
+            trace_id,
         };
-        let span = tracing::info_span!("invoke", function = %spec.name, invocation = %id, trace = %trace_id);
-        let _e = span.enter();
-        let placement = match self.scheduler.schedule(&spec) {
-            Ok(p) => p,
-            Err(e) => return schedule_error(&e),
+        Ok((spec, inv))
+    }
+
+    async fn invoke<B>(
+        &self,
+        target: &str,
+        req: Request<B>,
+        trace: String,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (spec, inv) = match self.invocation(target, req, trace).await {
+            Ok(x) => x,
+            Err(r) => return r,
         };
-        let node = self.nodes.read().get(&placement.node).cloned();
-        let Some(node) = node else {
-            self.scheduler.release(&placement, Outcome::Failed);
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node_unavailable",
-                format!("node {} has no gateway", placement.node),
-            );
+        let (id, trace_id) = (inv.id, inv.trace_id.clone());
+        let span = tracing::info_span!("invoke", function = %spec.name, version = spec.version, invocation = %id);
+        // Synchronous invocations are never refused by the store.
+        let _ = self
+            .invocations
+            .start(id, &spec.name, spec.version, &trace_id, false);
+        let recording = Recording {
+            store: &self.invocations,
+            id,
+            done: false,
         };
-        let mut release = Release {
-            scheduler: &*self.scheduler,
-            placement,
-            outcome: Outcome::Cancelled,
-        };
-        let result = node.invoke(spec.clone(), &release.placement, inv).await;
-        release.outcome = match &result {
-            Ok(_) | Err(InvokeError::Function { .. }) => Outcome::Ok,
-            Err(InvokeError::TimedOut { .. }) => Outcome::TimedOut,
-            Err(_) => Outcome::Failed,
-        };
-        drop(release);
+        let result = self
+            .dispatcher
+            .run(spec.clone(), inv)
+            .instrument(span.clone())
+            .await;
         let mut resp = match result {
             Ok(r) => {
+                recording.finish(Finished::Done {
+                    status: r.status,
+                    headers: r.headers.clone(),
+                    body: None,
+                    logs: r.logs,
+                });
                 let mut resp = Response::new(Full::new(Bytes::from(r.body)));
                 *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
                 for (k, v) in r.headers {
@@ -394,9 +913,9 @@ impl FunctionGateway {
                         (Ok(k), Ok(v)) if !is_hop_by_hop(&k) && k != CONTENT_LENGTH => {
                             resp.headers_mut().append(k, v);
                         }
-                        _ => {
-                            tracing::warn!(header = %k, "dropping invalid response header from the function")
-                        }
+                        _ => span.in_scope(|| {
+                            tracing::warn!(header = %k, "dropping invalid response header from the function");
+                        }),
                     }
                 }
                 let t = r.timings;
@@ -417,10 +936,12 @@ impl FunctionGateway {
                 resp
             }
             Err(e) => {
-                let status =
-                    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
-                tracing::info!(error = %e, status = status.as_u16(), "invocation failed");
-                error(status, e.code(), e.to_string())
+                let resp = e.response();
+                span.in_scope(|| {
+                    tracing::info!(error = %e.message(), status = resp.status().as_u16(), "invocation failed");
+                });
+                recording.finish(e.finished());
+                resp
             }
         };
         let h = resp.headers_mut();
@@ -428,6 +949,67 @@ impl FunctionGateway {
         insert(h, "x-faas-trace-id", &trace_id);
         insert(h, "x-faas-function-version", &spec.version.to_string());
         resp
+    }
+
+    async fn invoke_async<B>(
+        &self,
+        target: &str,
+        req: Request<B>,
+        trace: String,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (spec, inv) = match self.invocation(target, req, trace).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let (id, trace_id) = (inv.id, inv.trace_id.clone());
+        if let Err(e) = self
+            .invocations
+            .start(id, &spec.name, spec.version, &trace_id, true)
+        {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                e.to_string(),
+            );
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
+            return r;
+        }
+        let version = spec.version;
+        let span = tracing::info_span!("invoke", function = %spec.name, version, invocation = %id, mode = "async");
+        let dispatcher = self.dispatcher.clone();
+        let store = self.invocations.clone();
+        tokio::spawn(
+            async move {
+                let how = match dispatcher.run_async(spec, inv).await {
+                    Ok(r) => Finished::Done {
+                        status: r.status,
+                        headers: r.headers,
+                        body: Some(r.body),
+                        logs: r.logs,
+                    },
+                    Err(e) => {
+                        tracing::info!(error = %e.message(), "invocation failed");
+                        e.finished()
+                    }
+                };
+                store.finish(id, how);
+            }
+            .instrument(span),
+        );
+        let id_text = id.to_string();
+        let mut r = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id_text }));
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&format!("/invocations/{id_text}")) {
+            h.insert(LOCATION, v);
+        }
+        insert(h, "x-faas-invocation-id", &id_text);
+        insert(h, "x-faas-trace-id", &trace_id);
+        insert(h, "x-faas-function-version", &version.to_string());
+        r
     }
 
     /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until
@@ -518,25 +1100,76 @@ fn not_deployed(name: &str) -> Response<ResponseBody> {
     )
 }
 
-fn schedule_error(e: &ScheduleError) -> Response<ResponseBody> {
-    let (status, code) = match e {
-        ScheduleError::OverLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, "over_limit"),
-        ScheduleError::NoCapacity { .. } => (StatusCode::TOO_MANY_REQUESTS, "no_capacity"),
-        ScheduleError::NoNodes => (StatusCode::SERVICE_UNAVAILABLE, "no_nodes"),
+fn resolve_error(e: &ResolveError) -> Response<ResponseBody> {
+    let code = match e {
+        ResolveError::NoFunction(_) => "function_not_found",
+        ResolveError::NoVersion { .. } => "version_not_found",
+        ResolveError::NoAlias { .. } => "alias_not_found",
     };
-    let retry = e.retry_after().map(|d| d.as_secs().max(1));
-    let mut r = json(
-        status,
-        &ErrorBody {
-            error: code,
-            message: e.to_string(),
-            retry_after_s: retry,
-        },
-    );
-    if let Some(s) = retry {
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+    error(StatusCode::NOT_FOUND, code, e.to_string())
+}
+
+fn no_invocation(id: &str) -> Response<ResponseBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        "invocation_not_found",
+        format!(
+            "invocation {id:?} is unknown (or was forgotten: only recent invocations are kept)"
+        ),
+    )
+}
+
+/// An invocation id as the gateway prints it (16 hex digits).
+fn parse_id(s: &str) -> Result<InvocationId, Response<ResponseBody>> {
+    if s.is_empty() || s.len() > 16 {
+        return Err(bad_id(s));
     }
-    r
+    s.parse().map_err(|_| bad_id(s))
+}
+
+fn bad_id(s: &str) -> Response<ResponseBody> {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_invocation_id",
+        format!("invocation id {s:?} is invalid: give the 16 hex digits of x-faas-invocation-id"),
+    )
+}
+
+/// The spec of a deploy; with `name` (from the path) its `name` may be
+/// left out and must match when given.
+fn parse_spec(body: &[u8], name: Option<&str>) -> Result<FunctionSpec, Response<ResponseBody>> {
+    let bad = |e: serde_json::Error| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_spec",
+            format!("function spec is not valid JSON for a spec: {e}"),
+        )
+    };
+    let Some(name) = name else {
+        return serde_json::from_slice(body).map_err(bad);
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_spec",
+            "function spec must be a JSON object",
+        ));
+    };
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), name.into());
+        }
+        Some(n) if n.as_str() == Some(name) => {}
+        Some(n) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "name_mismatch",
+                format!("the spec names function {n} but the path names {name:?}"),
+            ));
+        }
+    }
+    serde_json::from_value(v).map_err(bad)
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -578,6 +1211,124 @@ fn trace_id(h: &http::HeaderMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every (method, path) the OpenAPI document describes.
+    fn documented() -> std::collections::BTreeSet<(String, String)> {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut out = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, _) in item.as_object().unwrap() {
+                if ["get", "put", "post", "delete", "patch", "head", "options"]
+                    .contains(&method.as_str())
+                {
+                    out.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_documents_exactly_the_routes() {
+        let routed: std::collections::BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_owned(), r.path.to_owned()))
+            .collect();
+        let documented = documented();
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from openapi.json: {undocumented:?}"
+        );
+        assert!(
+            unrouted.is_empty(),
+            "documented but not routed: {unrouted:?}"
+        );
+        // Every path parameter of a route is declared in the document.
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        for r in &ROUTES {
+            let item = &doc["paths"][r.path];
+            let mut params: Vec<serde_json::Value> =
+                item["parameters"].as_array().cloned().unwrap_or_default();
+            params.extend(
+                item[r.method.to_lowercase()]["parameters"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            let names: Vec<String> = params
+                .iter()
+                .map(|p| match p["$ref"].as_str() {
+                    Some(rf) => {
+                        let key = rf.rsplit('/').next().unwrap();
+                        doc["components"]["parameters"][key]["name"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned()
+                    }
+                    None => p["name"].as_str().unwrap().to_owned(),
+                })
+                .collect();
+            for seg in r.path.split('/').filter(|s| s.starts_with('{')) {
+                let name = seg.trim_matches(|c| c == '{' || c == '}');
+                assert!(
+                    names.iter().any(|n| n == name),
+                    "{} {}: {name} undeclared",
+                    r.method,
+                    r.path
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn router_matches_patterns_methods_and_escapes() {
+        assert_eq!(route_of("GET", "/healthz"), Routed::To(Op::Healthz, vec![]));
+        assert_eq!(
+            route_of("POST", "/invoke/hello%40prod"),
+            Routed::To(Op::Invoke, vec!["hello@prod".into()])
+        );
+        assert_eq!(
+            route_of("POST", "/functions/f/aliases/prod"),
+            Routed::To(Op::SetAlias, vec!["f".into(), "prod".into()])
+        );
+        assert_eq!(
+            route_of("GET", "/invocations/00ab/logs"),
+            Routed::To(Op::GetInvocationLogs, vec!["00ab".into()])
+        );
+        assert_eq!(
+            route_of("PATCH", "/functions/f"),
+            Routed::WrongMethod(vec!["GET", "PUT", "DELETE"])
+        );
+        assert_eq!(route_of("GET", "/functions/f/nope"), Routed::Nowhere);
+        assert_eq!(route_of("POST", "/invoke/"), Routed::Nowhere);
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%ff"), "%ff");
+    }
+
+    #[test]
+    fn put_spec_takes_its_name_from_the_path() {
+        let body = br#"{"runtime":"native","image":{"kind":"dir","path":"/f"},"handler":"h"}"#;
+        assert_eq!(parse_spec(body, Some("f")).unwrap().name, "f");
+        let named =
+            br#"{"name":"g","runtime":"native","image":{"kind":"dir","path":"/f"},"handler":"h"}"#;
+        assert_eq!(parse_spec(named, Some("g")).unwrap().name, "g");
+        let r = parse_spec(named, Some("f")).unwrap_err();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            parse_spec(b"[]", Some("f")).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            parse_spec(body, None).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert!(parse_id("00000000deadbeef").is_ok());
+        for bad in ["", "xyz", "00000000deadbeef0", "-1"] {
+            assert!(parse_id(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn trace_id_comes_from_headers_or_is_generated() {

@@ -29,16 +29,24 @@
 
 mod channel;
 mod http;
+mod invocations;
+mod logs;
 mod node;
 mod prepare;
 mod registry;
 mod runtimes;
 mod sys;
 
-pub use http::{FunctionGateway, GatewayConfig, ResponseBody};
+pub use http::{FunctionGateway, GatewayConfig, OPENAPI, ROUTES, ResponseBody, Route};
+pub use invocations::{
+    ErrorInfo, Finished, InvocationLimits, Invocations, Record, State, TooManyPending,
+};
+pub use logs::MAX_INVOCATION_LOGS;
 pub use node::{LocalNodeGateway, NodeConfig, NodeStats};
 pub use prepare::{IMAGE_FILE, PrepareError, Prepared, Preparer, Step};
-pub use registry::{DeployError, OpenError, Registry, Staged};
+pub use registry::{
+    AliasError, DeployError, OpenError, Registry, ResolveError, Staged, Target, valid_alias,
+};
 pub use runtimes::{
     Layout, RUNTIME_DIR, RuntimeCommand, RuntimeCommands, RuntimeUnavailable, TASK_DIR,
 };

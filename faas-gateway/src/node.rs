@@ -12,13 +12,15 @@ use faas_core::protocol::{Body, DecodeLimits, Frame, ProtocolError, channel_pair
 use faas_core::{
     BoxFuture, ExitStatus, FunctionSpec, ImageRef, Instance, Invocation, InvocationResult,
     InvokeError, LaunchError, NodeGateway, NodeId, Placement, Reuse, RuntimeKind, SandboxRuntime,
-    SandboxSpec, Snapshotter, StartMode, Stdio, Timings,
+    SandboxSpec, Snapshotter, StartMode, Timings,
 };
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::sleep_until;
+use tracing::Instrument;
 
 use crate::channel::AsyncChannel;
+use crate::logs::InstanceOutput;
 use crate::prepare::{self, PrepareError, Prepared, Preparer, SnapshotFailure, micros};
 use crate::runtimes::{self, Layout, RuntimeCommands};
 
@@ -31,7 +33,9 @@ pub struct NodeConfig {
     pub node: NodeId,
     /// Largest body accepted from an instance (inline or memfd).
     pub max_body: u64,
-    /// Whether instances inherit the node's stderr (else it is discarded).
+    /// Whether the instances' stderr is copied to the node's stderr, each
+    /// line prefixed with its invocation id (it is captured into the
+    /// invocation's logs either way).
     pub inherit_stderr: bool,
     /// The language runtimes (Python, Node.js) this node offers.
     pub runtimes: RuntimeCommands,
@@ -286,9 +290,10 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
-/// Starts [`instance_task`] in the background.
+/// Starts [`instance_task`] in the background, in the current span (the
+/// request's that launches it: its trace id is on the task's log lines).
 fn spawn_instance(inner: Arc<Inner>, st: Arc<FnState>) {
-    tokio::spawn(instance_task(inner, st));
+    tokio::spawn(instance_task(inner, st).instrument(tracing::Span::current()));
 }
 
 /// Launches one instance of `st`'s function and serves requests with it
@@ -319,11 +324,26 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         Ok(c) => c,
         Err(e) => return fail_one(&st, launch_err(e)),
     };
+    let out = match InstanceOutput::new(&name, inner.config.inherit_stderr) {
+        Ok(o) => o,
+        Err(source) => {
+            return fail_one(
+                &st,
+                InvokeError::Launch(LaunchError::Sys {
+                    name: name.clone(),
+                    op: "creating the log pipes",
+                    source,
+                }),
+            );
+        }
+    };
     let keep_alive = match spec.reuse {
         Reuse::PerRequest => None,
         Reuse::KeepAlive { idle_ms } => Some(Duration::from_millis(idle_ms)),
     };
-    let (mut inst, mode) = match launch(&inner, &st, &name, theirs).await {
+    let launched = launch(&inner, &st, &name, theirs, &out).await;
+    out.launched();
+    let (mut inst, mode) = match launched {
         Ok(i) => i,
         Err(e) => {
             tracing::warn!(function = %spec.name, error = %e, "launch failed");
@@ -353,12 +373,13 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             // function cold from now on.
             tracing::warn!(function = %spec.name, version = spec.version, code, "restoring the snapshot failed; starting cold from now on");
             st.restore_failed.store(true, Ordering::Relaxed);
+            let _ = out.finish();
             drop(_live);
             return spawn_instance(inner.clone(), st);
         }
         Err(e) => {
             tracing::debug!(instance = %name, error = %e, "instance failed before Ready");
-            return fail_one(&st, e);
+            return fail_one(&st, e.with_logs(out.finish()));
         }
     };
     let mut cold = true;
@@ -388,9 +409,12 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         if !cold {
             inner.stats.reused.fetch_add(1, Ordering::Relaxed);
         }
-        let how = cold.then_some(mode);
-        let retry = cold && ready_at_once;
-        let served = serve_one(&mut chan, inst.as_mut(), p, start_us, how, timeout, retry).await;
+        let start = Start {
+            us: start_us,
+            mode: cold.then_some(mode),
+            retry_restore: cold && ready_at_once,
+        };
+        let served = serve_one(&mut chan, inst.as_mut(), &out, p, start, timeout).await;
         cold = false;
         start_us = 0;
         announced = false;
@@ -421,6 +445,7 @@ fn sandbox_spec(
     name: &str,
     snapshot: Option<&Path>,
     channel: OwnedFd,
+    out: &InstanceOutput,
 ) -> Result<SandboxSpec, LaunchError> {
     let cmd = runtimes::command(spec, &config.runtimes, config.layout, false).map_err(|e| {
         LaunchError::Unsupported {
@@ -429,11 +454,11 @@ fn sandbox_spec(
             what: e.to_string(),
         }
     })?;
-    let stderr = if config.inherit_stderr {
-        Stdio::Inherit
-    } else {
-        Stdio::Null
-    };
+    let (stdout, stderr) = out.stdio().map_err(|source| LaunchError::Sys {
+        name: name.to_owned(),
+        op: "duplicating the log pipes",
+        source,
+    })?;
     Ok(cmd.into_spec(
         name.to_owned(),
         spec,
@@ -441,7 +466,7 @@ fn sandbox_spec(
         snapshot,
         runtimes::InstanceIo {
             channel,
-            stdout: Stdio::Null,
+            stdout,
             stderr,
         },
     ))
@@ -456,6 +481,7 @@ async fn launch(
     st: &FnState,
     name: &str,
     channel: OwnedFd,
+    out: &InstanceOutput,
 ) -> Result<(Box<dyn Instance>, StartMode), LaunchError> {
     let spec = &st.spec;
     let cfg = &inner.config;
@@ -470,7 +496,7 @@ async fn launch(
         })?;
         match inner
             .runtime
-            .launch(sandbox_spec(cfg, spec, name, Some(dir), channel)?)
+            .launch(sandbox_spec(cfg, spec, name, Some(dir), channel, out)?)
             .await
         {
             Ok(inst) => return Ok((inst, StartMode::Restore)),
@@ -479,7 +505,7 @@ async fn launch(
                 st.restore_failed.store(true, Ordering::Relaxed);
                 let inst = inner
                     .runtime
-                    .launch(sandbox_spec(cfg, spec, name, None, spare)?)
+                    .launch(sandbox_spec(cfg, spec, name, None, spare, out)?)
                     .await?;
                 return Ok((inst, StartMode::Cold));
             }
@@ -487,7 +513,7 @@ async fn launch(
     }
     let inst = inner
         .runtime
-        .launch(sandbox_spec(cfg, spec, name, None, channel)?)
+        .launch(sandbox_spec(cfg, spec, name, None, channel, out)?)
         .await?;
     Ok((inst, StartMode::Cold))
 }
@@ -666,17 +692,32 @@ enum Served {
     RestoreFailed(Pending),
 }
 
+/// How the instance serving a request started.
+struct Start {
+    /// Microseconds it took (0 for a reused instance).
+    us: u64,
+    /// How, for a fresh instance.
+    mode: Option<StartMode>,
+    /// It was restored without saying `Ready`: a restorer failure hands the
+    /// request back (see [`serve_one`]).
+    retry_restore: bool,
+}
+
 /// Runs one request on a ready instance. With `retry_restore`, a restorer
 /// failure (exit status 120-127 before any answer) hands the request back.
 async fn serve_one(
     chan: &mut AsyncChannel,
     inst: &mut dyn Instance,
+    out: &InstanceOutput,
     p: Pending,
-    start_us: u64,
-    started: Option<StartMode>,
+    start: Start,
     timeout: Duration,
-    retry_restore: bool,
 ) -> Served {
+    let Start {
+        us: start_us,
+        mode: started,
+        retry_restore,
+    } = start;
     let Pending {
         inv,
         enqueued,
@@ -685,6 +726,8 @@ async fn serve_one(
     } = p;
     let id = inv.id;
     let (function, version) = (inv.function, inv.version);
+    let span = tracing::info_span!("invocation", invocation = %id, trace = %inv.trace_id);
+    out.begin(id);
     let queued_us = micros(enqueued.elapsed()).saturating_sub(start_us);
     let sent = Instant::now();
     let body = match Body::new(inv.body) {
@@ -702,7 +745,7 @@ async fn serve_one(
         body,
     };
     let outcome = tokio::select! {
-        r = exchange(chan, &frame, id) => r,
+        r = exchange(chan, &frame, id, out).instrument(span) => r,
         () = sleep_until(deadline) => Err(InvokeError::TimedOut { timeout }),
     };
     let (result, usable) = match outcome {
@@ -718,10 +761,11 @@ async fn serve_one(
                     started,
                 },
                 cold: started.is_some(),
+                logs: out.finish(),
             }),
             true,
         ),
-        Ok(Err(e @ InvokeError::Function { .. })) => (Err(e), true),
+        Ok(Err(e @ InvokeError::Function { .. })) => (Err(e.with_logs(out.finish())), true),
         Ok(Err(e)) | Err(e) => {
             // Timeout or protocol violation: the instance is done for.
             let _ = inst.kill();
@@ -752,6 +796,8 @@ async fn serve_one(
                     deadline: at,
                     trace_id,
                 };
+                // Nothing ran: what the restorer wrote is not the request's.
+                drop(out.finish());
                 return Served::RestoreFailed(Pending {
                     inv,
                     enqueued,
@@ -759,7 +805,7 @@ async fn serve_one(
                     reply,
                 });
             }
-            (Err(e), false)
+            (Err(e.with_logs(out.finish())), false)
         }
     };
     let _ = reply.send(result);
@@ -773,6 +819,7 @@ async fn exchange(
     chan: &mut AsyncChannel,
     invoke: &Frame,
     id: faas_core::InvocationId,
+    out: &InstanceOutput,
 ) -> Result<Answer, InvokeError> {
     chan.send(invoke).await.map_err(|e| match e {
         // The instance went away before taking its request.
@@ -807,6 +854,7 @@ async fn exchange(
             })) if rid == id => {
                 if let Ok(bytes) = body.into_vec() {
                     tracing::info!(invocation = %id, ?stream, "{}", String::from_utf8_lossy(&bytes).trim_end());
+                    out.frame(&bytes);
                 }
             }
             Ok(Some(other)) => {

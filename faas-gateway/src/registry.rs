@@ -6,6 +6,7 @@
 //! STATE/functions/NAME/VERSION-DEPLOYID/root/       a private copy of the function's directory
 //! STATE/functions/NAME/VERSION-DEPLOYID/root.erofs  the same files as a faas-rofs image (sandbox nodes)
 //! STATE/functions/NAME/VERSION-DEPLOYID/snapshot/   its snapshot, when one was taken
+//! STATE/functions/NAME/aliases.json                 {"ALIAS": VERSION, ...}, replaced atomically
 //! ```
 //!
 //! A deploy copies the user's directory, so later edits to it do not change
@@ -97,10 +98,116 @@ pub enum OpenError {
     },
 }
 
+/// Why an alias cannot be set.
+#[derive(Debug, thiserror::Error)]
+pub enum AliasError {
+    /// The alias name is not acceptable.
+    #[error(
+        "alias {0:?} is invalid: use 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit, not all digits and not \"latest\""
+    )]
+    Name(String),
+    /// The function is not deployed.
+    #[error("function {0:?} is not deployed")]
+    NoFunction(String),
+    /// The version does not exist.
+    #[error("function {function:?} has no version {version}")]
+    NoVersion {
+        /// The function.
+        function: String,
+        /// The version asked for.
+        version: u32,
+    },
+    /// The aliases cannot be written.
+    #[error("state directory {path}: {source}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Which version of a function a request names: `NAME`, `NAME@latest`,
+/// `NAME@VERSION` or `NAME@ALIAS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The latest version.
+    Latest,
+    /// A version number.
+    Version(u32),
+    /// An alias.
+    Alias(String),
+}
+
+impl Target {
+    /// Splits `NAME[@VERSION|@ALIAS]` into the name and the target.
+    ///
+    /// # Errors
+    ///
+    /// The part after `@` is empty, a number out of range, or not a valid
+    /// alias name (a message naming it).
+    pub fn parse(s: &str) -> Result<(&str, Target), String> {
+        let Some((name, t)) = s.split_once('@') else {
+            return Ok((s, Target::Latest));
+        };
+        let target = if t == "latest" {
+            Target::Latest
+        } else if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            match t.parse::<u32>() {
+                Ok(v) if v > 0 => Target::Version(v),
+                _ => return Err(format!("version {t:?} of {name:?} is out of range")),
+            }
+        } else if valid_alias(t) {
+            Target::Alias(t.to_owned())
+        } else {
+            return Err(format!(
+                "{s:?}: after '@' give a version number or an alias (a-z, 0-9, '-', '_')"
+            ));
+        };
+        Ok((name, target))
+    }
+}
+
+/// Whether `alias` is a valid alias name: a valid function name that is not
+/// a number and not `latest`.
+pub fn valid_alias(alias: &str) -> bool {
+    faas_core::types::valid_name(alias)
+        && alias != "latest"
+        && !alias.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Why a [`Target`] names no version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The function is not deployed.
+    #[error("function {0:?} is not deployed")]
+    NoFunction(String),
+    /// The function has no such version.
+    #[error("function {function:?} has no version {version}")]
+    NoVersion {
+        /// The function.
+        function: String,
+        /// The version.
+        version: u32,
+    },
+    /// The function has no such alias.
+    #[error("function {function:?} has no alias {alias:?}")]
+    NoAlias {
+        /// The function.
+        function: String,
+        /// The alias.
+        alias: String,
+    },
+}
+
 #[derive(Default)]
 struct Entry {
     versions: BTreeMap<u32, Arc<FunctionSpec>>,
+    aliases: BTreeMap<String, u32>,
 }
+
+const ALIASES: &str = "aliases.json";
 
 /// The deployed functions of a gateway, persisted under a state directory.
 pub struct Registry {
@@ -136,8 +243,12 @@ impl Registry {
                 let name = v.file_name();
                 let Some(name) = name.to_str() else { continue };
                 if name.starts_with('.') {
-                    // An interrupted deploy: remove it.
-                    let _ = std::fs::remove_dir_all(v.path());
+                    // An interrupted deploy or alias update: remove it.
+                    let p = v.path();
+                    let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                    continue;
+                }
+                if !v.file_type().map_err(io_err(&v.path()))?.is_dir() {
                     continue;
                 }
                 let spec_path = v.path().join("spec.json");
@@ -152,6 +263,23 @@ impl Registry {
                     .or_default()
                     .versions
                     .insert(spec.version, Arc::new(spec));
+            }
+            let path = fdir.join(ALIASES);
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let aliases: BTreeMap<String, u32> =
+                        serde_json::from_slice(&bytes).map_err(|source| OpenError::Spec {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    if let Some(name) = f.file_name().to_str()
+                        && let Some(e) = functions.get_mut(name)
+                    {
+                        e.aliases = aliases;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
             }
         }
         Ok(Registry {
@@ -175,6 +303,96 @@ impl Registry {
             .read()
             .get(name)
             .and_then(|e| e.versions.get(&version).cloned())
+    }
+
+    /// Every version of `name`, oldest first (`None`: not deployed).
+    pub fn versions(&self, name: &str) -> Option<Vec<Arc<FunctionSpec>>> {
+        self.functions
+            .read()
+            .get(name)
+            .map(|e| e.versions.values().cloned().collect())
+    }
+
+    /// The aliases of `name` and the versions they point at (`None`: not
+    /// deployed).
+    pub fn aliases(&self, name: &str) -> Option<BTreeMap<String, u32>> {
+        self.functions.read().get(name).map(|e| e.aliases.clone())
+    }
+
+    /// The version of `name` that `target` names.
+    ///
+    /// # Errors
+    ///
+    /// The function, version or alias does not exist.
+    pub fn resolve(&self, name: &str, target: &Target) -> Result<Arc<FunctionSpec>, ResolveError> {
+        let fns = self.functions.read();
+        let e = fns
+            .get(name)
+            .ok_or_else(|| ResolveError::NoFunction(name.to_owned()))?;
+        let version = match target {
+            Target::Latest => e.versions.last_key_value().map_or(0, |(v, _)| *v),
+            Target::Version(v) => *v,
+            Target::Alias(a) => *e.aliases.get(a).ok_or_else(|| ResolveError::NoAlias {
+                function: name.to_owned(),
+                alias: a.clone(),
+            })?,
+        };
+        e.versions
+            .get(&version)
+            .cloned()
+            .ok_or_else(|| match target {
+                Target::Latest => ResolveError::NoFunction(name.to_owned()),
+                _ => ResolveError::NoVersion {
+                    function: name.to_owned(),
+                    version,
+                },
+            })
+    }
+
+    /// Points `alias` of `name` at `version` (creating or moving it) and
+    /// writes the function's aliases atomically. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// See [`AliasError`]; nothing changes on error.
+    pub fn set_alias(&self, name: &str, alias: &str, version: u32) -> Result<(), AliasError> {
+        if !valid_alias(alias) {
+            return Err(AliasError::Name(alias.to_owned()));
+        }
+        let _w = self.write.lock();
+        let mut aliases = {
+            let fns = self.functions.read();
+            let e = fns
+                .get(name)
+                .ok_or_else(|| AliasError::NoFunction(name.to_owned()))?;
+            if !e.versions.contains_key(&version) {
+                return Err(AliasError::NoVersion {
+                    function: name.to_owned(),
+                    version,
+                });
+            }
+            e.aliases.clone()
+        };
+        aliases.insert(alias.to_owned(), version);
+        let fdir = self.dir.join(name);
+        let path = fdir.join(ALIASES);
+        let tmp = fdir.join(format!(".{ALIASES}.{}", random_hex(4)));
+        let written = serde_json::to_vec_pretty(&aliases)
+            .map_err(io::Error::from)
+            .and_then(|json| {
+                let mut f = std::fs::File::create(&tmp)?;
+                io::Write::write_all(&mut f, &json)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(source) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(AliasError::State { path, source });
+        }
+        if let Some(e) = self.functions.write().get_mut(name) {
+            e.aliases = aliases;
+        }
+        Ok(())
     }
 
     /// The latest version of every function, sorted by name.
@@ -690,6 +908,100 @@ mod tests {
         let f = r.get("f").unwrap();
         assert_eq!((f.version, f.start), (1, StartMode::Restore));
         assert_eq!(f.snapshot.as_deref(), Some(snap.as_path()));
+    }
+
+    #[test]
+    fn targets_parse_versions_aliases_and_latest() {
+        assert_eq!(Target::parse("f"), Ok(("f", Target::Latest)));
+        assert_eq!(Target::parse("f@latest"), Ok(("f", Target::Latest)));
+        assert_eq!(Target::parse("f@12"), Ok(("f", Target::Version(12))));
+        assert_eq!(
+            Target::parse("f@prod-2"),
+            Ok(("f", Target::Alias("prod-2".into())))
+        );
+        for bad in ["f@", "f@0", "f@99999999999", "f@Prod", "f@a@b", "f@-x"] {
+            let e = Target::parse(bad).unwrap_err();
+            assert!(
+                e.contains(bad.split('@').nth(1).unwrap()) || e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
+        assert!(valid_alias("prod") && valid_alias("v2") && valid_alias("2a"));
+        for bad in ["", "latest", "12", "Prod", "a b", &"a".repeat(64)] {
+            assert!(!valid_alias(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn aliases_point_at_versions_persist_and_go_with_the_function() {
+        let state = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        make_fn(src.path());
+        let r = Registry::open(state.path()).unwrap();
+        assert!(matches!(
+            r.set_alias("f", "prod", 1),
+            Err(AliasError::NoFunction(_))
+        ));
+        r.deploy(spec("f", src.path())).unwrap();
+        r.deploy(spec("f", src.path())).unwrap();
+        assert!(matches!(
+            r.set_alias("f", "latest", 1),
+            Err(AliasError::Name(_))
+        ));
+        assert!(matches!(r.set_alias("f", "3", 1), Err(AliasError::Name(_))));
+        assert!(matches!(
+            r.set_alias("f", "prod", 3),
+            Err(AliasError::NoVersion { version: 3, .. })
+        ));
+        r.set_alias("f", "prod", 1).unwrap();
+        r.set_alias("f", "canary", 2).unwrap();
+        assert_eq!(
+            r.resolve("f", &Target::Alias("prod".into()))
+                .unwrap()
+                .version,
+            1
+        );
+        r.set_alias("f", "prod", 2).unwrap();
+        assert_eq!(
+            r.resolve("f", &Target::Alias("prod".into()))
+                .unwrap()
+                .version,
+            2
+        );
+        assert_eq!(r.resolve("f", &Target::Version(1)).unwrap().version, 1);
+        assert_eq!(r.resolve("f", &Target::Latest).unwrap().version, 2);
+        assert_eq!(
+            r.resolve("f", &Target::Alias("beta".into())),
+            Err(ResolveError::NoAlias {
+                function: "f".into(),
+                alias: "beta".into()
+            })
+        );
+        assert_eq!(
+            r.resolve("f", &Target::Version(9)),
+            Err(ResolveError::NoVersion {
+                function: "f".into(),
+                version: 9
+            })
+        );
+        assert_eq!(
+            r.resolve("g", &Target::Latest),
+            Err(ResolveError::NoFunction("g".into()))
+        );
+        drop(r);
+        let r = Registry::open(state.path()).unwrap();
+        let aliases = r.aliases("f").unwrap();
+        assert_eq!(aliases.len(), 2);
+        assert_eq!((aliases["prod"], aliases["canary"]), (2, 2));
+        assert_eq!(r.versions("f").unwrap().len(), 2);
+        // A third deploy is numbered past the alias file.
+        assert_eq!(r.deploy(spec("f", src.path())).unwrap().version, 3);
+        assert!(r.remove("f").unwrap());
+        r.deploy(spec("f", src.path())).unwrap();
+        assert!(r.aliases("f").unwrap().is_empty());
+        drop(r);
+        let r = Registry::open(state.path()).unwrap();
+        assert!(r.aliases("f").unwrap().is_empty());
     }
 
     #[test]
