@@ -1,22 +1,61 @@
-//! Sending many invocations and summarising their latencies.
+//! The load generator of `faas bench`: many invocations over HTTP/1.1,
+//! summarised.
+//!
+//! Each concurrent worker owns one keep-alive connection (a hyper HTTP/1.1
+//! client connection, no pool, no locks on the request path) and sends its
+//! requests one after the other on it; workers take request numbers from a
+//! shared counter, so a slow request does not leave the others idle. Every
+//! response's latency, status and `x-faas-start` header (how the instance
+//! that answered was started) are kept by the worker and merged at the end.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::client::Client;
+
+/// The start modes a response can report in `x-faas-start`, in the order
+/// they are listed.
+pub const START_MODES: [&str; 4] = ["cold", "restore", "fork", "warm"];
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// Function to invoke (`POST /invoke/{function}`).
+    pub function: String,
+    /// Request body of every invocation.
+    pub body: Bytes,
+    /// Requests to measure.
+    pub requests: usize,
+    /// Workers, each with its own connection and one request in flight.
+    pub concurrency: usize,
+    /// Before measuring, every worker sends one request, all at once, and
+    /// waits for the others (not counted): with a keep-alive function this
+    /// leaves `concurrency` warm instances. Without it one request is sent
+    /// first (not counted) to check that the function answers.
+    pub warm_up: bool,
+}
 
 /// Latency summary of a run.
 #[derive(Debug, Clone)]
 pub struct Summary {
     /// Requests sent.
     pub requests: usize,
-    /// Requests that did not return 2xx.
+    /// Requests that did not return 2xx (or got no answer).
     pub errors: usize,
     /// Median latency.
     pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
     /// 99th percentile.
     pub p99: Duration,
     /// Mean latency.
@@ -25,10 +64,16 @@ pub struct Summary {
     pub max: Duration,
     /// Wall time of the whole run.
     pub wall: Duration,
+    /// How many responses reported each start mode in `x-faas-start`
+    /// (every mode of [`START_MODES`] is present, possibly 0; a response
+    /// without the header is not counted).
+    pub start_modes: BTreeMap<String, usize>,
+    /// The first error seen, for the report.
+    pub first_error: Option<String>,
 }
 
 impl Summary {
-    /// Summarises `lat` (sorted in place).
+    /// Summarises `lat` (sorted in place); no start modes.
     pub fn from_latencies(lat: &mut [Duration], errors: usize, wall: Duration) -> Self {
         lat.sort_unstable();
         let pick = |q: f64| {
@@ -44,10 +89,13 @@ impl Summary {
             requests: lat.len(),
             errors,
             p50: pick(0.50),
+            p90: pick(0.90),
             p99: pick(0.99),
             mean: sum.checked_div(lat.len().max(1) as u32).unwrap_or_default(),
             max: lat.last().copied().unwrap_or_default(),
             wall,
+            start_modes: START_MODES.iter().map(|m| ((*m).to_owned(), 0)).collect(),
+            first_error: None,
         }
     }
 
@@ -55,60 +103,280 @@ impl Summary {
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.wall.as_secs_f64().max(1e-9)
     }
+
+    /// Responses that reported start mode `mode`.
+    pub fn started(&self, mode: &str) -> usize {
+        self.start_modes.get(mode).copied().unwrap_or(0)
+    }
 }
 
-/// Invokes `function` `requests` times with `concurrency` requests in flight,
-/// over real HTTP, and summarises the latencies seen by the client.
+/// The answer to one invocation, as the load generator keeps it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The `x-faas-start` header, if any.
+    pub start: Option<String>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// One HTTP/1.1 keep-alive connection to a platform server, reopened when
+/// the server closes it.
+pub struct Connection {
+    addr: String,
+    host: HeaderValue,
+    base: String,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Connection {
+    /// A connection to the server at `base` (`http://HOST:PORT`), opened on
+    /// first use.
+    ///
+    /// # Errors
+    ///
+    /// `base` is not an `http://` URL with a host.
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let base = base.trim_end_matches('/');
+        let uri: Uri = base
+            .parse()
+            .with_context(|| format!("server URL {base:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("server URL {base:?}: only http:// is supported");
+        }
+        let Some(auth) = uri.authority() else {
+            bail!("server URL {base:?} has no host");
+        };
+        let addr = if auth.port().is_some() {
+            auth.as_str().to_owned()
+        } else {
+            format!("{}:80", auth.host())
+        };
+        Ok(Connection {
+            host: HeaderValue::from_str(auth.as_str())
+                .with_context(|| format!("server URL {base:?}: bad host"))?,
+            addr,
+            base: base.to_owned(),
+            sender: None,
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let tcp = TcpStream::connect(&self.addr).await.with_context(|| {
+            format!(
+                "{}: cannot reach the faas server (is `faas serve` running? see --server)",
+                self.base
+            )
+        })?;
+        tcp.set_nodelay(true)
+            .with_context(|| format!("{}: setting TCP_NODELAY", self.base))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .with_context(|| format!("{}: HTTP handshake", self.base))?;
+        tokio::spawn(async move {
+            // A connection that fails is reported by the next request on it.
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends `POST /invoke/{function}` with `body` and reads the whole
+    /// answer.
+    ///
+    /// # Errors
+    ///
+    /// The server cannot be reached, or the exchange failed (the connection
+    /// is then reopened by the next call).
+    pub async fn invoke(&mut self, function: &str, body: Bytes) -> anyhow::Result<Answer> {
+        let mut sender = match self.sender.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => self.connect().await?,
+        };
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/invoke/{function}"))
+            .header(http::header::HOST, self.host.clone())
+            .body(Full::new(body))
+            .with_context(|| format!("bad function name {function:?}"))?;
+        let exchange = async {
+            sender.ready().await?;
+            let resp = sender.send_request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((parts, body))
+        };
+        match exchange.await {
+            Ok((parts, body)) => {
+                self.sender = Some(sender);
+                Ok(Answer {
+                    status: parts.status,
+                    start: parts
+                        .headers
+                        .get("x-faas-start")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    body,
+                })
+            }
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("POST {}/invoke/{function}", self.base)))
+            }
+        }
+    }
+}
+
+/// What one measured request gave.
+struct Sample {
+    latency: Duration,
+    ok: bool,
+    start: Option<String>,
+    error: Option<String>,
+}
+
+/// One line about a failed answer: its status and the server's message.
+fn answer_error(a: &Answer) -> String {
+    let reply = crate::client::Reply {
+        status: a.status,
+        headers: http::HeaderMap::new(),
+        body: a.body.clone(),
+    };
+    format!("{} — {}", a.status, reply.error_message())
+}
+
+/// Runs `plan` against the server at `base` and summarises what the client
+/// saw. `progress` is called with the number of requests done, about five
+/// times a second and once at the end.
 ///
 /// # Errors
 ///
-/// The server cannot be reached, or the first request fails (so a broken
-/// setup is reported instead of measured).
+/// `base` is not a usable URL, the server cannot be reached, or the first
+/// request (or a warm-up request) fails, so that a broken setup is reported
+/// instead of measured. Failures while measuring are counted as errors.
+pub async fn run_plan(
+    base: &str,
+    plan: &LoadPlan,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<Summary> {
+    let concurrency = plan.concurrency.max(1);
+    let function = plan.function.as_str();
+    let mut conns = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        conns.push(Connection::new(base)?);
+    }
+    let check = |a: anyhow::Result<Answer>, what: &str| -> anyhow::Result<()> {
+        let a = a?;
+        if !a.status.is_success() {
+            bail!("{function}: {what} failed: {}", answer_error(&a));
+        }
+        Ok(())
+    };
+    if plan.warm_up {
+        let mut warming = tokio::task::JoinSet::new();
+        for mut conn in conns.drain(..) {
+            let (function, body) = (plan.function.clone(), plan.body.clone());
+            warming.spawn(async move {
+                let r = conn.invoke(&function, body).await;
+                (conn, r)
+            });
+        }
+        while let Some(joined) = warming.join_next().await {
+            let (conn, r) = joined.context("a warm-up request failed")?;
+            check(r, "warm-up request")?;
+            conns.push(conn);
+        }
+    } else {
+        let first = conns[0].invoke(function, plan.body.clone()).await;
+        check(first, "first invocation")?;
+    }
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for mut conn in conns {
+        let (next, done) = (next.clone(), done.clone());
+        let (function, body, total) = (plan.function.clone(), plan.body.clone(), plan.requests);
+        workers.spawn(async move {
+            let mut samples = Vec::with_capacity(total / concurrency + 1);
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let r = conn.invoke(&function, body.clone()).await;
+                let latency = t.elapsed();
+                samples.push(match r {
+                    Ok(a) if a.status.is_success() => Sample {
+                        latency,
+                        ok: true,
+                        start: a.start,
+                        error: None,
+                    },
+                    Ok(a) => Sample {
+                        latency,
+                        ok: false,
+                        error: Some(answer_error(&a)),
+                        start: a.start,
+                    },
+                    Err(e) => Sample {
+                        latency,
+                        ok: false,
+                        start: None,
+                        error: Some(format!("{e:#}")),
+                    },
+                });
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            samples
+        });
+    }
+    let mut samples = Vec::with_capacity(plan.requests);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => match joined {
+                Some(r) => samples.extend(r.context("a load worker failed")?),
+                None => break,
+            },
+            _ = tick.tick() => progress(done.load(Ordering::Relaxed)),
+        }
+    }
+    let wall = start.elapsed();
+    progress(samples.len());
+
+    let mut lat: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    let errors = samples.iter().filter(|s| !s.ok).count();
+    let mut summary = Summary::from_latencies(&mut lat, errors, wall);
+    for s in &samples {
+        if let Some(m) = &s.start {
+            *summary.start_modes.entry(m.clone()).or_insert(0) += 1;
+        }
+    }
+    summary.first_error = samples.into_iter().find_map(|s| s.error);
+    Ok(summary)
+}
+
+/// Invokes `function` `requests` times with `concurrency` requests in flight
+/// on the server `client` talks to (see [`run_plan`]; one request is sent
+/// first to check the function answers).
+///
+/// # Errors
+///
+/// As [`run_plan`].
 pub async fn run(
     client: &Client,
     function: &str,
     body: Bytes,
     requests: usize,
     concurrency: usize,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> anyhow::Result<Summary> {
-    let path = format!("/invoke/{function}");
-    let first = client.request(Method::POST, &path, body.clone()).await?;
-    if !first.status.is_success() {
-        bail!(
-            "{function}: first invocation failed: {} — {}",
-            first.status,
-            first.error_message()
-        );
-    }
-    let concurrency = concurrency.max(1);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Duration, bool)>(1024);
-    let per = requests / concurrency;
-    let extra = requests % concurrency;
-    let start = Instant::now();
-    for w in 0..concurrency {
-        let n = per + usize::from(w < extra);
-        let (client, path, body, tx) = (client.clone(), path.clone(), body.clone(), tx.clone());
-        tokio::spawn(async move {
-            for _ in 0..n {
-                let t = Instant::now();
-                let ok = matches!(client.request(Method::POST, &path, body.clone()).await, Ok(r) if r.status.is_success());
-                if tx.send((t.elapsed(), ok)).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let mut lat = Vec::with_capacity(requests);
-    let mut errors = 0;
-    while let Some((d, ok)) = rx.recv().await {
-        lat.push(d);
-        errors += usize::from(!ok);
-        progress(lat.len());
-    }
-    let wall = start.elapsed();
-    Ok(Summary::from_latencies(&mut lat, errors, wall))
+    let plan = LoadPlan {
+        function: function.to_owned(),
+        body,
+        requests,
+        concurrency,
+        warm_up: false,
+    };
+    run_plan(client.base(), &plan, progress).await
 }
 
 #[cfg(test)]
@@ -120,8 +388,23 @@ mod tests {
         let mut v: Vec<_> = (1..=100).rev().map(Duration::from_millis).collect();
         let s = Summary::from_latencies(&mut v, 0, Duration::from_secs(1));
         assert_eq!(s.p50, Duration::from_millis(50));
+        assert_eq!(s.p90, Duration::from_millis(90));
         assert_eq!(s.p99, Duration::from_millis(99));
         assert_eq!(s.max, Duration::from_millis(100));
         assert_eq!(s.rps(), 100.0);
+        assert_eq!(s.started("cold"), 0);
+        assert_eq!(s.start_modes.len(), START_MODES.len());
+    }
+
+    #[test]
+    fn connection_urls_are_checked() {
+        assert!(Connection::new("http://127.0.0.1:8080/").is_ok());
+        assert_eq!(
+            Connection::new("http://localhost").unwrap().addr,
+            "localhost:80"
+        );
+        let e = Connection::new("https://127.0.0.1:1").err().unwrap();
+        assert!(e.to_string().contains("only http://"), "{e}");
+        assert!(Connection::new("not a url").is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! `faas`: the whole platform in one binary, and the client of its API.
 
+mod cli_bench;
 mod cli_image;
 mod cli_sandbox;
 mod cli_sched;
@@ -48,9 +49,10 @@ enum Command {
     /// Start an embedded platform, deploy the example functions, measure
     /// cold invocations and stay up for you to try.
     Demo(DemoArgs),
-    /// Measure invocation latency and throughput against an embedded
-    /// platform (or --server).
-    Bench(BenchArgs),
+    /// Measure invocations: `cold` or `warm` latency and throughput against
+    /// an embedded platform (or --server), or `compare` the platform's cold
+    /// path with plain exec, bwrap and runc.
+    Bench(cli_bench::BenchArgs),
     /// Build, inspect, verify and mount read-only images (faas-rofs).
     Image(cli_image::ImageArgs),
     /// Run a command in a sandbox.
@@ -186,28 +188,6 @@ struct DemoArgs {
     exit: bool,
 }
 
-#[derive(Args)]
-struct BenchArgs {
-    /// Example function to invoke (hello or cpu).
-    #[arg(long, default_value = "hello")]
-    function: String,
-    /// Requests to send.
-    #[arg(long, default_value_t = 1000)]
-    requests: usize,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 1)]
-    concurrency: usize,
-    /// Reuse instances (keep-alive) instead of a fresh one per request.
-    #[arg(long)]
-    keep_alive: bool,
-    /// Request body.
-    #[arg(long, default_value = "")]
-    data: String,
-    /// Output the summary as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
 fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
     match s {
         "native" => Ok(RuntimeKind::Native),
@@ -282,7 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(a) => demo(a).await,
-        Command::Bench(a) => bench(a).await,
+        Command::Bench(a) => cli_bench::run(a).await,
         Command::Image(a) => cli_image::run(a),
         Command::Sched(a) => cli_sched::run(a),
         Command::Snapshot(a) => {
@@ -579,78 +559,6 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     if !a.exit {
         println!("\nServing until Ctrl-C.");
         shutdown_signal().await;
-    }
-    let _ = stop_tx.send(());
-    server.await.context("server task")??;
-    Ok(())
-}
-
-async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let emb = Embedded::start(true)?;
-    if !emb.functions.iter().any(|d| d.ends_with(&a.function)) {
-        bail!(
-            "unknown example function {:?}: use hello or cpu",
-            a.function
-        );
-    }
-    let (listener, addr) = Platform::bind("127.0.0.1:0".parse()?).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(emb.platform.gateway.clone().serve(listener, async {
-        let _ = stop_rx.await;
-    }));
-    let client = Client::new(&format!("http://{addr}"));
-    let reuse = if a.keep_alive {
-        Reuse::KeepAlive { idle_ms: 60_000 }
-    } else {
-        Reuse::PerRequest
-    };
-    deploy_examples(&client, &emb.functions, reuse).await?;
-    let tty = std::io::stderr().is_terminal();
-    let s = load::run(
-        &client,
-        &a.function,
-        Bytes::from(a.data.clone()),
-        a.requests,
-        a.concurrency,
-        |n| {
-            if tty && (n % 50 == 0 || n == a.requests) {
-                eprint!("\r  {n}/{}", a.requests);
-            }
-        },
-    )
-    .await?;
-    if tty {
-        eprint!("\r\x1b[K");
-    }
-    let mode = if a.keep_alive { "keep-alive" } else { "cold" };
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "function": a.function, "mode": mode, "requests": s.requests, "errors": s.errors,
-                "concurrency": a.concurrency, "p50_us": s.p50.as_micros() as u64, "p99_us": s.p99.as_micros() as u64,
-                "mean_us": s.mean.as_micros() as u64, "max_us": s.max.as_micros() as u64, "rps": s.rps(),
-                "launched": emb.platform.node.stats().launched.load(std::sync::atomic::Ordering::Relaxed),
-            })
-        );
-    } else {
-        println!(
-            "{} ({mode}, concurrency {}): {} requests, {} errors, p50 {}, p99 {}, mean {}, max {}, {:.0} req/s, {} instances launched",
-            a.function,
-            a.concurrency,
-            s.requests,
-            s.errors,
-            fmt_ms(s.p50),
-            fmt_ms(s.p99),
-            fmt_ms(s.mean),
-            fmt_ms(s.max),
-            s.rps(),
-            emb.platform
-                .node
-                .stats()
-                .launched
-                .load(std::sync::atomic::Ordering::Relaxed)
-        );
     }
     let _ = stop_tx.send(());
     server.await.context("server task")??;
