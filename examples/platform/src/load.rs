@@ -241,7 +241,17 @@ fn answer_error(a: &Answer) -> String {
         headers: http::HeaderMap::new(),
         body: a.body.clone(),
     };
-    format!("{} — {}", a.status, reply.error_message())
+    format!("{} — {}", a.status, first_line(&reply.error_message()))
+}
+
+/// The first line of `s`, at most 200 characters (an HTML error page is
+/// not a message).
+pub fn first_line(s: &str) -> String {
+    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    match line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_owned(),
+    }
 }
 
 /// Runs `plan` against the server at `base` and summarises what the client
@@ -406,5 +416,12 @@ mod tests {
         let e = Connection::new("https://127.0.0.1:1").err().unwrap();
         assert!(e.to_string().contains("only http://"), "{e}");
         assert!(Connection::new("not a url").is_err());
+    }
+
+    #[test]
+    fn error_bodies_shrink_to_one_line() {
+        assert_eq!(first_line("\n<html>\n<body>"), "<html>");
+        assert_eq!(first_line(&"x".repeat(300)).chars().count(), 201);
+        assert_eq!(first_line(""), "");
     }
 }

@@ -35,7 +35,7 @@ use faas_core::{
     StartMode, Stdio, UnixMillis,
 };
 use faas_platform::embedded;
-use faas_platform::load::{Connection, Summary};
+use faas_platform::load::{self, Connection, Summary};
 use faas_sandbox::ProcessRuntime;
 
 use super::{EmbeddedServer, example_spec, us};
@@ -167,7 +167,11 @@ async fn platform_once(
     let a = conn.invoke(FUNCTION, body.clone()).await?;
     let d = t.elapsed();
     if !a.status.is_success() {
-        bail!("the platform answered {}", a.status);
+        bail!(
+            "the platform answered {} — {}",
+            a.status,
+            load::first_line(&String::from_utf8_lossy(&a.body))
+        );
     }
     let mode = a.start.unwrap_or_else(|| "unknown".to_owned());
     if mode == "warm" {
