@@ -35,7 +35,7 @@ use faas_core::{
     StartMode, Stdio, UnixMillis,
 };
 use faas_platform::embedded;
-use faas_platform::load::{self, Connection, Summary};
+use faas_platform::load::{Connection, Summary};
 use faas_sandbox::ProcessRuntime;
 
 use super::{EmbeddedServer, example_spec, us};
@@ -167,11 +167,7 @@ async fn platform_once(
     let a = conn.invoke(FUNCTION, body.clone()).await?;
     let d = t.elapsed();
     if !a.status.is_success() {
-        bail!(
-            "the platform answered {} — {}",
-            a.status,
-            load::first_line(&String::from_utf8_lossy(&a.body))
-        );
+        bail!("the platform answered {}", a.error_line());
     }
     let mode = a.start.unwrap_or_else(|| "unknown".to_owned());
     if mode == "warm" {
@@ -545,7 +541,12 @@ pub(super) async fn run(
         .map(|w| w.name)
         .collect();
     if !failed.is_empty() {
-        bail!("compare: {} failed (see above)", failed.join(", "));
+        let hint = if binary.is_some() {
+            "; --binary must be a static executable built on faas-guest"
+        } else {
+            ""
+        };
+        bail!("compare: {} failed (see above{hint})", failed.join(", "));
     }
     Ok(())
 }
