@@ -152,9 +152,9 @@ async fn check_deployed(server: &str, function: &str, mode: Mode) -> anyhow::Res
     }
     if !r.status.is_success() {
         bail!(
-            "GET /functions/{function}: {} — {}",
+            "GET {server}/functions/{function}: {} — {}",
             r.status,
-            r.error_message()
+            load::first_line(&r.error_message())
         );
     }
     let spec: FunctionSpec = serde_json::from_slice(&r.body)

@@ -121,6 +121,19 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+impl Answer {
+    /// One line about a failed answer: its status and the server's message
+    /// (the `message` of a JSON error, else the body's first line).
+    pub fn error_line(&self) -> String {
+        let reply = crate::client::Reply {
+            status: self.status,
+            headers: http::HeaderMap::new(),
+            body: self.body.clone(),
+        };
+        format!("{} — {}", self.status, first_line(&reply.error_message()))
+    }
+}
+
 /// One HTTP/1.1 keep-alive connection to a platform server, reopened when
 /// the server closes it.
 pub struct Connection {
@@ -234,14 +247,14 @@ struct Sample {
     error: Option<String>,
 }
 
-/// One line about a failed answer: its status and the server's message.
-fn answer_error(a: &Answer) -> String {
-    let reply = crate::client::Reply {
-        status: a.status,
-        headers: http::HeaderMap::new(),
-        body: a.body.clone(),
-    };
-    format!("{} — {}", a.status, reply.error_message())
+/// The first line of `s`, at most 200 characters (an HTML error page is
+/// not a message).
+pub fn first_line(s: &str) -> String {
+    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    match line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_owned(),
+    }
 }
 
 /// Runs `plan` against the server at `base` and summarises what the client
@@ -267,7 +280,7 @@ pub async fn run_plan(
     let check = |a: anyhow::Result<Answer>, what: &str| -> anyhow::Result<()> {
         let a = a?;
         if !a.status.is_success() {
-            bail!("{function}: {what} failed: {}", answer_error(&a));
+            bail!("{function}: {what} failed: {}", a.error_line());
         }
         Ok(())
     };
@@ -313,7 +326,7 @@ pub async fn run_plan(
                     Ok(a) => Sample {
                         latency,
                         ok: false,
-                        error: Some(answer_error(&a)),
+                        error: Some(a.error_line()),
                         start: a.start,
                     },
                     Err(e) => Sample {
@@ -406,5 +419,12 @@ mod tests {
         let e = Connection::new("https://127.0.0.1:1").err().unwrap();
         assert!(e.to_string().contains("only http://"), "{e}");
         assert!(Connection::new("not a url").is_err());
+    }
+
+    #[test]
+    fn error_bodies_shrink_to_one_line() {
+        assert_eq!(first_line("\n<html>\n<body>"), "<html>");
+        assert_eq!(first_line(&"x".repeat(300)).chars().count(), 201);
+        assert_eq!(first_line(""), "");
     }
 }

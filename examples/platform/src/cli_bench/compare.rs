@@ -167,7 +167,7 @@ async fn platform_once(
     let a = conn.invoke(FUNCTION, body.clone()).await?;
     let d = t.elapsed();
     if !a.status.is_success() {
-        bail!("the platform answered {}", a.status);
+        bail!("the platform answered {}", a.error_line());
     }
     let mode = a.start.unwrap_or_else(|| "unknown".to_owned());
     if mode == "warm" {
@@ -541,7 +541,12 @@ pub(super) async fn run(
         .map(|w| w.name)
         .collect();
     if !failed.is_empty() {
-        bail!("compare: {} failed (see above)", failed.join(", "));
+        let hint = if binary.is_some() {
+            "; --binary must be a static executable built on faas-guest"
+        } else {
+            ""
+        };
+        bail!("compare: {} failed (see above{hint})", failed.join(", "));
     }
     Ok(())
 }
