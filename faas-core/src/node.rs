@@ -223,7 +223,10 @@ mod tests {
         let text = e.to_string();
         assert_eq!(e.logs(), "");
         let e = e.with_logs("a\n".into()).with_logs("b\n".into());
-        assert_eq!((e.logs(), e.http_status(), e.code()), ("b\n", 504, "timeout"));
+        assert_eq!(
+            (e.logs(), e.http_status(), e.code()),
+            ("b\n", 504, "timeout")
+        );
         assert_eq!(e.to_string(), text);
         assert!(matches!(e.kind(), InvokeError::TimedOut { .. }));
         let (e, logs) = e.into_parts();

@@ -817,9 +817,7 @@ impl FunctionGateway {
                     AliasError::Name(_) => (StatusCode::BAD_REQUEST, "bad_alias"),
                     AliasError::NoFunction(_) => (StatusCode::NOT_FOUND, "function_not_found"),
                     AliasError::NoVersion { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
-                    AliasError::State { .. } => {
-                        (StatusCode::INTERNAL_SERVER_ERROR, "state_error")
-                    }
+                    AliasError::State { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "state_error"),
                 };
                 error(status, code, e.to_string())
             }
@@ -839,8 +837,8 @@ impl FunctionGateway {
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let (name, target) = Target::parse(target)
-            .map_err(|m| error(StatusCode::BAD_REQUEST, "bad_target", m))?;
+        let (name, target) =
+            Target::parse(target).map_err(|m| error(StatusCode::BAD_REQUEST, "bad_target", m))?;
         let spec = self
             .registry
             .resolve(name, &target)
@@ -864,7 +862,12 @@ impl FunctionGateway {
         Ok((spec, inv))
     }
 
-    async fn invoke<B>(&self, target: &str, req: Request<B>, trace: String) -> Response<ResponseBody>
+    async fn invoke<B>(
+        &self,
+        target: &str,
+        req: Request<B>,
+        trace: String,
+    ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -964,7 +967,11 @@ impl FunctionGateway {
             .invocations
             .start(id, &spec.name, spec.version, &trace_id, true)
         {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "too_many_pending", e.to_string());
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                e.to_string(),
+            );
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
             return r;
         }
@@ -1103,7 +1110,9 @@ fn no_invocation(id: &str) -> Response<ResponseBody> {
     error(
         StatusCode::NOT_FOUND,
         "invocation_not_found",
-        format!("invocation {id:?} is unknown (or was forgotten: only recent invocations are kept)"),
+        format!(
+            "invocation {id:?} is unknown (or was forgotten: only recent invocations are kept)"
+        ),
     )
 }
 
@@ -1225,16 +1234,20 @@ mod tests {
         let documented = documented();
         let undocumented: Vec<_> = routed.difference(&documented).collect();
         let unrouted: Vec<_> = documented.difference(&routed).collect();
-        assert!(undocumented.is_empty(), "routes missing from openapi.json: {undocumented:?}");
-        assert!(unrouted.is_empty(), "documented but not routed: {unrouted:?}");
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from openapi.json: {undocumented:?}"
+        );
+        assert!(
+            unrouted.is_empty(),
+            "documented but not routed: {unrouted:?}"
+        );
         // Every path parameter of a route is declared in the document.
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         for r in &ROUTES {
             let item = &doc["paths"][r.path];
-            let mut params: Vec<serde_json::Value> = item["parameters"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let mut params: Vec<serde_json::Value> =
+                item["parameters"].as_array().cloned().unwrap_or_default();
             params.extend(
                 item[r.method.to_lowercase()]["parameters"]
                     .as_array()
@@ -1256,7 +1269,12 @@ mod tests {
                 .collect();
             for seg in r.path.split('/').filter(|s| s.starts_with('{')) {
                 let name = seg.trim_matches(|c| c == '{' || c == '}');
-                assert!(names.iter().any(|n| n == name), "{} {}: {name} undeclared", r.method, r.path);
+                assert!(
+                    names.iter().any(|n| n == name),
+                    "{} {}: {name} undeclared",
+                    r.method,
+                    r.path
+                );
             }
         }
     }
@@ -1290,12 +1308,19 @@ mod tests {
     fn put_spec_takes_its_name_from_the_path() {
         let body = br#"{"runtime":"native","image":{"kind":"dir","path":"/f"},"handler":"h"}"#;
         assert_eq!(parse_spec(body, Some("f")).unwrap().name, "f");
-        let named = br#"{"name":"g","runtime":"native","image":{"kind":"dir","path":"/f"},"handler":"h"}"#;
+        let named =
+            br#"{"name":"g","runtime":"native","image":{"kind":"dir","path":"/f"},"handler":"h"}"#;
         assert_eq!(parse_spec(named, Some("g")).unwrap().name, "g");
         let r = parse_spec(named, Some("f")).unwrap_err();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(parse_spec(b"[]", Some("f")).unwrap_err().status(), StatusCode::BAD_REQUEST);
-        assert_eq!(parse_spec(body, None).unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            parse_spec(b"[]", Some("f")).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            parse_spec(body, None).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
         assert!(parse_id("00000000deadbeef").is_ok());
         for bad in ["", "xyz", "00000000deadbeef0", "-1"] {
             assert!(parse_id(bad).is_err(), "{bad}");

@@ -248,7 +248,10 @@ impl Invocations {
         let size = 256
             + r.function.len()
             + r.trace_id.len()
-            + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + r.headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + r.body.as_ref().map_or(0, String::len)
             + r.body_base64.as_ref().map_or(0, String::len)
             + r.error.as_ref().map_or(0, |e| e.message.len())
@@ -376,7 +379,10 @@ mod tests {
         assert_eq!(s.get(InvocationId(1)).unwrap().state, State::Pending);
         s.finish(InvocationId(1), done(b"hi"));
         let r = s.get(InvocationId(1)).unwrap();
-        assert_eq!((r.state, r.status, r.body.as_deref()), (State::Done, Some(200), Some("hi")));
+        assert_eq!(
+            (r.state, r.status, r.body.as_deref()),
+            (State::Done, Some(200), Some("hi"))
+        );
         assert_eq!(s.logs(InvocationId(1)).unwrap().1, "log\n");
         s.start(InvocationId(2), "f", 2, "t", true).unwrap();
         s.finish(InvocationId(2), done(&[0xff, 0]));
@@ -438,7 +444,10 @@ mod tests {
         s.finish(InvocationId(1), done(b""));
         std::thread::sleep(Duration::from_millis(5));
         assert!(s.get(InvocationId(1)).is_none());
-        assert!(s.get(InvocationId(2)).is_some(), "pending ones do not expire");
+        assert!(
+            s.get(InvocationId(2)).is_some(),
+            "pending ones do not expire"
+        );
         s.start(InvocationId(3), "f", 1, "t", false).unwrap();
         assert_eq!(s.len(), 2);
     }

@@ -153,10 +153,7 @@ impl InstanceOutput {
     pub(crate) fn stdio(&self) -> io::Result<(Stdio, Stdio)> {
         let w = self.shared.writers.lock();
         match &*w {
-            Some((out, err)) => Ok((
-                Stdio::Fd(out.try_clone()?),
-                Stdio::Fd(err.try_clone()?),
-            )),
+            Some((out, err)) => Ok((Stdio::Fd(out.try_clone()?), Stdio::Fd(err.try_clone()?))),
             None => Err(io::Error::other("the instance's log pipes are closed")),
         }
     }

@@ -264,8 +264,8 @@ impl Registry {
             let path = fdir.join(ALIASES);
             match std::fs::read(&path) {
                 Ok(bytes) => {
-                    let aliases: BTreeMap<String, u32> = serde_json::from_slice(&bytes)
-                        .map_err(|source| OpenError::Spec {
+                    let aliases: BTreeMap<String, u32> =
+                        serde_json::from_slice(&bytes).map_err(|source| OpenError::Spec {
                             path: path.clone(),
                             source,
                         })?;
@@ -907,7 +907,10 @@ mod tests {
         );
         for bad in ["f@", "f@0", "f@99999999999", "f@Prod", "f@a@b", "f@-x"] {
             let e = Target::parse(bad).unwrap_err();
-            assert!(e.contains(bad.split('@').nth(1).unwrap()) || e.contains(bad), "{bad}: {e}");
+            assert!(
+                e.contains(bad.split('@').nth(1).unwrap()) || e.contains(bad),
+                "{bad}: {e}"
+            );
         }
         assert!(valid_alias("prod") && valid_alias("v2") && valid_alias("2a"));
         for bad in ["", "latest", "12", "Prod", "a b", &"a".repeat(64)] {
@@ -927,7 +930,10 @@ mod tests {
         ));
         r.deploy(spec("f", src.path())).unwrap();
         r.deploy(spec("f", src.path())).unwrap();
-        assert!(matches!(r.set_alias("f", "latest", 1), Err(AliasError::Name(_))));
+        assert!(matches!(
+            r.set_alias("f", "latest", 1),
+            Err(AliasError::Name(_))
+        ));
         assert!(matches!(r.set_alias("f", "3", 1), Err(AliasError::Name(_))));
         assert!(matches!(
             r.set_alias("f", "prod", 3),
@@ -935,9 +941,19 @@ mod tests {
         ));
         r.set_alias("f", "prod", 1).unwrap();
         r.set_alias("f", "canary", 2).unwrap();
-        assert_eq!(r.resolve("f", &Target::Alias("prod".into())).unwrap().version, 1);
+        assert_eq!(
+            r.resolve("f", &Target::Alias("prod".into()))
+                .unwrap()
+                .version,
+            1
+        );
         r.set_alias("f", "prod", 2).unwrap();
-        assert_eq!(r.resolve("f", &Target::Alias("prod".into())).unwrap().version, 2);
+        assert_eq!(
+            r.resolve("f", &Target::Alias("prod".into()))
+                .unwrap()
+                .version,
+            2
+        );
         assert_eq!(r.resolve("f", &Target::Version(1)).unwrap().version, 1);
         assert_eq!(r.resolve("f", &Target::Latest).unwrap().version, 2);
         assert_eq!(
