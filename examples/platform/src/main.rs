@@ -117,7 +117,8 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 6 * 1024 * 1024)]
     max_body: usize,
-    /// Discard the instances' stderr instead of showing it.
+    /// Do not copy the instances' stderr to this process's stderr (it is
+    /// captured into each invocation's logs either way: `faas logs ID`).
     #[arg(long)]
     quiet_instances: bool,
     /// How instances run: `pooled` (namespaces, cgroups, seccomp; needs
@@ -544,7 +545,7 @@ async fn ls(server: &str) -> anyhow::Result<()> {
             "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>8}s  {:<24} {}",
             f.name,
             f.version,
-            f.runtime,
+            f.runtime.as_str(),
             f.start.as_str(),
             reuse,
             f.limits.timeout_ms as f64 / 1000.0,

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -73,7 +73,7 @@ fn python_fn(s: &Server, dir: &str, body: &str) -> PathBuf {
     d
 }
 
-fn deploy_python(s: &Server, name: &str, dir: &PathBuf) -> String {
+fn deploy_python(s: &Server, name: &str, dir: &Path) -> String {
     cli_ok(
         s,
         &[
