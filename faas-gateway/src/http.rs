@@ -644,7 +644,7 @@ impl FunctionGateway {
                     Some(r) => json(StatusCode::OK, &r),
                     None => no_invocation(p(0)),
                 },
-                Err(r) => r,
+                Err(e) => e.response(),
             },
             Op::GetInvocationLogs => match parse_id(p(0)) {
                 Ok(id) => match self.invocations.logs(id) {
@@ -660,7 +660,7 @@ impl FunctionGateway {
                     }
                     None => no_invocation(p(0)),
                 },
-                Err(r) => r,
+                Err(e) => e.response(),
             },
         }
     }
@@ -713,7 +713,7 @@ impl FunctionGateway {
         };
         let spec = match parse_spec(&body, name) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(e) => return e.response(),
         };
         if let Some(p) = &self.preparer
             && let Err(e) = p.check(&spec)
@@ -1120,41 +1120,48 @@ fn no_invocation(id: &str) -> Response<ResponseBody> {
 }
 
 /// An invocation id as the gateway prints it (16 hex digits).
-fn parse_id(s: &str) -> Result<InvocationId, Response<ResponseBody>> {
+fn parse_id(s: &str) -> Result<InvocationId, BadRequest> {
+    let bad = || BadRequest {
+        code: "bad_invocation_id",
+        message: format!(
+            "invocation id {s:?} is invalid: give the 16 hex digits of x-faas-invocation-id"
+        ),
+    };
     if s.is_empty() || s.len() > 16 {
-        return Err(bad_id(s));
+        return Err(bad());
     }
-    s.parse().map_err(|_| bad_id(s))
+    s.parse().map_err(|_| bad())
 }
 
-fn bad_id(s: &str) -> Response<ResponseBody> {
-    error(
-        StatusCode::BAD_REQUEST,
-        "bad_invocation_id",
-        format!("invocation id {s:?} is invalid: give the 16 hex digits of x-faas-invocation-id"),
-    )
+/// A `400` answer: its code and message.
+#[derive(Debug)]
+struct BadRequest {
+    code: &'static str,
+    message: String,
+}
+
+impl BadRequest {
+    fn response(self) -> Response<ResponseBody> {
+        error(StatusCode::BAD_REQUEST, self.code, self.message)
+    }
 }
 
 /// The spec of a deploy; with `name` (from the path) its `name` may be
 /// left out and must match when given.
-fn parse_spec(body: &[u8], name: Option<&str>) -> Result<FunctionSpec, Response<ResponseBody>> {
-    let bad = |e: serde_json::Error| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_spec",
-            format!("function spec is not valid JSON for a spec: {e}"),
-        )
+fn parse_spec(body: &[u8], name: Option<&str>) -> Result<FunctionSpec, BadRequest> {
+    let bad = |e: serde_json::Error| BadRequest {
+        code: "bad_spec",
+        message: format!("function spec is not valid JSON for a spec: {e}"),
     };
     let Some(name) = name else {
         return serde_json::from_slice(body).map_err(bad);
     };
     let mut v: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
     let Some(obj) = v.as_object_mut() else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "bad_spec",
-            "function spec must be a JSON object",
-        ));
+        return Err(BadRequest {
+            code: "bad_spec",
+            message: "function spec must be a JSON object".into(),
+        });
     };
     match obj.get("name") {
         None => {
@@ -1162,11 +1169,10 @@ fn parse_spec(body: &[u8], name: Option<&str>) -> Result<FunctionSpec, Response<
         }
         Some(n) if n.as_str() == Some(name) => {}
         Some(n) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "name_mismatch",
-                format!("the spec names function {n} but the path names {name:?}"),
-            ));
+            return Err(BadRequest {
+                code: "name_mismatch",
+                message: format!("the spec names function {n} but the path names {name:?}"),
+            });
         }
     }
     serde_json::from_value(v).map_err(bad)
@@ -1314,16 +1320,12 @@ mod tests {
         let named =
             br#"{"name":"g","runtime":"native","image":{"kind":"dir","path":"/f"},"handler":"h"}"#;
         assert_eq!(parse_spec(named, Some("g")).unwrap().name, "g");
-        let r = parse_spec(named, Some("f")).unwrap_err();
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
-            parse_spec(b"[]", Some("f")).unwrap_err().status(),
-            StatusCode::BAD_REQUEST
+            parse_spec(named, Some("f")).unwrap_err().code,
+            "name_mismatch"
         );
-        assert_eq!(
-            parse_spec(body, None).unwrap_err().status(),
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(parse_spec(b"[]", Some("f")).unwrap_err().code, "bad_spec");
+        assert_eq!(parse_spec(body, None).unwrap_err().code, "bad_spec");
         assert!(parse_id("00000000deadbeef").is_ok());
         for bad in ["", "xyz", "00000000deadbeef0", "-1"] {
             assert!(parse_id(bad).is_err(), "{bad}");

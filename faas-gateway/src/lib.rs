@@ -12,14 +12,19 @@
 //!                     instance ── fd 3 (SOCK_SEQPACKET): Ready ▶ Invoke ◀ Result ▶
 //! ```
 //!
-//! - [`FunctionGateway`]: hyper 1 HTTP server with the REST API, request body
-//!   limit, trace ids, and the mapping of every failure to one JSON error.
+//! - [`FunctionGateway`]: hyper 1 HTTP server with the REST API (one route
+//!   table, [`ROUTES`], documented by [`OPENAPI`]), request body limit,
+//!   trace ids, and the mapping of every failure to one JSON error.
+//! - [`Invocations`]: the recent invocations (asynchronous ones with their
+//!   results) and their logs, bounded in number, bytes and age.
 //! - [`LocalNodeGateway`]: the [`faas_core::NodeGateway`] of a node: buffers
 //!   requests per function, launches instances through a
 //!   [`faas_core::SandboxRuntime`], hands each request to the instance that
-//!   pulls it, enforces the deadline and treats the instance as hostile.
-//! - [`Registry`]: deployed functions and their versions under a state
-//!   directory.
+//!   pulls it, enforces the deadline and treats the instance as hostile; it
+//!   captures what each instance writes (`Log` frames, stdout, stderr) into
+//!   the logs of the invocation it serves, at most [`MAX_INVOCATION_LOGS`].
+//! - [`Registry`]: deployed functions, their versions and aliases under a
+//!   state directory; [`Target`] parses `NAME[@VERSION|@ALIAS]`.
 //! - [`RuntimeCommands`]: the language runtimes (Python, Node.js) of a
 //!   node, and the layout their instances see ([`Layout`]: the code at
 //!   `/var/task`, the runtime at `/var/runtime`, both read-only).

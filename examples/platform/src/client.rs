@@ -63,12 +63,29 @@ impl Client {
         path: &str,
         body: impl Into<Bytes>,
     ) -> anyhow::Result<Reply> {
+        self.request_with(method, path, &[], body).await
+    }
+
+    /// Sends one request with extra headers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`], or a header is invalid.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Reply> {
         let uri = format!("{}{}", self.base, path);
-        let req = Request::builder()
-            .method(method.clone())
-            .uri(&uri)
+        let mut req = Request::builder().method(method.clone()).uri(&uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(Full::new(body.into()))
-            .with_context(|| format!("bad URL {uri}"))?;
+            .with_context(|| format!("bad URL {uri} or header"))?;
         let resp = self
             .http
             .request(req)

@@ -35,9 +35,38 @@ enum Command {
     /// Node.js Lambda handler (Python: snapshotted at deploy, restored per
     /// request).
     Deploy(DeployArgs),
-    /// Invoke a function and print its answer.
+    /// Invoke a function (NAME, NAME@VERSION or NAME@ALIAS) and print its
+    /// answer.
     Invoke(InvokeArgs),
-    /// List deployed functions.
+    /// Print the logs of an invocation (its id is in x-faas-invocation-id,
+    /// or printed by `invoke --async`).
+    Logs {
+        /// Invocation id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print what is known about an invocation (state, status, result) as
+    /// JSON.
+    Invocation {
+        /// Invocation id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Point an alias of a function at one of its versions.
+    Alias {
+        /// Function name.
+        name: String,
+        /// Alias (a-z, 0-9, '-', '_'; not a number, not `latest`).
+        alias: String,
+        /// Version number.
+        #[arg(value_name = "VERSION")]
+        to_version: u32,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List deployed functions (latest versions) and their aliases.
     Ls(ServerArg),
     /// Delete a function (every version).
     Rm {
@@ -90,7 +119,8 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 6 * 1024 * 1024)]
     max_body: usize,
-    /// Discard the instances' stderr instead of showing it.
+    /// Do not copy the instances' stderr to this process's stderr (it is
+    /// captured into each invocation's logs either way: `faas logs ID`).
     #[arg(long)]
     quiet_instances: bool,
     /// How instances run: `pooled` (namespaces, cgroups, seccomp; needs
@@ -160,7 +190,7 @@ struct DeployArgs {
 
 #[derive(Args)]
 struct InvokeArgs {
-    /// Function name.
+    /// Function: NAME (latest version), NAME@VERSION or NAME@ALIAS.
     name: String,
     /// Request body.
     #[arg(long, conflicts_with = "file")]
@@ -171,6 +201,10 @@ struct InvokeArgs {
     /// Print the response status and headers to stderr.
     #[arg(long, short = 'i')]
     include: bool,
+    /// Run it in the background: print the invocation id at once (see
+    /// `faas invocation ID` and `faas logs ID`).
+    #[arg(long = "async")]
+    run_async: bool,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -254,6 +288,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(a) => deploy(a).await,
         Command::Invoke(a) => invoke(a).await,
         Command::Ls(s) => ls(&s.server).await,
+        Command::Logs { id, server } => {
+            let r = Client::new(&server.server)
+                .expect_ok(
+                    Method::GET,
+                    &format!("/invocations/{id}/logs"),
+                    Bytes::new(),
+                )
+                .await?;
+            std::io::stdout().write_all(&r.body)?;
+            Ok(())
+        }
+        Command::Invocation { id, server } => {
+            let r = Client::new(&server.server)
+                .expect_ok(Method::GET, &format!("/invocations/{id}"), Bytes::new())
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&r.body)
+                .context("server answered with an unexpected body")?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Alias {
+            name,
+            alias,
+            to_version: version,
+            server,
+        } => {
+            Client::new(&server.server)
+                .expect_ok(
+                    Method::POST,
+                    &format!("/functions/{name}/aliases/{alias}"),
+                    serde_json::to_vec(&serde_json::json!({ "version": version }))?,
+                )
+                .await?;
+            println!("{name}@{alias} -> version {version}");
+            Ok(())
+        }
         Command::Rm { name, server } => {
             Client::new(&server.server)
                 .expect_ok(Method::DELETE, &format!("/functions/{name}"), Bytes::new())
@@ -351,7 +421,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&spec)?;
     let started = std::time::Instant::now();
     let r = Client::new(&a.server.server)
-        .expect_ok(Method::POST, "/functions", body)
+        .expect_ok(Method::PUT, &format!("/functions/{}", a.name), body)
         .await?;
     let took = started.elapsed();
     let spec: FunctionSpec =
@@ -401,8 +471,13 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
         (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => Vec::new(),
     };
+    let route = if a.run_async {
+        "invoke-async"
+    } else {
+        "invoke"
+    };
     let r = Client::new(&a.server.server)
-        .request(Method::POST, &format!("/invoke/{}", a.name), body)
+        .request(Method::POST, &format!("/{route}/{}", a.name), body)
         .await?;
     if a.include {
         eprintln!("{}", r.status);
@@ -411,7 +486,22 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
         }
     }
     if !r.status.is_success() {
-        bail!("{}: {} — {}", a.name, r.status, r.error_message());
+        let id = r
+            .headers
+            .get("x-faas-invocation-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|id| format!(" (invocation {id}: faas logs {id})"))
+            .unwrap_or_default();
+        bail!("{}: {} — {}{id}", a.name, r.status, r.error_message());
+    }
+    if a.run_async {
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
+        let id = v["id"]
+            .as_str()
+            .context("server answered without an invocation id")?;
+        println!("{id}");
+        return Ok(());
     }
     let mut out = std::io::stdout();
     out.write_all(&r.body)?;
@@ -422,29 +512,49 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
 }
 
 async fn ls(server: &str) -> anyhow::Result<()> {
-    let r = Client::new(server)
+    let client = Client::new(server);
+    let r = client
         .expect_ok(Method::GET, "/functions", Bytes::new())
         .await?;
     let fns: Vec<FunctionSpec> =
         serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
     println!(
-        "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>9}  HANDLER",
-        "NAME", "VERSION", "RUNTIME", "START", "REUSE", "TIMEOUT"
+        "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>9}  {:<24} ALIASES",
+        "NAME", "VERSION", "RUNTIME", "START", "REUSE", "TIMEOUT", "HANDLER"
     );
     for f in fns {
+        // Deleted meanwhile: no aliases.
+        let aliases: std::collections::BTreeMap<String, u32> = match client
+            .request(
+                Method::GET,
+                &format!("/functions/{}/aliases", f.name),
+                Bytes::new(),
+            )
+            .await
+        {
+            Ok(r) if r.status.is_success() => serde_json::from_slice(&r.body)
+                .context("server answered with an unexpected body")?,
+            _ => Default::default(),
+        };
+        let aliases: Vec<String> = aliases.iter().map(|(a, v)| format!("{a}={v}")).collect();
         let reuse = match f.reuse {
             Reuse::PerRequest => "request".to_owned(),
             Reuse::KeepAlive { idle_ms } => format!("keep {}s", idle_ms / 1000),
         };
         println!(
-            "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>8}s  {}",
+            "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>8}s  {:<24} {}",
             f.name,
             f.version,
-            f.runtime,
+            f.runtime.as_str(),
             f.start.as_str(),
             reuse,
             f.limits.timeout_ms as f64 / 1000.0,
-            f.handler
+            f.handler,
+            if aliases.is_empty() {
+                "-".to_owned()
+            } else {
+                aliases.join(",")
+            }
         );
     }
     Ok(())
