@@ -81,6 +81,11 @@ struct Queue {
     pending: VecDeque<Pending>,
     /// Idle keep-alive instances waiting for a request.
     idle: VecDeque<oneshot::Sender<Pending>>,
+    /// Instances launched that have not looked at `pending` yet.
+    launching: usize,
+    /// Keep-alive instances that have answered and will look at `pending`
+    /// before they park idle.
+    returning: usize,
 }
 
 impl Queue {
@@ -232,7 +237,10 @@ impl LocalNodeGateway {
                     },
                     None => {
                         q.pending.push_back(p);
-                        break true;
+                        // Instances on their way (launching, or back from
+                        // their last answer) take the waiting requests
+                        // first: launch only for the ones left over.
+                        break q.pending.len() > q.launching + q.returning;
                     }
                 }
             }
@@ -291,14 +299,37 @@ impl Drop for LiveGuard<'_> {
 }
 
 /// Starts [`instance_task`] in the background, in the current span (the
-/// request's that launches it: its trace id is on the task's log lines).
+/// request's that launches it: its trace id is on the task's log lines),
+/// counted in its queue's `launching`.
 fn spawn_instance(inner: Arc<Inner>, st: Arc<FnState>) {
+    st.queue.lock().launching += 1;
     tokio::spawn(instance_task(inner, st).instrument(tracing::Span::current()));
+}
+
+/// Counts a new instance in its queue's `launching` until it first looks
+/// at the queue, or gives up before.
+struct Launching(Option<Arc<FnState>>);
+
+impl Launching {
+    fn arrive(&mut self, q: &mut Queue) {
+        if self.0.take().is_some() {
+            q.launching -= 1;
+        }
+    }
+}
+
+impl Drop for Launching {
+    fn drop(&mut self) {
+        if let Some(st) = self.0.take() {
+            st.queue.lock().launching -= 1;
+        }
+    }
 }
 
 /// Launches one instance of `st`'s function and serves requests with it
 /// until it exits (per request: after one).
 async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
+    let mut launching = Launching(Some(st.clone()));
     let spec = st.spec.clone();
     let n = inner.next_instance.fetch_add(1, Ordering::Relaxed);
     let name = format!("{}-v{}-{n}", spec.name, spec.version);
@@ -375,7 +406,7 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             st.restore_failed.store(true, Ordering::Relaxed);
             let _ = out.finish();
             drop(_live);
-            return spawn_instance(inner.clone(), st);
+            return spawn_instance(inner.clone(), st.clone());
         }
         Err(e) => {
             tracing::debug!(instance = %name, error = %e, "instance failed before Ready");
@@ -387,16 +418,35 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
     // it is parked before its next `Ready` arrives, so a request that comes
     // in meanwhile does not launch a second instance.
     let mut announced = true;
+    // Counted in the queue's `returning` (see `serve_one`).
+    let mut returning = false;
     loop {
-        // Pull the oldest request, or wait idle (keep-alive only).
-        let next = st.queue.lock().pop_live();
-        let p = match (next, keep_alive) {
-            (Some(p), _) => p,
-            (None, None) => break,
-            (None, Some(idle)) => match wait_idle(&st, inst.as_mut(), idle).await {
+        // Pull the oldest request, or park idle (keep-alive only), in one
+        // step: a request arriving meanwhile finds this instance either
+        // returning or idle, and launches no other.
+        let (next, parked) = {
+            let mut q = st.queue.lock();
+            launching.arrive(&mut q);
+            if returning {
+                q.returning -= 1;
+            }
+            match (q.pop_live(), keep_alive) {
+                (Some(p), _) => (Some(p), None),
+                (None, Some(_)) => {
+                    let (tx, rx) = oneshot::channel();
+                    q.idle.push_back(tx);
+                    (None, Some(rx))
+                }
+                (None, None) => (None, None),
+            }
+        };
+        let p = match (next, parked, keep_alive) {
+            (Some(p), _, _) => p,
+            (None, Some(rx), Some(idle)) => match wait_idle(&st, inst.as_mut(), rx, idle).await {
                 Some(p) => p,
                 None => break,
             },
+            _ => break,
         };
         if !announced && let Err(e) = await_ready(&mut chan, inst.as_mut(), timeout).await {
             // It died after its last answer: the request it took goes back
@@ -413,11 +463,13 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             us: start_us,
             mode: cold.then_some(mode),
             retry_restore: cold && ready_at_once,
+            keep_alive: keep_alive.is_some(),
         };
-        let served = serve_one(&mut chan, inst.as_mut(), &out, p, start, timeout).await;
+        let served = serve_one(&mut chan, inst.as_mut(), &out, &st, p, start, timeout).await;
         cold = false;
         start_us = 0;
         announced = false;
+        returning = matches!(served, Served::Usable) && keep_alive.is_some();
         match served {
             Served::Usable if keep_alive.is_some() => {}
             Served::Usable | Served::Done => break,
@@ -429,7 +481,7 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
                 st.restore_failed.store(true, Ordering::Relaxed);
                 st.queue.lock().pending.push_front(p);
                 drop(_live);
-                return spawn_instance(inner.clone(), st);
+                return spawn_instance(inner.clone(), st.clone());
             }
         }
     }
@@ -659,11 +711,15 @@ async fn exited(inst: &mut dyn Instance) -> InvokeError {
     }
 }
 
-/// Parks a keep-alive instance until a request for its function arrives or
-/// `idle` passes.
-async fn wait_idle(st: &FnState, inst: &mut dyn Instance, idle: Duration) -> Option<Pending> {
-    let (tx, mut rx) = oneshot::channel();
-    st.queue.lock().idle.push_back(tx);
+/// Keeps a keep-alive instance parked (its sender is in the queue's
+/// `idle`) until a request for its function arrives on `rx` or `idle`
+/// passes.
+async fn wait_idle(
+    st: &FnState,
+    inst: &mut dyn Instance,
+    mut rx: oneshot::Receiver<Pending>,
+    idle: Duration,
+) -> Option<Pending> {
     tokio::select! {
         p = &mut rx => p.ok(),
         () = tokio::time::sleep(idle) => {
@@ -701,6 +757,9 @@ struct Start {
     /// It was restored without saying `Ready`: a restorer failure hands the
     /// request back (see [`serve_one`]).
     retry_restore: bool,
+    /// It stays for the next request: counted in [`Queue::returning`]
+    /// before its answer goes out.
+    keep_alive: bool,
 }
 
 /// Runs one request on a ready instance. With `retry_restore`, a restorer
@@ -709,6 +768,7 @@ async fn serve_one(
     chan: &mut AsyncChannel,
     inst: &mut dyn Instance,
     out: &InstanceOutput,
+    st: &FnState,
     p: Pending,
     start: Start,
     timeout: Duration,
@@ -717,6 +777,7 @@ async fn serve_one(
         us: start_us,
         mode: started,
         retry_restore,
+        keep_alive,
     } = start;
     let Pending {
         inv,
@@ -808,6 +869,9 @@ async fn serve_one(
             (Err(e.with_logs(out.finish())), false)
         }
     };
+    if usable && keep_alive {
+        st.queue.lock().returning += 1;
+    }
     let _ = reply.send(result);
     if usable { Served::Usable } else { Served::Done }
 }

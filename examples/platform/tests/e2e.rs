@@ -252,3 +252,46 @@ fn keep_alive_reuses_one_instance() {
     assert_eq!(bodies[2].headers["x-faas-cold"], "false");
     assert_eq!(bodies[1].body, bodies[2].body, "same pid answers");
 }
+
+#[test]
+fn keep_alive_never_launches_more_instances_than_requests_in_flight() {
+    // Four clients, each sending its next request as soon as its answer
+    // is back: an instance between its answer and parking idle must take
+    // the next request rather than a new instance being launched for it.
+    let s = Server::start(&[]);
+    let ex = s.examples();
+    s.deploy(
+        "hello",
+        &ex.join("hello"),
+        "hello",
+        &["--keep-alive-ms", "60000"],
+    );
+    let fresh: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let client = s.client();
+                    rt().block_on(async {
+                        let mut fresh = 0;
+                        for _ in 0..50 {
+                            let r = client
+                                .request(Method::POST, "/invoke/hello", Bytes::from_static(b"x"))
+                                .await
+                                .unwrap();
+                            assert_eq!(r.status, 200);
+                            if r.headers["x-faas-start"] != "warm" {
+                                fresh += 1;
+                            }
+                        }
+                        fresh
+                    })
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert!(
+        (1..=4).contains(&fresh),
+        "{fresh} of 200 answers came from a fresh instance"
+    );
+}
