@@ -4,6 +4,7 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /healthz` | `ok` |
+//! | `GET /metrics` | Prometheus metrics, text format 0.0.4 (series in [`Metrics`]) |
 //! | `POST /functions` | deploy a [`FunctionSpec`] (JSON) as a new version, prepared by the [`Preparer`] (a snapshot) → `201` + the spec (its `start` mode) and any `warnings` |
 //! | `GET /functions` | every function's latest version |
 //! | `GET /functions/{name}` | its latest version |
@@ -20,7 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use faas_core::{
@@ -33,6 +34,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use parking_lot::RwLock;
 use serde::Serialize;
 
+use crate::metrics::{self, Metrics};
 use crate::prepare::{PrepareError, Prepared, Preparer};
 use crate::registry::{DeployError, Registry, fill_random};
 
@@ -63,6 +65,7 @@ pub struct FunctionGateway {
     preparer: Option<Arc<dyn Preparer>>,
     config: GatewayConfig,
     next_id: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// The answer to a deploy: the spec as registered, and what the deployer
@@ -93,14 +96,16 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<ResponseBody> {
-    json(
+    let mut r = json(
         status,
         &ErrorBody {
             error: code,
             message: message.into(),
             retry_after_s: None,
         },
-    )
+    );
+    metrics::tag_error(&mut r, code);
+    r
 }
 
 /// Releases a placement exactly once, also when the request is dropped
@@ -135,7 +140,22 @@ impl FunctionGateway {
             // Random start, so ids of successive runs do not collide; the top
             // bit is kept clear so the counter never wraps in practice.
             next_id: AtomicU64::new(u64::from_le_bytes(seed) >> 1),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records into `metrics` (shared with the node gateways of the
+    /// process, see [`Metrics`]) instead of a registry of its own; served
+    /// at `GET /metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics registry served at `GET /metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Deploys go through `preparer` (see [`Preparer`]): it checks each
@@ -175,8 +195,9 @@ impl FunctionGateway {
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 r
             }
+            (&Method::GET, ["metrics"]) => self.metrics.response(),
             (&Method::GET, ["functions"]) => json(StatusCode::OK, &self.registry.list()),
-            (&Method::POST, ["functions"]) => self.deploy(req).await,
+            (&Method::POST, ["functions"]) => self.metrics.deploy(self.deploy(req)).await,
             (&Method::GET, ["functions", name]) => match self.registry.get(name) {
                 Some(s) => json(StatusCode::OK, &*s),
                 None => not_deployed(name),
@@ -186,11 +207,13 @@ impl FunctionGateway {
                 let name = (*name).to_owned();
                 self.invoke(&name, req).await
             }
-            (_, ["healthz"] | ["functions"] | ["functions", _] | ["invoke", _]) => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed on {path}"),
-            ),
+            (_, ["healthz"] | ["metrics"] | ["functions"] | ["functions", _] | ["invoke", _]) => {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not allowed on {path}"),
+                )
+            }
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -323,14 +346,32 @@ impl FunctionGateway {
         }
     }
 
+    /// Runs `name` and records the request in the metrics.
     async fn invoke<B>(&self, name: &str, req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let Some(spec) = self.registry.get(name) else {
-            return not_deployed(name);
+        let started = Instant::now();
+        let spec = self.registry.get(name);
+        let resp = match &spec {
+            Some(spec) => self.invoke_spec(spec.clone(), req).await,
+            None => not_deployed(name),
         };
+        self.metrics
+            .record_response(spec.as_deref(), &resp, started.elapsed());
+        resp
+    }
+
+    async fn invoke_spec<B>(
+        &self,
+        spec: Arc<FunctionSpec>,
+        req: Request<B>,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let (parts, body) = match self.read_body(req).await {
             Ok(b) => b,
             Err(r) => return r,
@@ -354,7 +395,10 @@ impl FunctionGateway {
         };
         let span = tracing::info_span!("invoke", function = %spec.name, invocation = %id, trace = %trace_id);
         let _e = span.enter();
-        let placement = match self.scheduler.schedule(&spec) {
+        let placement = match self
+            .metrics
+            .time_schedule(|| self.scheduler.schedule(&spec))
+        {
             Ok(p) => p,
             Err(e) => return schedule_error(&e),
         };
@@ -533,6 +577,7 @@ fn schedule_error(e: &ScheduleError) -> Response<ResponseBody> {
     if let Some(s) = retry {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
     }
+    metrics::tag_error(&mut r, code);
     r
 }
 

@@ -23,12 +23,16 @@
 //! - [`RuntimeCommands`]: the language runtimes (Python, Node.js) of a
 //!   node, and the layout their instances see ([`Layout`]: the code at
 //!   `/var/task`, the runtime at `/var/runtime`, both read-only).
+//! - [`Metrics`]: the Prometheus metrics of the process (requests, latency,
+//!   cold starts, live instances, queue depth, scheduler decisions),
+//!   recorded by both gateways and served at `GET /metrics`.
 //! - [`Preparer`]: what a node does with a new version before it is
 //!   registered; [`LocalNodeGateway`] checks the runtime and takes the
 //!   snapshot that Python instances are restored from.
 
 mod channel;
 mod http;
+mod metrics;
 mod node;
 mod prepare;
 mod registry;
@@ -36,6 +40,7 @@ mod runtimes;
 mod sys;
 
 pub use http::{FunctionGateway, GatewayConfig, ResponseBody};
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, Start};
 pub use node::{LocalNodeGateway, NodeConfig, NodeStats};
 pub use prepare::{PrepareError, Prepared, Preparer};
 pub use registry::{DeployError, OpenError, Registry, Staged};
