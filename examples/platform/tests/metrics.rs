@@ -39,6 +39,9 @@ struct Sample {
     value: f64,
 }
 
+/// A sample's labels, sorted by name.
+type Labels = Vec<(String, String)>;
+
 /// A scrape, parsed.
 struct Scrape {
     /// Family name → type.
@@ -211,7 +214,8 @@ fn check_histograms(s: &Scrape) {
         if kind != "histogram" {
             continue;
         }
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        // Labels without `le` → (le, cumulative count) of each bucket.
+        let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
         for b in s.all(&format!("{fam}_bucket")) {
             let mut labels = b.labels.clone();
             let le = labels.remove("le").expect("bucket without le");
