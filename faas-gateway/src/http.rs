@@ -21,7 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use faas_core::{
@@ -352,14 +352,16 @@ impl FunctionGateway {
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let started = Instant::now();
         let spec = self.registry.get(name);
+        let (function, version) = spec
+            .as_ref()
+            .map_or(("", 0), |s| (s.name.as_str(), s.version));
+        let record = self.metrics.start_request(function, version);
         let resp = match &spec {
             Some(spec) => self.invoke_spec(spec.clone(), req).await,
             None => not_deployed(name),
         };
-        self.metrics
-            .record_response(spec.as_deref(), &resp, started.elapsed());
+        record.finish_response(&resp);
         resp
     }
 

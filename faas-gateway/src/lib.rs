@@ -40,7 +40,7 @@ mod runtimes;
 mod sys;
 
 pub use http::{FunctionGateway, GatewayConfig, ResponseBody};
-pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, Start};
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, RequestRecord, Start};
 pub use node::{LocalNodeGateway, NodeConfig, NodeStats};
 pub use prepare::{PrepareError, Prepared, Preparer};
 pub use registry::{DeployError, OpenError, Registry, Staged};

@@ -6,7 +6,8 @@
 //! |---|---|---|---|
 //! | `faas_requests_total` | counter | `function`, `version`, `start_mode`, `status` | invocations answered, by HTTP status |
 //! | `faas_request_duration_seconds` | histogram | `function`, `version`, `start_mode` | from the request's arrival at the gateway to its response (100 µs … 30 s) |
-//! | `faas_invocation_errors_total` | counter | `function`, `code` | invocations answered with an error (`code` as in the JSON error body: `function_not_found`, `body_too_large`, `over_limit`, `instance_exited`, `timeout`, `protocol_violation`, `function_error`, …) |
+//! | `faas_invocation_errors_total` | counter | `function`, `code` | invocations answered with an error (`code` as in the JSON error body: `function_not_found`, `body_too_large`, `over_limit`, `instance_exited`, `timeout`, `protocol_violation`, `function_error`, …; `client_closed` for a client that went away before its answer) |
+//! | `faas_inflight_requests` | gauge | `function`, `version` | invocations in the gateway now (Lambda's concurrent executions) |
 //! | `faas_cold_starts_total` | counter | `function`, `version`, `start_mode` | instances started for a request (they reached `Ready`) |
 //! | `faas_instance_start_seconds` | histogram | `function`, `version`, `start_mode` | launch until the instance's `Ready`: the sandbox spawn (`cold`), the snapshot restore (`restore`), the template fork (`fork`) |
 //! | `faas_live_instances` | gauge | `node` | instances alive on the node now |
@@ -22,15 +23,19 @@
 //! protocol before answering). Requests for a function that is not
 //! deployed are counted with empty `function` and `version` labels, so
 //! that made-up names cannot grow the number of series. A request whose
-//! client went away before its answer is not counted.
+//! client went away before its answer counts with status `499` (as
+//! nginx logs it) and error code `client_closed`.
 //!
 //! # Hot path
 //!
-//! Recording a request is a read lock on a map from function name to its
-//! versions' series (interned once per version), a read lock on the
-//! status counters of its start mode, and three relaxed atomic adds
-//! (status counter, histogram bucket, histogram sum in nanoseconds); the
-//! bucket is found by binary search over integer nanosecond bounds. The
+//! A request is recorded in two steps: [`Metrics::start_request`] finds
+//! the series of the function version (a read lock on a map from
+//! function name to its versions' series, interned once per version)
+//! and counts it in flight; [`RequestRecord::finish`] takes a read lock
+//! on the status counters of its start mode and does relaxed atomic adds
+//! (status counter, histogram bucket, histogram sum in nanoseconds,
+//! in-flight gauge); the bucket is found by binary search over integer
+//! nanosecond bounds. The
 //! gauges cost nothing per request: they are read from the node gateways
 //! at each scrape (live instances, and queued requests whose caller still
 //! waits).
@@ -288,6 +293,7 @@ struct FnSeries {
     version_label: Box<str>,
     modes: [ModeSeries; Start::ALL.len()],
     errors: Counters<Box<str>>,
+    in_flight: AtomicU64,
 }
 
 impl FnSeries {
@@ -306,11 +312,67 @@ impl FnSeries {
                 start: Histogram::new(LATENCY_NS),
             }),
             errors: Counters::new(),
+            in_flight: AtomicU64::new(0),
         }
     }
 
     fn mode(&self, s: Start) -> &ModeSeries {
         &self.modes[s as usize]
+    }
+
+    fn record(&self, start: Start, status: u16, error: Option<&str>, elapsed: Duration) {
+        let m = self.mode(start);
+        m.statuses.add(&status, |&s| s);
+        m.duration.record(elapsed);
+        if let Some(code) = error {
+            self.errors.add(code, |c| c.into());
+        }
+    }
+}
+
+/// A request in flight, from [`Metrics::start_request`]: counted in
+/// `faas_inflight_requests` until it is finished or dropped (a request
+/// dropped unfinished counts as `499 client_closed`).
+#[must_use = "finish it with its answer"]
+pub struct RequestRecord {
+    series: Arc<FnSeries>,
+    started: Instant,
+    finished: bool,
+}
+
+impl RequestRecord {
+    /// Counts the request as answered with `status`, by an instance
+    /// started `start`, with the error `error` if it failed.
+    pub fn finish(mut self, start: Start, status: u16, error: Option<&str>) {
+        self.series
+            .record(start, status, error, self.started.elapsed());
+        self.finished = true;
+    }
+
+    /// Counts the request as answered with `resp`: the start mode comes
+    /// from the `x-faas-start` header of a function result, the error code
+    /// from the [`ErrorCode`] of an error response.
+    pub(crate) fn finish_response<B>(self, resp: &Response<B>) {
+        let error = resp.extensions().get::<ErrorCode>().map(|c| &*c.0);
+        let start = match (error, resp.headers().get("x-faas-start")) {
+            (None, Some(v)) => Start::from_header(v.as_bytes()),
+            _ => Start::NoInstance,
+        };
+        self.finish(start, resp.status().as_u16(), error);
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.series.record(
+                Start::NoInstance,
+                499,
+                Some("client_closed"),
+                self.started.elapsed(),
+            );
+        }
+        self.series.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -377,36 +439,45 @@ impl Metrics {
         }
     }
 
-    /// Runs `f` on the series of `function` version `version`, creating
-    /// them on first use.
-    fn with_fn<R>(&self, function: &str, version: u32, f: impl FnOnce(&FnSeries) -> R) -> R {
+    /// The series of `function` version `version`, created on first use.
+    fn series(&self, function: &str, version: u32) -> Arc<FnSeries> {
         if let Some(s) = self
             .functions
             .read()
             .get(function)
             .and_then(|v| v.iter().find(|s| s.version == version))
         {
-            return f(s);
+            return s.clone();
         }
-        let s = {
-            let mut map = self.functions.write();
-            let versions = map.entry(function.into()).or_default();
-            match versions.iter().find(|s| s.version == version) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = Arc::new(FnSeries::new(function, version));
-                    versions.push(s.clone());
-                    s
-                }
+        let mut map = self.functions.write();
+        let versions = map.entry(function.into()).or_default();
+        match versions.iter().find(|s| s.version == version) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(FnSeries::new(function, version));
+                versions.push(s.clone());
+                s
             }
-        };
-        f(&s)
+        }
     }
 
-    /// Counts one answered invocation of `function` version `version`:
-    /// its HTTP `status`, how its instance started, its error code when it
-    /// is an error, and its duration. An empty `function` stands for a
-    /// function that is not deployed.
+    /// Starts timing an invocation of `function` version `version` (an
+    /// empty `function`: one that is not deployed) and counts it in
+    /// flight until the returned record is finished.
+    pub fn start_request(&self, function: &str, version: u32) -> RequestRecord {
+        let series = self.series(function, version);
+        series.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestRecord {
+            series,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// Counts one answered invocation of `function` version `version`
+    /// that took `elapsed`: its HTTP `status`, how its instance started,
+    /// its error code when it is an error. An empty `function` stands for
+    /// a function that is not deployed.
     pub fn record_request(
         &self,
         function: &str,
@@ -416,22 +487,17 @@ impl Metrics {
         error: Option<&str>,
         elapsed: Duration,
     ) {
-        self.with_fn(function, version, |s| {
-            let m = s.mode(start);
-            m.statuses.add(&status, |&s| s);
-            m.duration.record(elapsed);
-            if let Some(code) = error {
-                s.errors.add(code, |c| c.into());
-            }
-        });
+        self.series(function, version)
+            .record(start, status, error, elapsed);
     }
 
     /// Counts an instance of `spec` started `mode` that reached `Ready`
     /// after `elapsed` (from its launch).
     pub fn record_instance_start(&self, spec: &FunctionSpec, mode: StartMode, elapsed: Duration) {
-        self.with_fn(&spec.name, spec.version, |s| {
-            s.mode(mode.into()).start.record(elapsed);
-        });
+        self.series(&spec.name, spec.version)
+            .mode(mode.into())
+            .start
+            .record(elapsed);
     }
 
     /// Runs a scheduling decision and records how long it took.
@@ -462,32 +528,6 @@ impl Metrics {
         let r = deploy.await;
         self.record_deploy(r.status().is_success(), t.elapsed());
         r
-    }
-
-    /// Records an invocation answered with `resp` for `spec` (`None`: the
-    /// function is not deployed). The start mode comes from the
-    /// `x-faas-start` header of a function result, the error code from
-    /// the [`ErrorCode`] of an error response.
-    pub(crate) fn record_response<B>(
-        &self,
-        spec: Option<&FunctionSpec>,
-        resp: &Response<B>,
-        elapsed: Duration,
-    ) {
-        let error = resp.extensions().get::<ErrorCode>().map(|c| &*c.0);
-        let start = match (error, resp.headers().get("x-faas-start")) {
-            (None, Some(v)) => Start::from_header(v.as_bytes()),
-            _ => Start::NoInstance,
-        };
-        let (function, version) = spec.map_or(("", 0), |s| (s.name.as_str(), s.version));
-        self.record_request(
-            function,
-            version,
-            start,
-            resp.status().as_u16(),
-            error,
-            elapsed,
-        );
     }
 
     /// Reports the live instances and queue depths of a node gateway at
@@ -569,6 +609,18 @@ impl Metrics {
                     n,
                 );
             }
+        }
+
+        header(
+            &mut out,
+            "faas_inflight_requests",
+            "gauge",
+            "Invocations in the gateway now, by function version.",
+        );
+        for s in fns.iter().filter(|s| !s.function.is_empty()) {
+            let labels = [("function", &*s.function), ("version", &*s.version_label)];
+            let n = s.in_flight.load(Ordering::Relaxed);
+            sample(&mut out, "faas_inflight_requests", "", &labels, None, n);
         }
 
         header(
@@ -912,6 +964,36 @@ mod tests {
         assert!(text.contains(
             "faas_instance_start_seconds_sum{function=\"py\",version=\"1\",start_mode=\"restore\"} 0.007\n"
         ));
+    }
+
+    #[test]
+    fn requests_are_in_flight_until_finished_and_dropped_ones_count_as_499() {
+        let m = Metrics::new();
+        let a = m.start_request("f", 3);
+        let b = m.start_request("f", 3);
+        let text = m.render();
+        assert_eq!(
+            lines(&text, "faas_inflight_requests{"),
+            [r#"faas_inflight_requests{function="f",version="3"} 2"#]
+        );
+        a.finish(Start::Restore, 201, None);
+        drop(b);
+        let text = m.render();
+        assert_eq!(
+            lines(&text, "faas_inflight_requests{"),
+            [r#"faas_inflight_requests{function="f",version="3"} 0"#]
+        );
+        assert_eq!(
+            lines(&text, "faas_requests_total{"),
+            [
+                r#"faas_requests_total{function="f",version="3",start_mode="restore",status="201"} 1"#,
+                r#"faas_requests_total{function="f",version="3",start_mode="none",status="499"} 1"#,
+            ]
+        );
+        assert_eq!(
+            lines(&text, "faas_invocation_errors_total{"),
+            [r#"faas_invocation_errors_total{function="f",code="client_closed"} 1"#]
+        );
     }
 
     struct FakeNode(u64, Vec<(&'static str, u64)>);

@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -386,6 +387,8 @@ fn metrics_count_requests_starts_errors_and_instances_exactly() {
     );
     for f in ["hello", "warm", "crash"] {
         assert_eq!(m.value("faas_queue_depth", &[("function", f)]), 0.0);
+        let fv = [("function", f), ("version", "1")];
+        assert_eq!(m.value("faas_inflight_requests", &fv), 0.0);
     }
     assert_eq!(m.value("faas_deploys_total", &[("outcome", "ok")]), 3.0);
     assert_eq!(m.value("faas_deploys_total", &[("outcome", "error")]), 1.0);
@@ -399,7 +402,7 @@ fn metrics_count_requests_starts_errors_and_instances_exactly() {
 }
 
 #[test]
-fn metrics_show_requests_waiting_in_the_queue() {
+fn metrics_show_waiting_in_flight_and_abandoned_requests() {
     let s = Server::start(&["--sandbox", "process"]);
     // The script never says Ready: each request waits in the queue for its
     // instance until the deadline kills the instance.
@@ -432,6 +435,13 @@ fn metrics_show_requests_waiting_in_the_queue() {
     });
     assert_eq!(m.value("faas_queue_depth", &[("function", "slow")]), 3.0);
     assert_eq!(m.value("faas_live_instances", &[("node", "local")]), 3.0);
+    assert_eq!(
+        m.value(
+            "faas_inflight_requests",
+            &[("function", "slow"), ("version", "1")]
+        ),
+        3.0
+    );
     let m = scrape_until(&s, "the slow instances killed", |m| {
         m.get("faas_live_instances", &[("node", "local")]) == Some(0.0)
     });
@@ -442,6 +452,66 @@ fn metrics_show_requests_waiting_in_the_queue() {
             &[("function", "slow"), ("code", "timeout")]
         ),
         3.0
+    );
+    assert_eq!(
+        m.value(
+            "faas_inflight_requests",
+            &[("function", "slow"), ("version", "1")]
+        ),
+        0.0
+    );
+
+    // A client that gives up before the answer (closes its connection):
+    // counted as 499 at once, not in flight any more.
+    let addr = s.url.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"POST /invoke/slow HTTP/1.1\r\nhost: faas\r\ncontent-length: 0\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(conn);
+    let m = scrape_until(&s, "the abandoned request counted", |m| {
+        m.get(
+            "faas_requests_total",
+            &[
+                ("function", "slow"),
+                ("version", "1"),
+                ("start_mode", "none"),
+                ("status", "499"),
+            ],
+        ) == Some(1.0)
+    });
+    assert_eq!(
+        m.value(
+            "faas_inflight_requests",
+            &[("function", "slow"), ("version", "1")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.value(
+            "faas_invocation_errors_total",
+            &[("function", "slow"), ("code", "client_closed")]
+        ),
+        1.0
+    );
+    // Its instance is killed at the deadline; nothing else is counted.
+    let m = scrape_until(&s, "the abandoned request's instance killed", |m| {
+        m.get("faas_live_instances", &[("node", "local")]) == Some(0.0)
+    });
+    let total: f64 = m.all("faas_requests_total").iter().map(|s| s.value).sum();
+    assert_eq!(total, 4.0, "{}", m.text);
+    assert_eq!(
+        m.get(
+            "faas_requests_total",
+            &[
+                ("function", "slow"),
+                ("version", "1"),
+                ("start_mode", "none"),
+                ("status", "504"),
+            ],
+        ),
+        Some(3.0),
+        "the abandoned request was answered after all"
     );
 }
 
