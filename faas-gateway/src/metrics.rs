@@ -41,10 +41,12 @@
 //! waits).
 //!
 //! Hand-written rather than with `prometheus-client`: the exposition
-//! format is a page of code, the crate's `Family` would hash an owned
-//! label set on every record (we look up by `&str` and `u32` and hash
-//! only the name), and its `f64` histogram sums need a CAS loop where an
-//! integer nanosecond sum needs one `fetch_add`.
+//! format is a page of code; the crate's `Family` looks series up by an
+//! owned label set (we look up by `&str` and `u32`, hash only the name,
+//! and allocate nothing per request); and its `Histogram::observe` locks a
+//! mutex per observation (an `f64` sum and count beside the buckets),
+//! where ours is two relaxed `fetch_add`s on integers. Sums are kept in
+//! nanoseconds and written as exact decimal seconds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{Display, Write as _};
@@ -183,6 +185,25 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Nanoseconds written as decimal seconds, exactly and without float
+/// formatting: `2500` → `0.0000025`, `30_000_000_000` → `30`.
+struct Seconds(u64);
+
+impl Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (secs, mut frac) = (self.0 / S, self.0 % S);
+        if frac == 0 {
+            return write!(f, "{secs}");
+        }
+        let mut width = 9;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        write!(f, "{secs}.{frac:0width$}")
+    }
+}
+
 /// A histogram of durations: one counter per bucket (not cumulative; the
 /// exposition sums them) and the sum in nanoseconds.
 struct Histogram {
@@ -225,13 +246,13 @@ impl Histogram {
             le.clear();
             match self.bounds.get(i) {
                 Some(&ns) => {
-                    let _ = write!(le, "{}", ns as f64 / 1e9);
+                    let _ = write!(le, "{}", Seconds(ns));
                 }
                 None => le.push_str("+Inf"),
             }
             sample(out, name, "_bucket", labels, Some(("le", &le)), cumulative);
         }
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = Seconds(self.sum_ns.load(Ordering::Relaxed));
         sample(out, name, "_sum", labels, None, sum);
         sample(out, name, "_count", labels, None, cumulative);
     }
@@ -866,6 +887,21 @@ mod tests {
              h_seconds_sum{f=\"a\"} 2.0065\n\
              h_seconds_count{f=\"a\"} 4\n"
         );
+    }
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        for (ns, text) in [
+            (0, "0"),
+            (1, "0.000000001"),
+            (250, "0.00000025"),
+            (2_500_000, "0.0025"),
+            (S, "1"),
+            (30 * S + 10, "30.00000001"),
+            (u64::MAX, "18446744073.709551615"),
+        ] {
+            assert_eq!(Seconds(ns).to_string(), text);
+        }
     }
 
     #[test]
