@@ -2,29 +2,7 @@
 //! gateway at `GET /metrics` in the text exposition format 0.0.4
 //! (`text/plain; version=0.0.4`).
 //!
-//! | series | type | labels | what |
-//! |---|---|---|---|
-//! | `faas_requests_total` | counter | `function`, `version`, `start_mode`, `status` | invocations answered, by HTTP status |
-//! | `faas_request_duration_seconds` | histogram | `function`, `version`, `start_mode` | from the request's arrival at the gateway to its response (100 µs … 30 s) |
-//! | `faas_invocation_errors_total` | counter | `function`, `code` | invocations answered with an error (`code` as in the JSON error body: `function_not_found`, `body_too_large`, `over_limit`, `instance_exited`, `timeout`, `protocol_violation`, `function_error`, …; `client_closed` for a client that went away before its answer) |
-//! | `faas_inflight_requests` | gauge | `function`, `version` | invocations in the gateway now (Lambda's concurrent executions) |
-//! | `faas_cold_starts_total` | counter | `function`, `version`, `start_mode` | instances started for a request (they reached `Ready`) |
-//! | `faas_instance_start_seconds` | histogram | `function`, `version`, `start_mode` | launch until the instance's `Ready`: the sandbox spawn (`cold`), the snapshot restore (`restore`), the template fork (`fork`) |
-//! | `faas_live_instances` | gauge | `node` | instances alive on the node now |
-//! | `faas_queue_depth` | gauge | `function` | requests waiting in the node gateways' queue of the function for an instance |
-//! | `faas_scheduler_decision_seconds` | histogram | | time spent in `Scheduler::schedule` (250 ns … 10 ms) |
-//! | `faas_deploys_total` | counter | `outcome` (`ok`, `error`) | deploys answered |
-//! | `faas_deploy_duration_seconds` | histogram | | from the deploy request to its answer, including the snapshot (10 ms … 60 s) |
-//!
-//! `start_mode` of a request is how the instance that produced its result
-//! was started: `cold`, `restore`, `fork`, or `warm` (an instance that was
-//! already running), and `none` when the answer is an error (from the
-//! gateway, or from the node: the instance crashed, timed out or broke the
-//! protocol before answering). Requests for a function that is not
-//! deployed are counted with empty `function` and `version` labels, so
-//! that made-up names cannot grow the number of series. A request whose
-//! client went away before its answer counts with status `499` (as
-//! nginx logs it) and error code `client_closed`.
+//! The series and their labels are listed on [`Metrics`].
 //!
 //! # Hot path
 //!
@@ -35,10 +13,9 @@
 //! on the status counters of its start mode and does relaxed atomic adds
 //! (status counter, histogram bucket, histogram sum in nanoseconds,
 //! in-flight gauge); the bucket is found by binary search over integer
-//! nanosecond bounds. The
-//! gauges cost nothing per request: they are read from the node gateways
-//! at each scrape (live instances, and queued requests whose caller still
-//! waits).
+//! nanosecond bounds. The gauges of the node cost nothing per request:
+//! they are read from the node gateways at each scrape (live instances,
+//! and queued requests whose caller still waits).
 //!
 //! Hand-written rather than with `prometheus-client`: the exposition
 //! format is a page of code; the crate's `Family` looks series up by an
@@ -409,7 +386,31 @@ pub(crate) trait NodeSource: Send + Sync {
 /// ([`FunctionGateway::with_metrics`](crate::FunctionGateway::with_metrics))
 /// and its node gateways
 /// ([`LocalNodeGateway::with_metrics`](crate::LocalNodeGateway::with_metrics)),
-/// rendered at `GET /metrics`. See the [module docs](self) for the series.
+/// rendered at `GET /metrics`.
+///
+/// | series | type | labels | what |
+/// |---|---|---|---|
+/// | `faas_requests_total` | counter | `function`, `version`, `start_mode`, `status` | invocations answered, by HTTP status |
+/// | `faas_request_duration_seconds` | histogram | `function`, `version`, `start_mode` | from the request's arrival at the gateway to its response (100 µs … 30 s) |
+/// | `faas_invocation_errors_total` | counter | `function`, `code` | invocations answered with an error (`code` as in the JSON error body: `function_not_found`, `body_too_large`, `over_limit`, `instance_exited`, `timeout`, `protocol_violation`, `function_error`, …; `client_closed` for a client that went away before its answer) |
+/// | `faas_inflight_requests` | gauge | `function`, `version` | invocations in the gateway now (Lambda's concurrent executions) |
+/// | `faas_cold_starts_total` | counter | `function`, `version`, `start_mode` | instances started for a request (they reached `Ready`) |
+/// | `faas_instance_start_seconds` | histogram | `function`, `version`, `start_mode` | launch until the instance's `Ready`: the sandbox spawn (`cold`), the snapshot restore (`restore`), the template fork (`fork`) |
+/// | `faas_live_instances` | gauge | `node` | instances alive on the node now |
+/// | `faas_queue_depth` | gauge | `function` | requests waiting in the node gateways' queue of the function for an instance |
+/// | `faas_scheduler_decision_seconds` | histogram | | time spent in `Scheduler::schedule` (250 ns … 10 ms) |
+/// | `faas_deploys_total` | counter | `outcome` (`ok`, `error`) | deploys answered |
+/// | `faas_deploy_duration_seconds` | histogram | | from the deploy request to its answer, including the snapshot (10 ms … 60 s) |
+///
+/// `start_mode` of a request is how the instance that produced its result
+/// was started: `cold`, `restore`, `fork`, or `warm` (an instance that was
+/// already running), and `none` when the answer is an error (from the
+/// gateway, or from the node: the instance crashed, timed out or broke the
+/// protocol before answering). Requests for a function that is not
+/// deployed are counted with empty `function` and `version` labels, so
+/// that made-up names cannot grow the number of series. A request whose
+/// client went away before its answer counts with status `499` (as
+/// nginx logs it) and error code `client_closed`.
 ///
 /// ```
 /// use std::time::Duration;
