@@ -423,15 +423,31 @@ fn metrics_show_waiting_in_flight_and_abandoned_requests() {
                 )
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = c
-            .request(Method::GET, "/metrics", Bytes::new())
-            .await
-            .unwrap();
+        // Scrape while all three wait (their instances are killed 1.5 s
+        // after their launch).
+        let t = Instant::now();
+        let m = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let r = c
+                .request(Method::GET, "/metrics", Bytes::new())
+                .await
+                .unwrap();
+            let m = parse(std::str::from_utf8(&r.body).unwrap());
+            if m.get("faas_queue_depth", &[("function", "slow")]) == Some(3.0)
+                && m.get("faas_live_instances", &[("node", "local")]) == Some(3.0)
+            {
+                break m;
+            }
+            assert!(
+                t.elapsed() < Duration::from_millis(1200),
+                "3 waiting requests never seen:\n{}",
+                m.text
+            );
+        };
         for call in calls {
             assert_eq!(call.await.unwrap().unwrap().status, 504);
         }
-        parse(std::str::from_utf8(&r.body).unwrap())
+        m
     });
     assert_eq!(m.value("faas_queue_depth", &[("function", "slow")]), 3.0);
     assert_eq!(m.value("faas_live_instances", &[("node", "local")]), 3.0);
