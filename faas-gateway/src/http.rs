@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /healthz` | `ok` |
 //! | `GET /openapi.json` | the OpenAPI 3 document of these routes |
-//! | `GET /metrics` | Prometheus metrics |
+//! | `GET /metrics` | Prometheus metrics, text format 0.0.4 (series in [`Metrics`]) |
 //! | `GET /functions` | every function's latest version |
 //! | `POST /functions` | deploy a [`FunctionSpec`] (JSON) as a new version, prepared by the [`Preparer`] (a snapshot) → `201` + the spec (its `version`, `start` mode) and any `warnings` |
 //! | `PUT /functions/{name}` | the same, the name from the path (a different `name` in the body is `400`) |
@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::invocations::{ErrorInfo, Finished, InvocationLimits, Invocations, State};
+use crate::metrics::{self, Metrics};
 use crate::prepare::{PrepareError, Prepared, Preparer, Step};
 use crate::registry::{AliasError, DeployError, Registry, ResolveError, Target, fill_random};
 
@@ -207,6 +208,7 @@ fn percent_decode(s: &str) -> String {
 struct Dispatcher {
     scheduler: Arc<dyn Scheduler>,
     nodes: Arc<RwLock<HashMap<NodeId, Arc<dyn NodeGateway>>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why an invocation produced no function result.
@@ -268,6 +270,7 @@ impl Failure {
         if let Some(s) = retry {
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
         }
+        metrics::tag_error(&mut r, self.code());
         r
     }
 
@@ -332,7 +335,10 @@ const ASYNC_RETRY_WINDOW: Duration = Duration::from_secs(60);
 impl Dispatcher {
     /// Schedules `spec` and finds the placement's node gateway.
     fn place(&self, spec: &FunctionSpec) -> Result<(Arc<dyn NodeGateway>, Placement), Failure> {
-        let placement = self.scheduler.schedule(spec).map_err(Failure::Schedule)?;
+        let placement = self
+            .metrics
+            .time_schedule(|| self.scheduler.schedule(spec))
+            .map_err(Failure::Schedule)?;
         let node = self.nodes.read().get(&placement.node).cloned();
         match node {
             Some(n) => Ok((n, placement)),
@@ -471,14 +477,16 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<ResponseBody> {
-    json(
+    let mut r = json(
         status,
         &ErrorBody {
             error: code,
             message: message.into(),
             retry_after_s: None,
         },
-    )
+    );
+    metrics::tag_error(&mut r, code);
+    r
 }
 
 /// Releases a placement exactly once, also when the request is dropped
@@ -509,6 +517,7 @@ impl FunctionGateway {
             dispatcher: Dispatcher {
                 scheduler,
                 nodes: Arc::new(RwLock::new(HashMap::new())),
+                metrics: Arc::default(),
             },
             invocations: Arc::new(Invocations::new(InvocationLimits::default())),
             preparer: None,
@@ -527,6 +536,20 @@ impl FunctionGateway {
     pub fn with_preparer(mut self, preparer: Arc<dyn Preparer>) -> Self {
         self.preparer = Some(preparer);
         self
+    }
+
+    /// Records into `metrics` (shared with the node gateways of the
+    /// process, see [`Metrics`]) instead of a registry of its own; served
+    /// at `GET /metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.dispatcher.metrics = metrics;
+        self
+    }
+
+    /// The metrics registry served at `GET /metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.dispatcher.metrics
     }
 
     /// Bounds of the store of recent invocations (default: 10,000
@@ -615,14 +638,13 @@ impl FunctionGateway {
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 r
             }
-            Op::Metrics => error(
-                StatusCode::NOT_IMPLEMENTED,
-                "metrics_unavailable",
-                "this gateway has no metrics registry",
-            ),
+            Op::Metrics => self.dispatcher.metrics.response(),
             Op::ListFunctions => json(StatusCode::OK, &self.registry.list()),
-            Op::Deploy => self.deploy(req, None).await,
-            Op::PutFunction => self.deploy(req, Some(p(0))).await,
+            Op::Deploy => self.dispatcher.metrics.deploy(self.deploy(req, None)).await,
+            Op::PutFunction => {
+                let deploy = self.deploy(req, Some(p(0)));
+                self.dispatcher.metrics.deploy(deploy).await
+            }
             Op::GetFunction => match self.registry.get(p(0)) {
                 Some(s) => json(StatusCode::OK, &*s),
                 None => not_deployed(p(0)),
@@ -875,10 +897,17 @@ impl FunctionGateway {
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let metrics = &self.dispatcher.metrics;
         let (spec, inv) = match self.invocation(target, req, trace).await {
             Ok(x) => x,
-            Err(r) => return r,
+            Err(r) => {
+                // Unknown function or version, bad body: no function's
+                // labels (a made-up name must not add a series).
+                metrics.start_request("", 0).finish_response(&r);
+                return r;
+            }
         };
+        let record = metrics.start_request(&spec.name, spec.version);
         let (id, trace_id) = (inv.id, inv.trace_id.clone());
         let span = tracing::info_span!("invoke", function = %spec.name, version = spec.version, invocation = %id);
         // Synchronous invocations are never refused by the store.
@@ -948,6 +977,7 @@ impl FunctionGateway {
         insert(h, "x-faas-invocation-id", &id.to_string());
         insert(h, "x-faas-trace-id", &trace_id);
         insert(h, "x-faas-function-version", &spec.version.to_string());
+        record.finish_response(&resp);
         resp
     }
 

@@ -28,6 +28,9 @@
 //! - [`RuntimeCommands`]: the language runtimes (Python, Node.js) of a
 //!   node, and the layout their instances see ([`Layout`]: the code at
 //!   `/var/task`, the runtime at `/var/runtime`, both read-only).
+//! - [`Metrics`]: the Prometheus metrics of the process (requests, latency,
+//!   cold starts, live instances, queue depth, scheduler decisions),
+//!   recorded by both gateways and served at `GET /metrics`.
 //! - [`Preparer`]: what a node does with a new version before it is
 //!   registered; [`LocalNodeGateway`] checks the runtime and takes the
 //!   snapshot that Python instances are restored from.
@@ -36,6 +39,7 @@ mod channel;
 mod http;
 mod invocations;
 mod logs;
+mod metrics;
 mod node;
 mod prepare;
 mod registry;
@@ -47,6 +51,7 @@ pub use invocations::{
     ErrorInfo, Finished, InvocationLimits, Invocations, Record, State, TooManyPending,
 };
 pub use logs::MAX_INVOCATION_LOGS;
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, RequestRecord, Start};
 pub use node::{LocalNodeGateway, NodeConfig, NodeStats};
 pub use prepare::{IMAGE_FILE, PrepareError, Prepared, Preparer, Step};
 pub use registry::{

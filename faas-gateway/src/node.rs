@@ -4,8 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use faas_core::protocol::{Body, DecodeLimits, Frame, ProtocolError, channel_pair};
@@ -14,13 +14,14 @@ use faas_core::{
     InvokeError, LaunchError, NodeGateway, NodeId, Placement, Reuse, RuntimeKind, SandboxRuntime,
     SandboxSpec, Snapshotter, StartMode, Timings,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 use tracing::Instrument;
 
 use crate::channel::AsyncChannel;
 use crate::logs::InstanceOutput;
+use crate::metrics::{Metrics, NodeSource};
 use crate::prepare::{self, PrepareError, Prepared, Preparer, SnapshotFailure, micros};
 use crate::runtimes::{self, Layout, RuntimeCommands};
 
@@ -115,6 +116,7 @@ struct Inner {
     functions: Mutex<HashMap<(String, u32), Arc<FnState>>>,
     stats: NodeStats,
     next_instance: AtomicU64,
+    metrics: RwLock<Arc<Metrics>>,
 }
 
 /// The reference [`NodeGateway`]: it runs on the node, in the same process
@@ -178,8 +180,21 @@ impl LocalNodeGateway {
                 functions: Mutex::new(HashMap::new()),
                 stats: NodeStats::default(),
                 next_instance: AtomicU64::new(1),
+                metrics: RwLock::default(),
             }),
         }
+    }
+
+    /// Records instance starts into `metrics` (shared with the function
+    /// gateway of the process, see [`Metrics`]) instead of a registry of
+    /// its own, which also reports this node's live instances and queue
+    /// depths at each scrape.
+    #[must_use]
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        let source: Weak<Inner> = Arc::downgrade(&self.inner);
+        metrics.add_node(&self.inner.config.node, source);
+        *self.inner.metrics.write() = metrics;
+        self
     }
 
     /// The gateway's counters.
@@ -394,7 +409,14 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         await_ready(&mut chan, inst.as_mut(), timeout).await
     };
     let mut start_us = match ready {
-        Ok(()) => micros(started.elapsed()),
+        Ok(()) => {
+            let took = started.elapsed();
+            inner
+                .metrics
+                .read()
+                .record_instance_start(&spec, mode, took);
+            micros(took)
+        }
         Err(InvokeError::Exited {
             status: ExitStatus::Code(code @ 120..=127),
             ..
@@ -934,6 +956,28 @@ async fn exchange(
                 });
             }
             Err(e) => return Err(InvokeError::Protocol(e)),
+        }
+    }
+}
+
+/// The gauges of `faas_live_instances` and `faas_queue_depth`, read at
+/// each scrape.
+impl NodeSource for Inner {
+    fn live_instances(&self) -> u64 {
+        self.stats.live.load(Ordering::Relaxed)
+    }
+
+    fn queue_depths(&self, each: &mut dyn FnMut(&str, u64)) {
+        let fns: Vec<Arc<FnState>> = self.functions.lock().values().cloned().collect();
+        for st in fns {
+            let waiting = st
+                .queue
+                .lock()
+                .pending
+                .iter()
+                .filter(|p| !p.reply.is_closed())
+                .count();
+            each(&st.spec.name, waiting as u64);
         }
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use faas_core::SandboxRuntime;
 use faas_core::{NodeId, NodeInfo, Scheduler};
 use faas_gateway::{
-    FunctionGateway, GatewayConfig, Layout, LocalNodeGateway, NodeConfig, Registry,
+    FunctionGateway, GatewayConfig, Layout, LocalNodeGateway, Metrics, NodeConfig, Registry,
 };
 use faas_sandbox::{PooledSandboxRuntime, ProcessRuntime, SandboxConfig};
 use faas_sched::LocalScheduler;
@@ -157,6 +157,9 @@ impl Platform {
         } else {
             LocalNodeGateway::new(node_config, runtime)
         };
+        // One registry for the gateway and the node: served at /metrics.
+        let metrics = Arc::new(Metrics::new());
+        let node = node.with_metrics(metrics.clone());
         let gateway = Arc::new(
             FunctionGateway::new(
                 registry,
@@ -165,7 +168,8 @@ impl Platform {
                     max_body: config.max_body,
                 },
             )
-            .with_preparer(Arc::new(node.clone())),
+            .with_preparer(Arc::new(node.clone()))
+            .with_metrics(metrics),
         );
         gateway.add_node(Arc::new(node.clone()));
         Ok(Platform {
