@@ -259,14 +259,13 @@ fn async_invocations_answer_at_once_and_keep_their_result() {
         "    time.sleep(0.5)\n    print('slept for', event)\n    return {'done': event}",
     );
     deploy_python(&s, "slow", &slow);
-    let asked = Instant::now();
     let r = call(&s, Method::POST, "/invoke-async/slow", r#"{"n": 7}"#);
     assert_eq!(r.status, 202, "{}", text(&r));
-    assert!(asked.elapsed() < Duration::from_millis(500));
     let id = json(&r)["id"].as_str().unwrap().to_owned();
     assert_eq!(header(&r, "location"), format!("/invocations/{id}"));
     assert_eq!(header(&r, "x-faas-invocation-id"), id);
     assert_eq!(header(&r, "x-faas-function-version"), "1");
+    // The answer came while the function still ran (it sleeps 0.5 s).
     let now = json(&call(&s, Method::GET, &format!("/invocations/{id}"), ""));
     assert_eq!(now["state"], "pending", "{now}");
     let done = wait_done(&s, &id);
