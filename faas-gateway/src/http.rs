@@ -50,7 +50,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::invocations::{ErrorInfo, Finished, InvocationLimits, Invocations, State};
+use crate::invocations::{ErrorInfo, Finished, InvocationLimits, InvocationState, Invocations};
 use crate::metrics::{self, Metrics};
 use crate::prepare::{PrepareError, Prepared, Preparer, Step};
 use crate::registry::{AliasError, DeployError, Registry, ResolveError, Target, fill_random};
@@ -673,9 +673,9 @@ impl FunctionGateway {
                     Some((state, logs)) => {
                         let mut r = text(StatusCode::OK, logs);
                         let state = match state {
-                            State::Pending => "pending",
-                            State::Done => "done",
-                            State::Failed => "failed",
+                            InvocationState::Pending => "pending",
+                            InvocationState::Done => "done",
+                            InvocationState::Failed => "failed",
                         };
                         insert(r.headers_mut(), "x-faas-invocation-state", state);
                         r

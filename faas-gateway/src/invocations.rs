@@ -36,7 +36,7 @@ impl Default for InvocationLimits {
 /// Where an invocation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub enum InvocationState {
     /// Not finished.
     Pending,
     /// The function answered (any status it chose).
@@ -48,7 +48,7 @@ pub enum State {
 /// What is known about one invocation (the JSON of `GET
 /// /invocations/{id}`, without its logs).
 #[derive(Debug, Clone, Serialize)]
-pub struct Record {
+pub struct InvocationRecord {
     /// Its id.
     pub id: String,
     /// The function.
@@ -61,7 +61,7 @@ pub struct Record {
     #[serde(rename = "async")]
     pub is_async: bool,
     /// Where it is.
-    pub state: State,
+    pub state: InvocationState,
     /// The HTTP status of the answer (the function's, or the error's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -115,7 +115,7 @@ pub enum Finished {
 }
 
 struct Entry {
-    record: Record,
+    record: InvocationRecord,
     logs: String,
     at: Instant,
     bytes: usize,
@@ -171,13 +171,13 @@ impl Invocations {
             }
             g.pending_async += 1;
         }
-        let record = Record {
+        let record = InvocationRecord {
             id: id.to_string(),
             function: function.to_owned(),
             version,
             trace_id: trace_id.to_owned(),
             is_async,
-            state: State::Pending,
+            state: InvocationState::Pending,
             status: None,
             headers: Vec::new(),
             body: None,
@@ -209,7 +209,7 @@ impl Invocations {
         let Some(e) = g.map.get_mut(&id) else {
             return;
         };
-        if e.record.state != State::Pending {
+        if e.record.state != InvocationState::Pending {
             return;
         }
         if e.record.is_async {
@@ -223,7 +223,7 @@ impl Invocations {
                 body,
                 logs,
             } => {
-                r.state = State::Done;
+                r.state = InvocationState::Done;
                 r.status = Some(status);
                 r.headers = headers;
                 if let Some(body) = body {
@@ -239,7 +239,7 @@ impl Invocations {
                 error,
                 logs,
             } => {
-                r.state = State::Failed;
+                r.state = InvocationState::Failed;
                 r.status = Some(status);
                 r.error = Some(error);
                 e.logs = logs;
@@ -263,7 +263,7 @@ impl Invocations {
     }
 
     /// What is known about `id`.
-    pub fn get(&self, id: InvocationId) -> Option<Record> {
+    pub fn get(&self, id: InvocationId) -> Option<InvocationRecord> {
         let g = self.inner.lock();
         g.map
             .get(&id)
@@ -272,7 +272,7 @@ impl Invocations {
     }
 
     /// The logs of `id` and where it is.
-    pub fn logs(&self, id: InvocationId) -> Option<(State, String)> {
+    pub fn logs(&self, id: InvocationId) -> Option<(InvocationState, String)> {
         let g = self.inner.lock();
         g.map
             .get(&id)
@@ -291,7 +291,7 @@ impl Invocations {
     }
 
     fn expired(&self, e: &Entry) -> bool {
-        e.record.state != State::Pending && e.at.elapsed() > self.limits.ttl
+        e.record.state != InvocationState::Pending && e.at.elapsed() > self.limits.ttl
     }
 
     /// Drops the oldest finished invocations while over a bound, and
@@ -309,7 +309,7 @@ impl Invocations {
                 break;
             }
             g.order.pop_front();
-            if e.record.state == State::Pending {
+            if e.record.state == InvocationState::Pending {
                 // Still running: look at it again later.
                 g.order.push_back(id);
                 skipped += 1;
@@ -376,12 +376,15 @@ mod tests {
     fn records_results_and_logs() {
         let s = Invocations::new(InvocationLimits::default());
         s.start(InvocationId(1), "f", 2, "t", true).unwrap();
-        assert_eq!(s.get(InvocationId(1)).unwrap().state, State::Pending);
+        assert_eq!(
+            s.get(InvocationId(1)).unwrap().state,
+            InvocationState::Pending
+        );
         s.finish(InvocationId(1), done(b"hi"));
         let r = s.get(InvocationId(1)).unwrap();
         assert_eq!(
             (r.state, r.status, r.body.as_deref()),
-            (State::Done, Some(200), Some("hi"))
+            (InvocationState::Done, Some(200), Some("hi"))
         );
         assert_eq!(s.logs(InvocationId(1)).unwrap().1, "log\n");
         s.start(InvocationId(2), "f", 2, "t", true).unwrap();

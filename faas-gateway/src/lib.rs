@@ -48,7 +48,8 @@ mod sys;
 
 pub use http::{FunctionGateway, GatewayConfig, OPENAPI, ROUTES, ResponseBody, Route};
 pub use invocations::{
-    ErrorInfo, Finished, InvocationLimits, Invocations, Record, State, TooManyPending,
+    ErrorInfo, Finished, InvocationLimits, InvocationRecord, InvocationState, Invocations,
+    TooManyPending,
 };
 pub use logs::MAX_INVOCATION_LOGS;
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, RequestRecord, Start};
