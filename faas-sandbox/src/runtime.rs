@@ -172,6 +172,11 @@ struct Shared {
     /// with its profile's programs, which its restorer installs.
     snapshots: Mutex<HashMap<SnapshotKey, Arc<Snapshot>>>,
     parked: Mutex<HashMap<ParkKey, Vec<Parked>>>,
+    /// Sandboxes of each kind whose snapshot restorer already runs, waiting
+    /// for a guest's fds and a plan (see [`ReadyRestorer`]).
+    restorers: Mutex<HashMap<ParkKey, Vec<ReadyRestorer>>>,
+    /// Restores that went to a ready restorer.
+    restored_ready: AtomicU64,
     /// Set when the runtime is dropped: background tasks stop parking.
     closing: std::sync::atomic::AtomicBool,
     cap_last: u32,
@@ -254,6 +259,8 @@ impl PooledSandboxRuntime {
                 filters: Mutex::new(HashMap::new()),
                 snapshots: Mutex::new(HashMap::new()),
                 parked: Mutex::new(HashMap::new()),
+                restorers: Mutex::new(HashMap::new()),
+                restored_ready: AtomicU64::new(0),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 cap_last: spawn::cap_last_cap(),
                 next: AtomicU64::new(0),
@@ -267,6 +274,20 @@ impl PooledSandboxRuntime {
     /// Network namespaces created by the pool so far.
     pub fn netns_created(&self) -> u64 {
         self.shared.netns.made.load(Ordering::Relaxed)
+    }
+}
+
+impl PooledSandboxRuntime {
+    /// Sandboxes whose snapshot restorer is already running, ready for a
+    /// restore (all kinds together). Refilled in the background after each
+    /// restore, up to [`SandboxConfig::parked`] per kind.
+    pub fn ready_restorers(&self) -> usize {
+        self.shared.restorers.lock().values().map(Vec::len).sum()
+    }
+
+    /// Restores so far that went to a sandbox whose restorer was ready.
+    pub fn restores_from_ready(&self) -> u64 {
+        self.shared.restored_ready.load(Ordering::Relaxed)
     }
 }
 
@@ -356,6 +377,45 @@ impl Shared {
         let parked: Vec<Parked> = self.parked.lock().drain().flat_map(|(_, v)| v).collect();
         for p in parked {
             p.discard(self);
+        }
+        // Their instances hold `Shared`: dropping them (killed and reaped)
+        // lets it go.
+        let ready: Vec<ReadyRestorer> =
+            self.restorers.lock().drain().flat_map(|(_, v)| v).collect();
+        drop(ready);
+    }
+
+    /// A sandbox of `key` whose restorer runs, if one is ready and alive.
+    fn take_restorer(&self, key: &ParkKey) -> Option<ReadyRestorer> {
+        loop {
+            let mut r = self.restorers.lock().get_mut(key)?.pop()?;
+            if matches!(r.inst.try_reap(), Ok(None)) {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Tops the ready restorers of `key` up to the configured number:
+    /// parked sandboxes of that kind execute the restorer now, off the
+    /// request path (`dir`: the snapshot that asked, for messages).
+    fn ready_more(self: &Arc<Self>, key: &ParkKey, root: &Path, dir: &Path) {
+        loop {
+            let have = self.restorers.lock().get(key).map_or(0, Vec::len);
+            if have >= self.config.parked || self.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            match ready_restorer(self, key, root, dir) {
+                Ok(r) => self
+                    .restorers
+                    .lock()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting a snapshot restorer ahead of time failed");
+                    return;
+                }
+            }
         }
     }
 
@@ -1189,10 +1249,73 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
     finish(sh, name, &key, &p.target, st)
 }
 
-/// Restores the snapshot in `dir` into a parked sandbox (parking one now if
-/// none is ready): the plan goes into a fresh socket first, then the
-/// sandbox gets fds 0-3, the restorer's executable and that socket's other
-/// end, and executes the restorer.
+/// A sandbox that executed the snapshot restorer ahead of time: it blocks
+/// on its fd 4 (the other end of `socket`) until it gets a guest's fds 0–3
+/// and a restore plan ([`Snapshot::send_restore`]). A restore then costs
+/// two messages on the request path instead of a hand-off and an `execve`.
+struct ReadyRestorer {
+    inst: SandboxInstance,
+    socket: OwnedFd,
+}
+
+/// A parked sandbox of `key` (or a new one) executing the restorer with
+/// `/dev/null` as fds 0–3.
+fn ready_restorer(
+    sh: &Arc<Shared>,
+    key: &ParkKey,
+    root: &Path,
+    dir: &Path,
+) -> Result<ReadyRestorer, LaunchError> {
+    let name = "restorer";
+    let exe = faas_snapshot::restorer_executable().map_err(|e| LaunchError::Sys {
+        name: name.to_owned(),
+        op: "staging the snapshot restorer",
+        source: io::Error::other(e),
+    })?;
+    let null = OwnedFd::from(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(sys_err(name, "opening /dev/null"))?,
+    );
+    let payload = spawn::encode_request(&[c"faas-restorer".to_owned()], &[])
+        .map_err(sys_err(name, "preparing the restore request"))?;
+    let (ours, theirs) = seqpacket_pair().map_err(sys_err(name, "creating the plan socket"))?;
+    let n = null.as_fd();
+    let all = [n, n, n, n, exe, theirs.as_fd()];
+    loop {
+        let (parked, fresh) = match sh.take_parked(key) {
+            Some(parked) => (parked, false),
+            None => (sh.park_one(name, key, root)?, true),
+        };
+        match hand_off(&parked, &all, &payload) {
+            Ok(()) => {
+                let target = Target::Restore(dir.to_path_buf());
+                let inst = finish(sh, name, key, &target, parked.into_started())?;
+                return Ok(ReadyRestorer { inst, socket: ours });
+            }
+            Err(e) if fresh => {
+                parked.discard(sh);
+                return Err(LaunchError::Sys {
+                    name: name.to_owned(),
+                    op: "handing the restorer to a sandbox",
+                    source: e,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a parked sandbox could not take its request");
+                parked.discard(sh);
+            }
+        }
+    }
+}
+
+/// Restores the snapshot in `dir` into a sandbox whose restorer is ready
+/// (two messages: the guest's fds, the plan), else into a parked sandbox
+/// (parking one now if none is ready): the plan goes into a fresh socket
+/// first, then the sandbox gets fds 0-3, the restorer's executable and that
+/// socket's other end, and executes the restorer.
 fn restore_blocking(
     sh: &Arc<Shared>,
     name: &str,
@@ -1203,6 +1326,21 @@ fn restore_blocking(
     payload: &[u8],
 ) -> Result<SandboxInstance, LaunchError> {
     let snap = sh.snapshot(name, dir, key, &p.root)?;
+    while let Some(mut ready) = sh.take_restorer(key) {
+        let Err(e) = snap.send_restore(&ready.socket, fds) else {
+            sh.restored_ready.fetch_add(1, Ordering::Relaxed);
+            return Ok(ready.inst);
+        };
+        if matches!(ready.inst.try_reap(), Ok(None)) {
+            sh.forget_snapshot(&key.seccomp, &key.binds, &snap);
+            return Err(LaunchError::Sys {
+                name: name.to_owned(),
+                op: "sending the restore plan",
+                source: io::Error::other(e),
+            });
+        }
+        // It died meanwhile: the next one.
+    }
     let exe = faas_snapshot::restorer_executable().map_err(|e| LaunchError::Sys {
         name: name.to_owned(),
         op: "staging the snapshot restorer",
@@ -1295,6 +1433,10 @@ impl SandboxRuntime for PooledSandboxRuntime {
         Box::pin(async move {
             let name = spec.name.clone();
             let key = ParkKey::of(&spec);
+            let restore = spec
+                .snapshot
+                .clone()
+                .filter(|_| spec.start == StartMode::Restore);
             let inst = tokio::task::spawn_blocking(move || {
                 let r = launch_blocking(&sh, &spec);
                 // The child has its copies now; ours close here.
@@ -1311,6 +1453,19 @@ impl SandboxRuntime for PooledSandboxRuntime {
             if sh.cgroups.is_some() && sh.cgroup_pool.lock().len() < sh.config.cgroup_pool / 2 {
                 let sh = sh.clone();
                 tokio::task::spawn_blocking(move || sh.refill_cgroups());
+            }
+            if let Some(dir) = restore
+                && sh.restorers.lock().get(&key).map_or(0, Vec::len) < sh.config.parked
+            {
+                // Off the request path: restorers ready in sandboxes of
+                // this kind for the next restores.
+                let (sh, key) = (sh.clone(), key.clone());
+                tokio::task::spawn_blocking(move || {
+                    let root = sh.roots.lock().get(&key.root).cloned();
+                    if let Some(root) = root {
+                        sh.ready_more(&key, &root, &dir);
+                    }
+                });
             }
             let short = sh.parked.lock().get(&key).map_or(0, Vec::len) < sh.config.parked;
             if short {

@@ -262,6 +262,41 @@ async fn a_snapshot_restores_into_a_sandbox_with_its_namespaces_root_and_filters
     }
 }
 
+/// Waits until the runtime has a sandbox with its restorer running.
+async fn restorer_ready(rt: &PooledSandboxRuntime) {
+    for _ in 0..500 {
+        if rt.ready_restorers() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no restorer was made ready within 10 s of a restore");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_into_sandboxes_whose_restorer_runs_ahead_get_their_fds_and_filters() {
+    let rt = runtime();
+    assert_eq!(rt.ready_restorers(), 0);
+    // The first restore execs the restorer on the request path; after it,
+    // restorers of this kind are started ahead of time.
+    let (status, out) = restore_once(&rt).await;
+    assert_restored_inside(status, &out);
+    assert_eq!(rt.restores_from_ready(), 0);
+    for i in 1..=3 {
+        restorer_ready(&rt).await;
+        let (s, mut r, _ours) = spec(Some(fixture().snapshot.clone()));
+        let mut inst = rt.launch(s).await.expect("restore into a ready sandbox");
+        assert_eq!(rt.restores_from_ready(), i);
+        let status = tokio::time::timeout(Duration::from_secs(30), inst.wait())
+            .await
+            .expect("the restored instance did not finish")
+            .unwrap();
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_restored_inside(status, &out);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_concurrent_restores_of_one_snapshot_each_run_in_their_own_sandbox() {
     let rt = Arc::new(runtime());

@@ -388,6 +388,29 @@ impl Snapshot {
         send_with_fds(socket, &self.plan, &borrowed).map_err(sys_err("send the restore plan"))
     }
 
+    /// Sends the guest's fds 0–3 (`io`, in order) and the restore plan on
+    /// `socket`, whose other end is fd 4 of a restorer that someone else
+    /// started ahead of time and that waits for them (a sandbox runtime's
+    /// pool of sandboxes with their restorer already running: see
+    /// [`restorer_executable`]).
+    ///
+    /// # Errors
+    ///
+    /// A mapped file changed since the snapshot was opened, or the
+    /// restorer is gone (the socket refuses the message).
+    pub fn send_restore(
+        &self,
+        socket: &OwnedFd,
+        io: [BorrowedFd<'_>; 4],
+    ) -> Result<(), SnapshotError> {
+        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
+            check_file(&self.dir, f, file)?;
+        }
+        send_io_fds(socket, 0b1111, &io, &[]).map_err(sys_err("send the guest's descriptors"))?;
+        let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
+        send_with_fds(socket, &self.plan, &borrowed).map_err(sys_err("send the restore plan"))
+    }
+
     /// The restore plan, for a template (`plan::MODE_TEMPLATE`).
     pub(crate) fn template_plan(&self) -> Vec<u8> {
         let mut plan = self.plan.clone();
@@ -781,6 +804,11 @@ pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), SnapshotError> {
 /// The restorer's first message: the guest's fds 0–3 and working directory.
 fn send_io(sock: &OwnedFd, io: &RestoreIo, cwd: &[u8]) -> io::Result<()> {
     let (mask, fds) = io.fds();
+    send_io_fds(sock, mask, &fds, cwd)
+}
+
+/// The `IoMessage`: which of fds 0–3 travel (`mask`), and the cwd.
+fn send_io_fds(sock: &OwnedFd, mask: u64, fds: &[BorrowedFd<'_>], cwd: &[u8]) -> io::Result<()> {
     let cwd = if cwd.len() <= plan::CWD_MAX { cwd } else { &[] };
     let head = plan::IoMessage {
         magic: plan::IO_MAGIC,
@@ -789,7 +817,7 @@ fn send_io(sock: &OwnedFd, io: &RestoreIo, cwd: &[u8]) -> io::Result<()> {
     };
     let mut msg = sys::pod_bytes(&head).to_vec();
     msg.extend_from_slice(cwd);
-    send_with_fds(sock, &msg, &fds)
+    send_with_fds(sock, &msg, fds)
 }
 
 /// One message with descriptors attached.
