@@ -8,7 +8,8 @@
 //! | `GET /functions` | every function's latest version |
 //! | `GET /functions/{name}` | its latest version |
 //! | `DELETE /functions/{name}` | delete every version → `204` |
-//! | `POST /invoke/{name}` | run it: the function's status, headers and body, plus `x-faas-start` (`cold`, `restore`, or `warm` for a reused instance) and `server-timing` |
+//! | `POST /invoke/{name}` | run it: the function's status, headers and body, plus `x-faas-start` (`cold`, `restore`, or `warm` for a reused instance), `x-faas-node` (the node that ran it) and `server-timing` |
+//! | `GET /nodes` | the nodes (see [`crate::cluster::NodeTable`]): capacity, requests in flight, health |
 //!
 //! Errors are JSON `{"error": CODE, "message": TEXT}` with exactly one
 //! response per request: unknown function `404`, body over the limit `413`,
@@ -61,6 +62,7 @@ pub struct FunctionGateway {
     scheduler: Arc<dyn Scheduler>,
     nodes: RwLock<HashMap<NodeId, Arc<dyn NodeGateway>>>,
     preparer: Option<Arc<dyn Preparer>>,
+    node_table: Option<Arc<crate::cluster::NodeTable>>,
     config: GatewayConfig,
     next_id: AtomicU64,
 }
@@ -131,6 +133,7 @@ impl FunctionGateway {
             scheduler,
             nodes: RwLock::new(HashMap::new()),
             preparer: None,
+            node_table: None,
             config,
             // Random start, so ids of successive runs do not collide; the top
             // bit is kept clear so the counter never wraps in practice.
@@ -145,6 +148,13 @@ impl FunctionGateway {
     #[must_use]
     pub fn with_preparer(mut self, preparer: Arc<dyn Preparer>) -> Self {
         self.preparer = Some(preparer);
+        self
+    }
+
+    /// `GET /nodes` lists the nodes of `table`.
+    #[must_use]
+    pub fn with_node_table(mut self, table: Arc<crate::cluster::NodeTable>) -> Self {
+        self.node_table = Some(table);
         self
     }
 
@@ -182,11 +192,19 @@ impl FunctionGateway {
                 None => not_deployed(name),
             },
             (&Method::DELETE, ["functions", name]) => self.delete(name).await,
+            (&Method::GET, ["nodes"]) => json(
+                StatusCode::OK,
+                &self
+                    .node_table
+                    .as_ref()
+                    .map(|t| t.list())
+                    .unwrap_or_default(),
+            ),
             (&Method::POST, ["invoke", name]) => {
                 let name = (*name).to_owned();
                 self.invoke(&name, req).await
             }
-            (_, ["healthz"] | ["functions"] | ["functions", _] | ["invoke", _]) => error(
+            (_, ["healthz"] | ["functions"] | ["functions", _] | ["invoke", _] | ["nodes"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} is not allowed on {path}"),
@@ -373,6 +391,7 @@ impl FunctionGateway {
             outcome: Outcome::Cancelled,
         };
         let result = node.invoke(spec.clone(), &release.placement, inv).await;
+        let node_name = release.placement.node.0.clone();
         release.outcome = match &result {
             Ok(_) | Err(InvokeError::Function { .. }) => Outcome::Ok,
             Err(InvokeError::TimedOut { .. }) => Outcome::TimedOut,
@@ -424,6 +443,7 @@ impl FunctionGateway {
         insert(h, "x-faas-invocation-id", &id.to_string());
         insert(h, "x-faas-trace-id", &trace_id);
         insert(h, "x-faas-function-version", &spec.version.to_string());
+        insert(h, "x-faas-node", &node_name);
         resp
     }
 

@@ -1,0 +1,469 @@
+//! The node side: [`NodeAgent`] joins a gateway over TCP and serves the
+//! invocations it forwards with a local [`NodeGateway`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use faas_core::{
+    FunctionSpec, Invocation, InvocationId, InvokeError, NodeGateway, NodeId, Placement,
+    UnixMillis,
+};
+use parking_lot::Mutex;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::frame::{
+    self, ErrorMeta, FrameError, Hello, InvokeMeta, Kind, PrepareMeta, PreparedMeta, Reject,
+    ResultMeta, Side, Welcome,
+};
+use crate::prepare::{PrepareError, Preparer};
+
+/// Settings of a [`NodeAgent`].
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The gateway's node address (`HOST:PORT`).
+    pub gateway: String,
+    /// This node's name (`[a-z0-9][a-z0-9_-]{0,62}`); a node that joins
+    /// again under the same name replaces its old connection.
+    pub name: String,
+    /// Instance slots offered.
+    pub slots: u32,
+    /// Memory offered for instances, in MiB.
+    pub memory_mb: u64,
+    /// Largest frame accepted from the gateway, in bytes.
+    pub max_frame: u32,
+    /// Longest wait between two connection attempts.
+    pub max_backoff: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for `name` joining `gateway`: 64 slots, 8 GiB.
+    pub fn new(gateway: impl Into<String>, name: impl Into<String>) -> Self {
+        AgentConfig {
+            gateway: gateway.into(),
+            name: name.into(),
+            slots: 64,
+            memory_mb: 8192,
+            max_frame: super::DEFAULT_MAX_FRAME,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a [`NodeAgent`] reports while it runs.
+#[derive(Debug, Clone)]
+pub enum AgentEvent {
+    /// Joined the gateway.
+    Joined {
+        /// The gateway's address.
+        gateway: String,
+    },
+    /// The gateway cannot be reached; the agent tries again.
+    Unreachable {
+        /// The gateway's address.
+        gateway: String,
+        /// Why.
+        error: String,
+        /// When it tries again.
+        retry_in: Duration,
+    },
+    /// The connection ended; the agent reconnects.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a [`NodeAgent`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The gateway refused this node (bad name, protocol version, ...).
+    #[error("gateway {gateway} refused node {name}: {message}")]
+    Rejected {
+        /// The gateway.
+        gateway: String,
+        /// This node.
+        name: String,
+        /// Its reason.
+        message: String,
+    },
+}
+
+/// A node agent: joins the gateway at [`AgentConfig::gateway`], registers
+/// its name and capacity, sends heartbeats, and runs every invocation the
+/// gateway forwards on its local [`NodeGateway`] (real sandboxes); many
+/// run at once on the one connection. It reconnects (with backoff) when
+/// the connection ends.
+///
+/// A function's files are used where the gateway's registry put them
+/// (`spec.image`): the node must see that path (same host or shared
+/// storage); see the module docs.
+pub struct NodeAgent {
+    config: AgentConfig,
+    node: Arc<dyn NodeGateway>,
+    preparer: Option<Arc<dyn Preparer>>,
+    /// Versions whose files were found (checked once per version).
+    seen: Mutex<HashSet<(String, u32, PathBuf)>>,
+}
+
+impl NodeAgent {
+    /// An agent serving with `node` (whose id must be the agent's name)
+    /// and preparing new versions with `preparer` when the gateway asks.
+    pub fn new(
+        config: AgentConfig,
+        node: Arc<dyn NodeGateway>,
+        preparer: Option<Arc<dyn Preparer>>,
+    ) -> Arc<Self> {
+        Arc::new(NodeAgent {
+            config,
+            node,
+            preparer,
+            seen: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Joins the gateway and serves until the gateway refuses this node;
+    /// reports progress to `events`. Cancel the future to stop.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Rejected`]: the gateway will not take this node.
+    pub async fn run(
+        self: Arc<Self>,
+        events: impl Fn(AgentEvent) + Send + Sync,
+    ) -> Result<(), AgentError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let gw = &self.config.gateway;
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(gw)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        events(AgentEvent::Unreachable {
+                            gateway: gw.clone(),
+                            error: e.to_string(),
+                            retry_in: backoff,
+                        });
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.config.max_backoff);
+                        continue;
+                    }
+                    Err(_) => {
+                        events(AgentEvent::Unreachable {
+                            gateway: gw.clone(),
+                            error: "connection timed out".into(),
+                            retry_in: backoff,
+                        });
+                        backoff = (backoff * 2).min(self.config.max_backoff);
+                        continue;
+                    }
+                };
+            match self.clone().session(stream, &events).await {
+                Ok(reason) => {
+                    backoff = Duration::from_millis(100);
+                    events(AgentEvent::Disconnected { reason });
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(Session::Rejected(message)) => {
+                    return Err(AgentError::Rejected {
+                        gateway: gw.clone(),
+                        name: self.config.name.clone(),
+                        message,
+                    });
+                }
+                Err(Session::Failed(error)) => {
+                    events(AgentEvent::Unreachable {
+                        gateway: gw.clone(),
+                        error,
+                        retry_in: backoff,
+                    });
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// One connection: handshake, then serve until it ends (`Ok(why)`).
+    async fn session(
+        self: Arc<Self>,
+        stream: TcpStream,
+        events: &(impl Fn(AgentEvent) + Send + Sync),
+    ) -> Result<String, Session> {
+        let _ = stream.set_nodelay(true);
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::with_capacity(64 * 1024, rd);
+        let hello = Hello {
+            protocol: frame::PROTOCOL,
+            name: self.config.name.clone(),
+            slots: self.config.slots,
+            memory_mb: self.config.memory_mb,
+        };
+        wr.write_all(&frame::encode_json(Kind::Hello, 0, &hello))
+            .await
+            .map_err(|e| Session::Failed(format!("sending Hello: {e}")))?;
+        let max = self.config.max_frame;
+        let first = tokio::time::timeout(
+            Duration::from_secs(5),
+            frame::read_frame(&mut rd, Side::Gateway, max),
+        )
+        .await
+        .map_err(|_| Session::Failed("the gateway did not answer Hello in time".into()))?
+        .map_err(|e| Session::Failed(format!("waiting for Welcome: {e}")))?;
+        let heartbeat = match first.kind {
+            Kind::Welcome => {
+                let w: Welcome = first
+                    .json()
+                    .map_err(|e| Session::Failed(e.to_string()))?;
+                Duration::from_millis(w.heartbeat_ms.clamp(10, 60_000))
+            }
+            Kind::Reject => {
+                let r: Reject = first
+                    .json()
+                    .map_err(|e| Session::Failed(e.to_string()))?;
+                return Err(Session::Rejected(r.message));
+            }
+            k => return Err(Session::Failed(format!("gateway sent {k:?} before Welcome"))),
+        };
+        events(AgentEvent::Joined {
+            gateway: self.config.gateway.clone(),
+        });
+
+        let (out, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let writer = tokio::spawn(async move {
+            let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
+            while let Some(f) = queue.recv().await {
+                if w.write_all(&f).await.is_err() {
+                    return;
+                }
+                while let Ok(f) = queue.try_recv() {
+                    if w.write_all(&f).await.is_err() {
+                        return;
+                    }
+                }
+                if w.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let beat = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(heartbeat);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    t.tick().await;
+                    if out.send(frame::encode_empty(Kind::Heartbeat, 0)).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let running: Arc<Mutex<HashMap<u64, AbortHandle>>> = Arc::default();
+        let reason = loop {
+            let f = match frame::read_frame(&mut rd, Side::Gateway, max).await {
+                Ok(f) => f,
+                Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    break "the gateway closed the connection".to_owned();
+                }
+                Err(e) => {
+                    let why = format!("gateway connection: {e}");
+                    tracing::warn!(gateway = %self.config.gateway, "{why}");
+                    break why;
+                }
+            };
+            if let Err(why) = self.dispatch(f, &out, &running) {
+                tracing::warn!(gateway = %self.config.gateway, "protocol violation by the gateway: {why}; reconnecting");
+                break format!("protocol violation by the gateway: {why}");
+            }
+        };
+        beat.abort();
+        for (_, h) in running.lock().drain() {
+            h.abort();
+        }
+        drop(out);
+        writer.abort();
+        Ok(reason)
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        f: frame::Frame,
+        out: &mpsc::UnboundedSender<Bytes>,
+        running: &Arc<Mutex<HashMap<u64, AbortHandle>>>,
+    ) -> Result<(), String> {
+        match f.kind {
+            Kind::Invoke => {
+                let (meta, body) = f.split::<InvokeMeta>().map_err(|e| e.to_string())?;
+                let mut map = running.lock();
+                if map.contains_key(&f.id) {
+                    return Err(format!("request id {} is already running", f.id));
+                }
+                let me = self.clone();
+                let out = out.clone();
+                let running2 = running.clone();
+                let id = f.id;
+                let h = tokio::spawn(async move {
+                    let frame = me.invoke(id, meta, body).await;
+                    running2.lock().remove(&id);
+                    let _ = out.send(frame);
+                });
+                map.insert(id, h.abort_handle());
+                Ok(())
+            }
+            Kind::Cancel => {
+                if let Some(h) = running.lock().remove(&f.id) {
+                    h.abort();
+                }
+                Ok(())
+            }
+            Kind::Prepare => {
+                let meta: PrepareMeta = f.json().map_err(|e| e.to_string())?;
+                let me = self.clone();
+                let out = out.clone();
+                let running2 = running.clone();
+                let id = f.id;
+                let mut map = running.lock();
+                if map.contains_key(&id) {
+                    return Err(format!("request id {id} is already running"));
+                }
+                let h = tokio::spawn(async move {
+                    let answer = me.prepare(meta).await;
+                    running2.lock().remove(&id);
+                    let _ = out.send(frame::encode_json(Kind::Prepared, id, &answer));
+                });
+                map.insert(id, h.abort_handle());
+                Ok(())
+            }
+            k => Err(format!("unexpected {k:?} frame")),
+        }
+    }
+
+    /// Runs one forwarded invocation; returns its answer frame.
+    async fn invoke(&self, id: u64, meta: InvokeMeta, body: Bytes) -> Bytes {
+        let InvokeMeta {
+            spec,
+            invocation,
+            headers,
+            trace_id,
+            timeout_ms,
+        } = meta;
+        let node = self.node.node().clone();
+        if let Err(message) = self.files_visible(&spec, &node) {
+            let e = ErrorMeta {
+                status: 503,
+                code: "files_unavailable".into(),
+                message,
+                timeout_ms: None,
+            };
+            return frame::encode_json(Kind::Error, id, &e);
+        }
+        let inv = Invocation {
+            id: InvocationId(invocation),
+            function: spec.name.clone(),
+            version: spec.version,
+            headers,
+            body: body.to_vec(),
+            deadline: UnixMillis::now().after(Duration::from_millis(timeout_ms)),
+            trace_id,
+        };
+        let placement = Placement {
+            node,
+            slot: 0,
+            function: spec.name.clone(),
+        };
+        match self.node.invoke(Arc::new(spec), &placement, inv).await {
+            Ok(r) => frame::encode_split(
+                Kind::Result,
+                id,
+                &ResultMeta {
+                    status: r.status,
+                    headers: r.headers,
+                    timings: r.timings,
+                    cold: r.cold,
+                },
+                &r.body,
+            ),
+            Err(e) => frame::encode_json(Kind::Error, id, &error_meta(&e)),
+        }
+    }
+
+    /// Whether this node sees the version's files (once per version).
+    fn files_visible(&self, spec: &FunctionSpec, node: &NodeId) -> Result<(), String> {
+        let path = spec.image.path();
+        let key = (spec.name.clone(), spec.version, path.to_owned());
+        if self.seen.lock().contains(&key) {
+            return Ok(());
+        }
+        if path.is_dir() || path.is_file() {
+            self.seen.lock().insert(key);
+            return Ok(());
+        }
+        Err(format!(
+            "node {node} cannot see the files of {} version {} at {} (the node needs the gateway's state directory at the same path: same host or shared storage)",
+            spec.name,
+            spec.version,
+            path.display()
+        ))
+    }
+
+    async fn prepare(&self, meta: PrepareMeta) -> PreparedMeta {
+        let Some(p) = &self.preparer else {
+            return PreparedMeta::Ok {
+                start: faas_core::StartMode::Cold,
+                snapshot: None,
+                warnings: Vec::new(),
+            };
+        };
+        if !meta.dir.is_dir() {
+            return PreparedMeta::Sys {
+                what: format!(
+                    "the version directory {} is not visible on this node",
+                    meta.dir.display()
+                ),
+            };
+        }
+        let r = match p.check(&meta.spec) {
+            Ok(()) => p.prepare(&meta.spec, &meta.dir).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(p) => PreparedMeta::Ok {
+                start: p.start,
+                snapshot: p.snapshot,
+                warnings: p.warnings,
+            },
+            Err(PrepareError::Unavailable(u)) => PreparedMeta::Unavailable { why: u.why },
+            Err(PrepareError::Init { what, output, .. }) => PreparedMeta::Init { what, output },
+            Err(PrepareError::Sys { what, .. }) => PreparedMeta::Sys { what },
+        }
+    }
+}
+
+enum Session {
+    Rejected(String),
+    Failed(String),
+}
+
+/// An invocation error as it crosses to the gateway.
+fn error_meta(e: &InvokeError) -> ErrorMeta {
+    let (message, timeout_ms) = match e {
+        InvokeError::Function { message, .. } => (message.clone(), None),
+        InvokeError::TimedOut { timeout } => (
+            e.to_string(),
+            Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        ),
+        _ => (e.to_string(), None),
+    };
+    ErrorMeta {
+        status: e.http_status(),
+        code: e.code().to_owned(),
+        message,
+        timeout_ms,
+    }
+}
