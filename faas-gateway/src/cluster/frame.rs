@@ -478,4 +478,37 @@ mod tests {
             assert!(d.json::<Hello>().is_err());
         });
     }
+
+    proptest::proptest! {
+        /// Any header and payload decode to a frame or an error, never a
+        /// panic; payloads that decode parse or fail cleanly.
+        #[test]
+        fn arbitrary_frames_never_panic(
+            kind in proptest::prelude::any::<u8>(),
+            flags in 0u8..2,
+            id in proptest::prelude::any::<u64>(),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            extra in 0u32..8,
+            magic_ok in proptest::prelude::any::<bool>(),
+        ) {
+            let mut f = Vec::new();
+            f.extend_from_slice(&(if magic_ok { MAGIC } else { 0x1234 }).to_le_bytes());
+            f.push(kind);
+            f.push(flags);
+            f.extend_from_slice(&(payload.len() as u32 + extra).to_le_bytes());
+            f.extend_from_slice(&id.to_le_bytes());
+            f.extend_from_slice(&payload);
+            rt().block_on(async {
+                for side in [Side::Node, Side::Gateway] {
+                    if let Ok(d) = decode(&f, side).await {
+                        let _ = d.split::<ResultMeta>();
+                        let _ = d.split::<InvokeMeta>();
+                        let _ = d.json::<Hello>();
+                        let _ = d.json::<ErrorMeta>();
+                        let _ = d.json::<PreparedMeta>();
+                    }
+                }
+            });
+        }
+    }
 }

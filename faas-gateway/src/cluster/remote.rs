@@ -329,6 +329,7 @@ impl Conn {
 /// the node's connection (many in flight on one connection, matched by
 /// request id), and fails with [`InvokeError::NodeLost`] at once when the
 /// connection closes or the node misses its heartbeats.
+#[derive(Clone)]
 pub struct RemoteNodeGateway {
     conn: Arc<Conn>,
 }
@@ -487,6 +488,14 @@ impl ClusterGateway {
             config,
             conns: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The node gateway of the node connected as `name` now.
+    pub fn node_gateway(&self, name: &str) -> Option<RemoteNodeGateway> {
+        self.conns
+            .lock()
+            .get(name)
+            .map(|c| RemoteNodeGateway { conn: c.clone() })
     }
 
     /// Names of the nodes connected now.
