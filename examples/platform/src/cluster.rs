@@ -145,6 +145,10 @@ pub struct NodeSettings {
     pub name: String,
     /// Memory offered, in MiB.
     pub memory_mb: u64,
+    /// Fetch every version from the gateway into `STATE/cache`, even one
+    /// whose directory is visible (versions that are not visible are
+    /// always fetched).
+    pub always_fetch: bool,
     /// Slots, sandbox, runtimes, state directory (for the runtimes'
     /// scripts) and snapshots, as for `faas serve`.
     pub platform: PlatformConfig,
@@ -172,6 +176,8 @@ pub async fn run_node(
     let mut agent_cfg = AgentConfig::new(settings.join.clone(), settings.name.clone());
     agent_cfg.slots = cfg.slots;
     agent_cfg.memory_mb = settings.memory_mb;
+    agent_cfg.cache_dir = Some(cfg.state_dir.join("cache"));
+    agent_cfg.always_fetch = settings.always_fetch;
     let agent = NodeAgent::new(agent_cfg, Arc::new(node.clone()), Some(Arc::new(node)));
     let name = settings.name.clone();
     let (slots, memory) = (cfg.slots, settings.memory_mb);

@@ -165,6 +165,11 @@ struct NodeArgs {
     /// prepare a version.
     #[arg(long)]
     no_snapshots: bool,
+    /// Fetch every function version from the gateway into STATE/cache,
+    /// even when the gateway's state directory is visible here (versions
+    /// that are not visible are always fetched).
+    #[arg(long)]
+    always_fetch: bool,
 }
 
 fn parse_sandbox(s: &str) -> Result<SandboxChoice, String> {
@@ -456,6 +461,7 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         join: a.join,
         name: a.name,
         memory_mb: a.memory_mb.unwrap_or_else(faas_platform::machine_memory_mb),
+        always_fetch: a.always_fetch,
         platform,
     };
     faas_platform::cluster::run_node(settings, shutdown_signal()).await?;

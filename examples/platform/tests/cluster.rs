@@ -6,7 +6,8 @@
 //!
 //! What it proves: nodes join over TCP and the gateway spreads requests
 //! over them (`x-faas-node`); a Python function deployed through the
-//! gateway is prepared (snapshotted) by a node; when a node is killed
+//! gateway is prepared (snapshotted) by a node; a node that fetches its
+//! files from the gateway (n3, `--always-fetch`) serves them too; when a node is killed
 //! (SIGKILL) while it runs a slow request, that request fails at once
 //! with `502 node_lost` naming the node (not after its timeout), and the
 //! following requests all succeed on the other two.
@@ -145,6 +146,9 @@ impl Cluster {
             .args(["node", "--join", &format!("{GW_IP}:8081"), "--name", name])
             .args(["--slots", "4", "--quiet-instances", "--state-dir"])
             .arg(&state)
+            // n3 does not use the shared state directory: it fetches each
+            // version from the gateway over its connection.
+            .args(if name == "n3" { &["--always-fetch"][..] } else { &[] })
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -269,10 +273,11 @@ fn three_nodes_share_the_load_and_a_killed_node_fails_only_its_requests() {
     ]);
     assert!(out.contains("start: restore"), "{out}");
 
-    // Concurrent requests spread over the nodes.
-    let running: Vec<Child> = (0..6)
+    // Concurrent requests spread over the nodes: 12 at once fill the 3 × 4
+    // slots, so every node runs some.
+    let running: Vec<Child> = (0..12)
         .map(|_| {
-            c.cli_cmd(&["invoke", "slow", "-i", "--data", r#"{"sleep": 1}"#])
+            c.cli_cmd(&["invoke", "slow", "-i", "--data", r#"{"sleep": 2}"#])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -283,10 +288,15 @@ fn three_nodes_share_the_load_and_a_killed_node_fails_only_its_requests() {
     for child in running {
         let a = answer(&child.wait_with_output().unwrap());
         assert_eq!(a.status, 200, "{a:?}");
-        assert!(a.text.contains(r#"{"slept": 1}"#), "{a:?}");
+        assert!(a.text.contains(r#"{"slept": 2}"#), "{a:?}");
         used.insert(a.node);
     }
-    assert!(used.len() > 1, "all requests ran on {used:?}");
+    assert_eq!(used.len(), 3, "requests ran on {used:?} only");
+    // n3 ran them from its fetched copy, the others from the shared one.
+    for n in NODES {
+        let cache = c.dir.path().join(n).join("cache");
+        assert_eq!(cache.join("slow").is_dir(), n == "n3", "{n}");
+    }
     let a = answer(&c.cli(&["invoke", "hello", "-i", "--data", "hi"]));
     assert_eq!(a.status, 200, "{a:?}");
     assert!(a.text.contains("hello from"), "{a:?}");

@@ -2,24 +2,24 @@
 //! invocations it forwards with a local [`NodeGateway`].
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use faas_core::{
-    FunctionSpec, Invocation, InvocationId, InvokeError, NodeGateway, NodeId, Placement,
-    UnixMillis,
+    FunctionSpec, ImageRef, Invocation, InvocationId, InvokeError, NodeGateway, NodeId,
+    Placement, UnixMillis,
 };
 use parking_lot::Mutex;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use super::frame::{
-    self, ErrorMeta, FrameError, Hello, InvokeMeta, Kind, PrepareMeta, PreparedMeta, Reject,
-    ResultMeta, Side, Welcome,
+    self, ErrorMeta, FetchEnd, FetchMeta, FrameError, Hello, InvokeMeta, Kind, PrepareMeta,
+    PreparedMeta, Reject, ResultMeta, Side, Welcome,
 };
 use crate::prepare::{PrepareError, Preparer};
 
@@ -39,6 +39,13 @@ pub struct AgentConfig {
     pub max_frame: u32,
     /// Longest wait between two connection attempts.
     pub max_backoff: Duration,
+    /// Where versions fetched from the gateway are kept: a version whose
+    /// directory this node cannot see is fetched into it (once). `None`:
+    /// the node must see the gateway's state directory.
+    pub cache_dir: Option<PathBuf>,
+    /// Fetch every version into `cache_dir`, even one whose directory the
+    /// node can see (for nodes that must not read shared storage, and tests).
+    pub always_fetch: bool,
 }
 
 impl AgentConfig {
@@ -51,6 +58,8 @@ impl AgentConfig {
             memory_mb: 8192,
             max_frame: super::DEFAULT_MAX_FRAME,
             max_backoff: Duration::from_secs(5),
+            cache_dir: None,
+            always_fetch: false,
         }
     }
 }
@@ -109,7 +118,26 @@ pub struct NodeAgent {
     preparer: Option<Arc<dyn Preparer>>,
     /// Versions whose files were found (checked once per version).
     seen: Mutex<HashSet<(String, u32, PathBuf)>>,
+    /// Versions fetched into the cache, by their directory on the gateway;
+    /// the first invocation fetches, concurrent ones wait for it.
+    fetched: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<PathBuf>>>>>,
 }
+
+/// The current connection, as the tasks of its requests see it.
+struct Link {
+    out: mpsc::UnboundedSender<Bytes>,
+    /// Fetches waiting for their data, by the id this node chose.
+    fetches: Mutex<HashMap<u64, Fetching>>,
+    next_fetch: std::sync::atomic::AtomicU64,
+}
+
+struct Fetching {
+    data: Vec<u8>,
+    done: oneshot::Sender<Result<Vec<u8>, String>>,
+}
+
+/// Largest version a node fetches: 4 GiB.
+const MAX_FETCH: usize = 4 << 30;
 
 impl NodeAgent {
     /// An agent serving with `node` (whose id must be the agent's name)
@@ -124,6 +152,7 @@ impl NodeAgent {
             node,
             preparer,
             seen: Mutex::new(HashSet::new()),
+            fetched: Mutex::new(HashMap::new()),
         })
     }
 
@@ -235,6 +264,11 @@ impl NodeAgent {
         });
 
         let (out, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let link = Arc::new(Link {
+            out: out.clone(),
+            fetches: Mutex::new(HashMap::new()),
+            next_fetch: std::sync::atomic::AtomicU64::new(0),
+        });
         let writer = tokio::spawn(async move {
             let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
             while let Some(f) = queue.recv().await {
@@ -277,7 +311,7 @@ impl NodeAgent {
                     break why;
                 }
             };
-            if let Err(why) = self.dispatch(f, &out, &running) {
+            if let Err(why) = self.dispatch(f, &link, &running) {
                 tracing::warn!(gateway = %self.config.gateway, "protocol violation by the gateway: {why}; reconnecting");
                 break format!("protocol violation by the gateway: {why}");
             }
@@ -286,6 +320,9 @@ impl NodeAgent {
         for (_, h) in running.lock().drain() {
             h.abort();
         }
+        // Fetches in progress fail (their senders drop).
+        link.fetches.lock().clear();
+        drop(link);
         drop(out);
         writer.abort();
         Ok(reason)
@@ -294,10 +331,45 @@ impl NodeAgent {
     fn dispatch(
         self: &Arc<Self>,
         f: frame::Frame,
-        out: &mpsc::UnboundedSender<Bytes>,
+        link: &Arc<Link>,
         running: &Arc<Mutex<HashMap<u64, AbortHandle>>>,
     ) -> Result<(), String> {
+        let out = &link.out;
         match f.kind {
+            Kind::FetchData => {
+                let mut fetches = link.fetches.lock();
+                let Some(w) = fetches.get_mut(&f.id) else {
+                    return Err(format!("data for fetch {}, which is not running", f.id));
+                };
+                if w.data.len() + f.payload.len() > MAX_FETCH {
+                    return Err(format!("fetch {} exceeds {MAX_FETCH} bytes", f.id));
+                }
+                w.data.extend_from_slice(&f.payload);
+                Ok(())
+            }
+            Kind::FetchEnd => {
+                let end: FetchEnd = f.json().map_err(|e| e.to_string())?;
+                let Some(w) = link.fetches.lock().remove(&f.id) else {
+                    return Err(format!("end of fetch {}, which is not running", f.id));
+                };
+                let r = match end {
+                    FetchEnd::Ok { digest, bytes } => {
+                        if bytes != w.data.len() as u64 {
+                            Err(format!(
+                                "the gateway sent {} bytes, announced {bytes}",
+                                w.data.len()
+                            ))
+                        } else if blake3::hash(&w.data).to_hex().as_str() != digest {
+                            Err("the fetched files do not match their digest".into())
+                        } else {
+                            Ok(w.data)
+                        }
+                    }
+                    FetchEnd::Error { message } => Err(message),
+                };
+                let _ = w.done.send(r);
+                Ok(())
+            }
             Kind::Invoke => {
                 let (meta, body) = f.split::<InvokeMeta>().map_err(|e| e.to_string())?;
                 let mut map = running.lock();
@@ -305,11 +377,12 @@ impl NodeAgent {
                     return Err(format!("request id {} is already running", f.id));
                 }
                 let me = self.clone();
-                let out = out.clone();
+                let link = link.clone();
                 let running2 = running.clone();
                 let id = f.id;
                 let h = tokio::spawn(async move {
-                    let frame = me.invoke(id, meta, body).await;
+                    let frame = me.invoke(id, meta, body, &link).await;
+                    let out = &link.out;
                     running2.lock().remove(&id);
                     let _ = out.send(frame);
                 });
@@ -345,7 +418,7 @@ impl NodeAgent {
     }
 
     /// Runs one forwarded invocation; returns its answer frame.
-    async fn invoke(&self, id: u64, meta: InvokeMeta, body: Bytes) -> Bytes {
+    async fn invoke(&self, id: u64, meta: InvokeMeta, body: Bytes, link: &Link) -> Bytes {
         let InvokeMeta {
             spec,
             invocation,
@@ -354,15 +427,18 @@ impl NodeAgent {
             timeout_ms,
         } = meta;
         let node = self.node.node().clone();
-        if let Err(message) = self.files_visible(&spec, &node) {
-            let e = ErrorMeta {
-                status: 503,
-                code: "files_unavailable".into(),
-                message,
-                timeout_ms: None,
-            };
-            return frame::encode_json(Kind::Error, id, &e);
-        }
+        let spec = match self.local_files(spec, &node, link).await {
+            Ok(s) => s,
+            Err(message) => {
+                let e = ErrorMeta {
+                    status: 503,
+                    code: "files_unavailable".into(),
+                    message,
+                    timeout_ms: None,
+                };
+                return frame::encode_json(Kind::Error, id, &e);
+            }
+        };
         let inv = Invocation {
             id: InvocationId(invocation),
             function: spec.name.clone(),
@@ -393,23 +469,54 @@ impl NodeAgent {
         }
     }
 
-    /// Whether this node sees the version's files (once per version).
-    fn files_visible(&self, spec: &FunctionSpec, node: &NodeId) -> Result<(), String> {
-        let path = spec.image.path();
-        let key = (spec.name.clone(), spec.version, path.to_owned());
-        if self.seen.lock().contains(&key) {
-            return Ok(());
+    /// The spec with files this node can read: as it is when the node
+    /// sees the version's directory, else pointing into the cache, fetched
+    /// from the gateway the first time.
+    async fn local_files(
+        &self,
+        spec: FunctionSpec,
+        node: &NodeId,
+        link: &Link,
+    ) -> Result<FunctionSpec, String> {
+        let path = spec.image.path().to_owned();
+        let key = (spec.name.clone(), spec.version, path.clone());
+        if !self.config.always_fetch {
+            if self.seen.lock().contains(&key) {
+                return Ok(spec);
+            }
+            if path.is_dir() || path.is_file() {
+                self.seen.lock().insert(key);
+                return Ok(spec);
+            }
         }
-        if path.is_dir() || path.is_file() {
-            self.seen.lock().insert(key);
-            return Ok(());
-        }
-        Err(format!(
-            "node {node} cannot see the files of {} version {} at {} (the node needs the gateway's state directory at the same path: same host or shared storage)",
-            spec.name,
-            spec.version,
-            path.display()
-        ))
+        let Some(cache) = &self.config.cache_dir else {
+            return Err(format!(
+                "node {node} cannot see the files of {} version {} at {} (the node needs the gateway's state directory at the same path, or a cache to fetch versions into)",
+                spec.name,
+                spec.version,
+                path.display()
+            ));
+        };
+        let Some(vdir) = path.parent().map(Path::to_path_buf) else {
+            return Err(format!("{} has no version directory", path.display()));
+        };
+        let slot = self.fetched.lock().entry(vdir.clone()).or_default().clone();
+        let mut local = slot.lock().await;
+        let local_dir = match &*local {
+            Some(d) => d.clone(),
+            None => {
+                let d = fetch(&spec, &vdir, cache, link).await.map_err(|e| {
+                    format!(
+                        "node {node}: fetching {} version {} from the gateway: {e}",
+                        spec.name, spec.version
+                    )
+                })?;
+                *local = Some(d.clone());
+                d
+            }
+        };
+        drop(local);
+        Ok(relocate(spec, &vdir, &local_dir))
     }
 
     async fn prepare(&self, meta: PrepareMeta) -> PreparedMeta {
@@ -420,12 +527,16 @@ impl NodeAgent {
                 warnings: Vec::new(),
             };
         };
-        if !meta.dir.is_dir() {
-            return PreparedMeta::Sys {
-                what: format!(
-                    "the version directory {} is not visible on this node",
-                    meta.dir.display()
-                ),
+        if !meta.dir.is_dir() || self.config.always_fetch {
+            // A snapshot belongs in the version directory, which every node
+            // reads: without it, the version starts cold.
+            return PreparedMeta::Ok {
+                start: faas_core::StartMode::Cold,
+                snapshot: None,
+                warnings: vec![format!(
+                    "node {} does not share the gateway's state directory: no snapshot, instances start cold",
+                    self.config.name
+                )],
             };
         }
         let r = match p.check(&meta.spec) {
@@ -441,6 +552,112 @@ impl NodeAgent {
             Err(PrepareError::Unavailable(u)) => PreparedMeta::Unavailable { why: u.why },
             Err(PrepareError::Init { what, output, .. }) => PreparedMeta::Init { what, output },
             Err(PrepareError::Sys { what, .. }) => PreparedMeta::Sys { what },
+        }
+    }
+}
+
+/// `spec` with its paths under `from` moved under `to`.
+fn relocate(mut spec: FunctionSpec, from: &Path, to: &Path) -> FunctionSpec {
+    let moved = |p: &Path| p.strip_prefix(from).map(|rel| to.join(rel)).ok();
+    spec.image = match spec.image {
+        ImageRef::Dir(p) => ImageRef::Dir(moved(&p).unwrap_or(p)),
+        ImageRef::Image(p) => ImageRef::Image(moved(&p).unwrap_or(p)),
+    };
+    spec.snapshot = spec.snapshot.map(|p| moved(&p).unwrap_or(p));
+    spec
+}
+
+/// Fetches the version directory `vdir` of `spec` from the gateway into
+/// `cache/NAME/DIRNAME`: a tar checked against its blake3 digest, unpacked
+/// beside its final place, then renamed into it. A directory already there
+/// (fetched by an earlier run) is used as it is.
+async fn fetch(
+    spec: &FunctionSpec,
+    vdir: &Path,
+    cache: &Path,
+    link: &Link,
+) -> Result<PathBuf, String> {
+    let Some(dirname) = vdir.file_name() else {
+        return Err(format!("{} has no name", vdir.display()));
+    };
+    let dest = cache.join(&spec.name).join(dirname);
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let id = link
+        .next_fetch
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    let (tx, rx) = oneshot::channel();
+    link.fetches.lock().insert(
+        id,
+        Fetching {
+            data: Vec::new(),
+            done: tx,
+        },
+    );
+    let ask = FetchMeta {
+        name: spec.name.clone(),
+        version: spec.version,
+    };
+    if link
+        .out
+        .send(frame::encode_json(Kind::Fetch, id, &ask))
+        .is_err()
+    {
+        link.fetches.lock().remove(&id);
+        return Err("the connection to the gateway closed".into());
+    }
+    let tar = match tokio::time::timeout(Duration::from_secs(300), rx).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(_)) => return Err("the connection to the gateway closed".into()),
+        Err(_) => {
+            link.fetches.lock().remove(&id);
+            return Err("no answer within 300 s".into());
+        }
+    };
+    let d = dest.clone();
+    tokio::task::spawn_blocking(move || unpack(&tar, &d))
+        .await
+        .map_err(|e| e.to_string())??;
+    tracing::info!(function = %spec.name, version = spec.version, dir = %dest.display(), "fetched a version from the gateway");
+    Ok(dest)
+}
+
+fn unpack(tar: &[u8], dest: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = dest.parent().ok_or("cache directory has no parent")?;
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
+    // Instances run as unprivileged uids: the cache is world-readable.
+    for d in [Some(parent), parent.parent()].into_iter().flatten() {
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+    }
+    let tmp = parent.join(format!(
+        ".{}.{}",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("v"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| io("creating", &tmp, e))?;
+    let mut a = tar::Archive::new(tar);
+    a.set_preserve_permissions(true);
+    a.set_overwrite(false);
+    // `unpack` refuses entries that would land outside `tmp`.
+    if let Err(e) = a.unpack(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io("unpacking into", &tmp, e));
+    }
+    let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755));
+    match std::fs::rename(&tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(_) if dest.is_dir() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(io("moving into place", dest, e))
         }
     }
 }

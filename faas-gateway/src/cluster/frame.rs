@@ -42,6 +42,8 @@ pub(crate) enum Kind {
     Error = 0x04,
     /// node → gateway: the answer to `Prepare` (id).
     Prepared = 0x05,
+    /// node → gateway: send me a version's files (id chosen by the node).
+    Fetch = 0x06,
     /// gateway → node: accepted, with the heartbeat interval.
     Welcome = 0x81,
     /// gateway → node: refused (the message says why); the gateway closes.
@@ -52,6 +54,10 @@ pub(crate) enum Kind {
     Cancel = 0x84,
     /// gateway → node: prepare a new version (id).
     Prepare = 0x85,
+    /// gateway → node: the next piece of a fetched version's tar (id).
+    FetchData = 0x86,
+    /// gateway → node: the fetch is complete (its digest) or failed (id).
+    FetchEnd = 0x87,
 }
 
 /// Which side sent a frame.
@@ -71,11 +77,14 @@ impl Kind {
             0x03 => Kind::Result,
             0x04 => Kind::Error,
             0x05 => Kind::Prepared,
+            0x06 => Kind::Fetch,
             0x81 => Kind::Welcome,
             0x82 => Kind::Reject,
             0x83 => Kind::Invoke,
             0x84 => Kind::Cancel,
             0x85 => Kind::Prepare,
+            0x86 => Kind::FetchData,
+            0x87 => Kind::FetchEnd,
             _ => return None,
         })
     }
@@ -153,6 +162,9 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Invoke => "Invoke",
         Kind::Cancel => "Cancel",
         Kind::Prepare => "Prepare",
+        Kind::Fetch => "Fetch",
+        Kind::FetchData => "FetchData",
+        Kind::FetchEnd => "FetchEnd",
     }
 }
 
@@ -265,6 +277,14 @@ pub(crate) fn encode_split<T: Serialize>(kind: Kind, id: u64, meta: &T, body: &[
     buf.freeze()
 }
 
+/// Encodes a frame whose payload is `raw` as it is.
+pub(crate) fn encode_split_raw(kind: Kind, id: u64, raw: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER + raw.len());
+    header(&mut buf, kind, id, raw.len());
+    buf.put_slice(raw);
+    buf.freeze()
+}
+
 /// Encodes a frame with an empty payload.
 pub(crate) fn encode_empty(kind: Kind, id: u64) -> Bytes {
     let mut buf = BytesMut::with_capacity(HEADER);
@@ -347,6 +367,21 @@ pub(crate) enum PreparedMeta {
     Init { what: String, output: String },
     /// The node failed to prepare it.
     Sys { what: String },
+}
+
+/// `Fetch`: which version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FetchMeta {
+    pub(crate) name: String,
+    pub(crate) version: u32,
+}
+
+/// `FetchEnd`: the tar's blake3 digest (hex) and length, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum FetchEnd {
+    Ok { digest: String, bytes: u64 },
+    Error { message: String },
 }
 
 /// What `GET /nodes` shows per node (also the node table's snapshot).

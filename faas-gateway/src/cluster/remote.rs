@@ -22,10 +22,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::frame::{
-    self, ErrorMeta, FrameError, Hello, Kind, NodeView, PrepareMeta, PreparedMeta, Reject,
-    ResultMeta, Side, Welcome,
+    self, ErrorMeta, FetchEnd, FetchMeta, FrameError, Hello, Kind, NodeView, PrepareMeta,
+    PreparedMeta, Reject, ResultMeta, Side, Welcome,
 };
 use crate::http::FunctionGateway;
+use crate::registry::Registry;
 use crate::prepare::{PrepareError, Prepared, Preparer};
 use crate::runtimes::RuntimeUnavailable;
 
@@ -272,6 +273,12 @@ impl Conn {
         }
         st.pending.remove(&id);
         Err("connection closed".into())
+    }
+
+    /// Queues a frame for the node; false once the connection is closed.
+    fn send(&self, frame: Bytes) -> bool {
+        let st = self.state.lock();
+        st.out.as_ref().is_some_and(|o| o.send(frame).is_ok())
     }
 
     /// Forgets request `id` (its caller gave up) and tells the node.
@@ -656,7 +663,9 @@ impl ClusterGateway {
         gateway.add_node(Arc::new(RemoteNodeGateway { conn: conn.clone() }));
         tracing::info!(node = %node, %peer, slots = hello.slots, memory_mb = hello.memory_mb, "node joined");
 
-        let reason = self.read_loop(&conn, &mut rd).await;
+        let reason = self
+            .read_loop(&conn, &mut rd, gateway.registry())
+            .await;
         conn.close(reason.clone());
         *entry.lost.lock() = Some(conn.reason());
         let current = {
@@ -677,8 +686,9 @@ impl ClusterGateway {
     /// Reads the node's frames until the connection ends; returns why.
     async fn read_loop(
         &self,
-        conn: &Conn,
+        conn: &Arc<Conn>,
         rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        registry: &Arc<Registry>,
     ) -> String {
         let max = self.config.max_frame;
         loop {
@@ -715,6 +725,13 @@ impl ClusterGateway {
                     Ok(m) => conn.complete(f.id, f.kind, Reply::Prepared(m)),
                     Err(e) => Err(e.to_string()),
                 },
+                Kind::Fetch => match f.json::<FetchMeta>() {
+                    Ok(m) => {
+                        tokio::spawn(send_version(conn.clone(), registry.clone(), f.id, m));
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
                 k => Err(format!("unexpected {k:?} frame")),
             };
             if let Err(why) = done {
@@ -722,6 +739,62 @@ impl ClusterGateway {
             }
         }
     }
+}
+
+/// Pieces of a fetched version's tar, per `FetchData` frame.
+const FETCH_CHUNK: usize = 1 << 20;
+
+/// Answers a node's `Fetch`: the version directory (code, spec, snapshot)
+/// as a tar in `FetchData` frames, then `FetchEnd` with its blake3 digest.
+async fn send_version(conn: Arc<Conn>, registry: Arc<Registry>, id: u64, m: FetchMeta) {
+    let end = |e: FetchEnd| frame::encode_json(Kind::FetchEnd, id, &e);
+    let Some(spec) = registry.get_version(&m.name, m.version) else {
+        conn.send(end(FetchEnd::Error {
+            message: format!("function {} version {} is not deployed", m.name, m.version),
+        }));
+        return;
+    };
+    let Some(dir) = spec.image.path().parent().map(Path::to_path_buf) else {
+        conn.send(end(FetchEnd::Error {
+            message: format!("{} has no version directory", spec.image.path().display()),
+        }));
+        return;
+    };
+    let d = dir.clone();
+    let tar = tokio::task::spawn_blocking(move || {
+        let mut b = tar::Builder::new(Vec::new());
+        b.follow_symlinks(false);
+        b.append_dir_all(".", &d)?;
+        b.into_inner()
+    })
+    .await;
+    let tar = match tar {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(node = %conn.node, dir = %dir.display(), "cannot pack a version for the node: {e}");
+            conn.send(end(FetchEnd::Error {
+                message: format!("packing {}: {e}", dir.display()),
+            }));
+            return;
+        }
+        Err(e) => {
+            conn.send(end(FetchEnd::Error {
+                message: e.to_string(),
+            }));
+            return;
+        }
+    };
+    let digest = blake3::hash(&tar).to_hex().to_string();
+    for chunk in tar.chunks(FETCH_CHUNK) {
+        if !conn.send(frame::encode_split_raw(Kind::FetchData, id, chunk)) {
+            return;
+        }
+    }
+    tracing::info!(node = %conn.node, function = %m.name, version = m.version, bytes = tar.len(), "sent a version to a node");
+    conn.send(end(FetchEnd::Ok {
+        digest,
+        bytes: tar.len() as u64,
+    }));
 }
 
 /// Checks a node's `Hello`.
