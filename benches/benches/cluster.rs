@@ -147,28 +147,30 @@ async fn http2() -> H2 {
             let (s, _) = l.accept().await.unwrap();
             s.set_nodelay(true).unwrap();
             let echo = echo.clone();
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let echo = echo.clone();
-                async move {
-                    let b = req.into_body().collect().await.unwrap().to_bytes();
-                    let (m, body) = split(&b);
-                    let m: serde_json::Value = serde_json::from_slice(m).unwrap();
-                    let spec: FunctionSpec = serde_json::from_value(m["spec"].clone()).unwrap();
-                    let mut inv = invocation(m["invocation"].as_u64().unwrap());
-                    inv.body = body.to_vec();
-                    let p = Placement {
-                        node: echo.0.clone(),
-                        slot: 0,
-                        function: spec.name.clone(),
-                    };
-                    let r = echo.invoke(Arc::new(spec), &p, inv).await.unwrap();
-                    let meta = serde_json::to_vec(&serde_json::json!({
+            let svc = hyper::service::service_fn(
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let echo = echo.clone();
+                    async move {
+                        let b = req.into_body().collect().await.unwrap().to_bytes();
+                        let (m, body) = split(&b);
+                        let m: serde_json::Value = serde_json::from_slice(m).unwrap();
+                        let spec: FunctionSpec = serde_json::from_value(m["spec"].clone()).unwrap();
+                        let mut inv = invocation(m["invocation"].as_u64().unwrap());
+                        inv.body = body.to_vec();
+                        let p = Placement {
+                            node: echo.0.clone(),
+                            slot: 0,
+                            function: spec.name.clone(),
+                        };
+                        let r = echo.invoke(Arc::new(spec), &p, inv).await.unwrap();
+                        let meta = serde_json::to_vec(&serde_json::json!({
                         "status": r.status, "headers": r.headers, "timings": r.timings, "cold": r.cold,
                     }))
                     .unwrap();
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(join(&meta, &r.body))))
-                }
-            });
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(join(&meta, &r.body))))
+                    }
+                },
+            );
             tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc),

@@ -115,7 +115,10 @@ fn a_node_fetches_a_version_once_into_its_cache() {
             function: "f".into(),
         };
         // Concurrent first invocations share one fetch.
-        let (a, b) = tokio::join!(g.invoke(spec.clone(), &p, inv()), g.invoke(spec.clone(), &p, inv()));
+        let (a, b) = tokio::join!(
+            g.invoke(spec.clone(), &p, inv()),
+            g.invoke(spec.clone(), &p, inv())
+        );
         for r in [a.unwrap(), b.unwrap()] {
             let text = String::from_utf8(r.body).unwrap();
             let (root, data) = text.split_once('\n').unwrap();
@@ -200,7 +203,8 @@ fn files_that_do_not_match_their_digest_are_refused() {
         };
         assert_eq!(kind, 0x06, "Fetch");
         s.write_all(&frame(0x86, fid, b"not a tar")).await.unwrap();
-        let end = serde_json::to_vec(&serde_json::json!({"ok": {"digest": "00", "bytes": 9}})).unwrap();
+        let end =
+            serde_json::to_vec(&serde_json::json!({"ok": {"digest": "00", "bytes": 9}})).unwrap();
         s.write_all(&frame(0x87, fid, &end)).await.unwrap();
         let (kind, id, p) = loop {
             let f = read(&mut s).await;
@@ -212,7 +216,10 @@ fn files_that_do_not_match_their_digest_are_refused() {
         let e: serde_json::Value = serde_json::from_slice(&p).unwrap();
         assert_eq!(e["code"], "files_unavailable");
         assert!(
-            e["message"].as_str().unwrap().contains("do not match their digest"),
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("do not match their digest"),
             "{e}"
         );
         assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);

@@ -321,9 +321,13 @@ fn answers_to_requests_never_sent_are_a_protocol_violation() {
         let g = node_gateway(&gw, "liar").await;
         let a = invoke(g, "liar");
         let (_, id, _) = read(&mut s).await.unwrap();
-        s.write_all(&frame(0x04, id + 100, br#"{"status":500,"code":"x","message":"m"}"#))
-            .await
-            .unwrap();
+        s.write_all(&frame(
+            0x04,
+            id + 100,
+            br#"{"status":500,"code":"x","message":"m"}"#,
+        ))
+        .await
+        .unwrap();
         assert_lost(a.await.unwrap(), "liar", "protocol violation");
         assert!(closed(&mut s).await);
     });
@@ -416,6 +420,9 @@ fn an_agent_whose_gateway_is_unreachable_retries_and_says_so() {
         task.abort();
         let ev = events.lock();
         assert!(ev.len() >= 2, "{ev:?}");
-        assert!(ev[0].contains("Unreachable") && ev[0].contains(&addr.to_string()), "{ev:?}");
+        assert!(
+            ev[0].contains("Unreachable") && ev[0].contains(&addr.to_string()),
+            "{ev:?}"
+        );
     });
 }

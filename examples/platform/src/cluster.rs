@@ -19,12 +19,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use faas_core::NodeId;
-use faas_gateway::cluster::{AgentConfig, AgentEvent, ClusterConfig, ClusterGateway, NodeAgent, NodeTable};
+use faas_gateway::cluster::{
+    AgentConfig, AgentEvent, ClusterConfig, ClusterGateway, NodeAgent, NodeTable,
+};
 use faas_gateway::{FunctionGateway, GatewayConfig, Registry};
 use faas_sched::PoolScheduler;
 
-use crate::platform::{HEARTBEAT_TIMEOUT, local_node, scheduler, start_ticker};
 use crate::PlatformConfig;
+use crate::platform::{HEARTBEAT_TIMEOUT, local_node, scheduler, start_ticker};
 
 /// The gateway of a cluster: HTTP API and scheduler, nodes join over TCP.
 pub struct Gateway {

@@ -24,9 +24,10 @@ const GW_IP: &str = "10.213.0.1";
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
 fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run `ip` (iproute2 is needed for this test): {e}")
-    });
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip` (iproute2 is needed for this test): {e}"));
     assert!(
         o.status.success(),
         "ip {}: {}",
@@ -148,7 +149,11 @@ impl Cluster {
             .arg(&state)
             // n3 does not use the shared state directory: it fetches each
             // version from the gateway over its connection.
-            .args(if name == "n3" { &["--always-fetch"][..] } else { &[] })
+            .args(if name == "n3" {
+                &["--always-fetch"][..]
+            } else {
+                &[]
+            })
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -253,7 +258,14 @@ fn three_nodes_share_the_load_and_a_killed_node_fails_only_its_requests() {
         .unwrap();
     assert!(o.status.success());
     let hello = ex.join("hello");
-    c.deploy(&["deploy", "hello", "--dir", hello.to_str().unwrap(), "--handler", "hello"]);
+    c.deploy(&[
+        "deploy",
+        "hello",
+        "--dir",
+        hello.to_str().unwrap(),
+        "--handler",
+        "hello",
+    ]);
     let slow = write(
         &c.dir.path().join("slow"),
         "app.py",
@@ -331,10 +343,7 @@ fn three_nodes_share_the_load_and_a_killed_node_fails_only_its_requests() {
     let killed = Instant::now();
     let a = answer(&victim_req.wait_with_output().unwrap());
     assert_eq!(a.status, 502, "{a:?}");
-    assert!(
-        a.text.contains(&format!("node {victim} was lost")),
-        "{a:?}"
-    );
+    assert!(a.text.contains(&format!("node {victim} was lost")), "{a:?}");
     assert_eq!(a.node, victim);
     // It failed when the node died, long before the function's 20 s.
     assert!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use faas_core::{
-    FunctionSpec, ImageRef, Invocation, InvocationId, InvokeError, NodeGateway, NodeId,
-    Placement, UnixMillis,
+    FunctionSpec, ImageRef, Invocation, InvocationId, InvokeError, NodeGateway, NodeId, Placement,
+    UnixMillis,
 };
 use parking_lot::Mutex;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -246,18 +246,18 @@ impl NodeAgent {
         .map_err(|e| Session::Failed(format!("waiting for Welcome: {e}")))?;
         let heartbeat = match first.kind {
             Kind::Welcome => {
-                let w: Welcome = first
-                    .json()
-                    .map_err(|e| Session::Failed(e.to_string()))?;
+                let w: Welcome = first.json().map_err(|e| Session::Failed(e.to_string()))?;
                 Duration::from_millis(w.heartbeat_ms.clamp(10, 60_000))
             }
             Kind::Reject => {
-                let r: Reject = first
-                    .json()
-                    .map_err(|e| Session::Failed(e.to_string()))?;
+                let r: Reject = first.json().map_err(|e| Session::Failed(e.to_string()))?;
                 return Err(Session::Rejected(r.message));
             }
-            k => return Err(Session::Failed(format!("gateway sent {k:?} before Welcome"))),
+            k => {
+                return Err(Session::Failed(format!(
+                    "gateway sent {k:?} before Welcome"
+                )));
+            }
         };
         events(AgentEvent::Joined {
             gateway: self.config.gateway.clone(),

@@ -17,8 +17,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use faas_core::{FunctionSpec, StartMode, Timings};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// First two bytes of every frame.
@@ -504,10 +504,7 @@ mod tests {
             let mut f = encode_split(Kind::Result, 2, &1, b"").to_vec();
             f[HEADER..HEADER + 4].copy_from_slice(&100u32.to_le_bytes());
             let d = decode(&f, Side::Node).await.unwrap();
-            assert!(matches!(
-                d.split::<u32>(),
-                Err(FrameError::Payload { .. })
-            ));
+            assert!(matches!(d.split::<u32>(), Err(FrameError::Payload { .. })));
             let f = encode_json(Kind::Hello, 0, &"not a hello");
             let d = decode(&f, Side::Node).await.unwrap();
             assert!(d.json::<Hello>().is_err());

@@ -26,8 +26,8 @@ use super::frame::{
     PreparedMeta, Reject, ResultMeta, Side, Welcome,
 };
 use crate::http::FunctionGateway;
-use crate::registry::Registry;
 use crate::prepare::{PrepareError, Prepared, Preparer};
+use crate::registry::Registry;
 use crate::runtimes::RuntimeUnavailable;
 
 /// Settings of the gateway's side of node connections.
@@ -597,7 +597,11 @@ impl ClusterGateway {
             }
             Ok(Ok(f)) => f,
         };
-        let hello: Hello = match hello.json::<Hello>().map_err(|e| e.to_string()).and_then(check_hello) {
+        let hello: Hello = match hello
+            .json::<Hello>()
+            .map_err(|e| e.to_string())
+            .and_then(check_hello)
+        {
             Ok(h) => h,
             Err(message) => {
                 tracing::warn!(%peer, "node refused: {message}");
@@ -663,14 +667,14 @@ impl ClusterGateway {
         gateway.add_node(Arc::new(RemoteNodeGateway { conn: conn.clone() }));
         tracing::info!(node = %node, %peer, slots = hello.slots, memory_mb = hello.memory_mb, "node joined");
 
-        let reason = self
-            .read_loop(&conn, &mut rd, gateway.registry())
-            .await;
+        let reason = self.read_loop(&conn, &mut rd, gateway.registry()).await;
         conn.close(reason.clone());
         *entry.lost.lock() = Some(conn.reason());
         let current = {
             let mut conns = self.conns.lock();
-            let current = conns.get(&hello.name).is_some_and(|c| Arc::ptr_eq(c, &conn));
+            let current = conns
+                .get(&hello.name)
+                .is_some_and(|c| Arc::ptr_eq(c, &conn));
             if current {
                 conns.remove(&hello.name);
             }
@@ -813,7 +817,10 @@ fn check_hello(h: Hello) -> Result<Hello, String> {
         ));
     }
     if h.slots == 0 || h.slots > (1 << 20) {
-        return Err(format!("node {}: slots = {} is out of range (1..=1048576)", h.name, h.slots));
+        return Err(format!(
+            "node {}: slots = {} is out of range (1..=1048576)",
+            h.name, h.slots
+        ));
     }
     if h.memory_mb == 0 {
         return Err(format!("node {}: memory_mb = 0", h.name));
@@ -901,12 +908,12 @@ impl Preparer for RemotePreparer {
                     snapshot,
                     warnings,
                 }),
-                PreparedMeta::Unavailable { why } => Err(PrepareError::Unavailable(
-                    RuntimeUnavailable {
+                PreparedMeta::Unavailable { why } => {
+                    Err(PrepareError::Unavailable(RuntimeUnavailable {
                         runtime: spec.runtime,
                         why,
-                    },
-                )),
+                    }))
+                }
                 PreparedMeta::Init { what, output } => Err(PrepareError::Init {
                     name: spec.name.clone(),
                     runtime: spec.runtime,
