@@ -61,7 +61,8 @@ fn spec() -> Arc<FunctionSpec> {
     Arc::new(FunctionSpec::new(
         "hello",
         RuntimeKind::Native,
-        ImageRef::Dir("/srv/functions/hello/1-abcd/root".into()),
+        // A directory the node sees (as the gateway's state directory).
+        ImageRef::Dir(std::env::temp_dir()),
         "hello",
     ))
 }

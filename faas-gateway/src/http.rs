@@ -204,13 +204,11 @@ impl FunctionGateway {
                 let name = (*name).to_owned();
                 self.invoke(&name, req).await
             }
-            (_, ["healthz"] | ["functions"] | ["functions", _] | ["invoke", _] | ["nodes"]) => {
-                error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!("{method} is not allowed on {path}"),
-                )
-            }
+            (_, ["healthz"] | ["functions"] | ["functions", _] | ["invoke", _]) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ),
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
