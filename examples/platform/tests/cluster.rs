@@ -13,6 +13,8 @@
 //! following requests all succeed on the other two.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -366,4 +368,32 @@ fn three_nodes_share_the_load_and_a_killed_node_fails_only_its_requests() {
     let v = n.iter().find(|n| n["name"] == victim.as_str()).unwrap();
     assert_eq!(v["state"], "lost", "{n:?}");
     assert_eq!(n.iter().filter(|n| n["state"] == "up").count(), 2, "{n:?}");
+}
+
+/// `faas serve` (role all) lists its one in-process node, counts its
+/// requests, and names it in `x-faas-node`.
+#[test]
+fn the_embedded_platform_lists_its_local_node() {
+    let s = common::Server::start(&["--slots", "8"]);
+    let ex = s.examples();
+    s.deploy("hello", &ex.join("hello"), "hello", &[]);
+    let o = s.cli(&["invoke", "hello", "-i", "--data", "hi"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("x-faas-node: local"));
+    let o = s.cli(&["nodes", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = n.as_array().unwrap();
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(n[0]["name"], "local");
+    assert_eq!(n[0]["state"], "up");
+    assert_eq!(n[0]["slots"], 8);
+    assert_eq!(n[0]["served"], 1);
+    assert_eq!(n[0]["in_flight"], 0);
+    let o = s.cli(&["nodes"]);
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        table.starts_with("NAME") && table.contains("local"),
+        "{table}"
+    );
 }
