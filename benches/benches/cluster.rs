@@ -112,12 +112,34 @@ async fn framed(state: &std::path::Path) -> (RemoteNodeGateway, Placement) {
     }
 }
 
-/// The same metadata the framed protocol sends, as JSON.
+/// The metadata the framed protocol sends with `Invoke`, as JSON, sent
+/// and parsed the same way (typed, no intermediate `Value`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InvokeMeta {
+    spec: FunctionSpec,
+    invocation: u64,
+    headers: Vec<(String, String)>,
+    trace_id: String,
+    timeout_ms: u64,
+}
+
+/// The metadata of `Result`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ResultMeta {
+    status: u16,
+    headers: Vec<(String, String)>,
+    timings: Timings,
+    cold: bool,
+}
+
 fn meta(spec: &FunctionSpec, inv: &Invocation) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "spec": spec, "invocation": inv.id.0, "headers": inv.headers,
-        "trace_id": inv.trace_id, "timeout_ms": 30_000u64,
-    }))
+    serde_json::to_vec(&InvokeMeta {
+        spec: spec.clone(),
+        invocation: inv.id.0,
+        headers: inv.headers.clone(),
+        trace_id: inv.trace_id.clone(),
+        timeout_ms: 30_000,
+    })
     .unwrap()
 }
 
@@ -148,30 +170,39 @@ async fn http2() -> H2 {
             let (s, _) = l.accept().await.unwrap();
             s.set_nodelay(true).unwrap();
             let echo = echo.clone();
-            let svc = hyper::service::service_fn(
-                move |req: hyper::Request<hyper::body::Incoming>| {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let echo = echo.clone();
                     async move {
                         let b = req.into_body().collect().await.unwrap().to_bytes();
                         let (m, body) = split(&b);
-                        let m: serde_json::Value = serde_json::from_slice(m).unwrap();
-                        let spec: FunctionSpec = serde_json::from_value(m["spec"].clone()).unwrap();
-                        let mut inv = invocation(m["invocation"].as_u64().unwrap());
-                        inv.body = body.to_vec();
+                        let m: InvokeMeta = serde_json::from_slice(m).unwrap();
+                        let spec = m.spec;
+                        let inv = Invocation {
+                            id: InvocationId(m.invocation),
+                            function: spec.name.clone(),
+                            version: spec.version,
+                            headers: m.headers,
+                            body: body.to_vec(),
+                            deadline: UnixMillis::now().after(Duration::from_millis(m.timeout_ms)),
+                            trace_id: m.trace_id,
+                        };
                         let p = Placement {
                             node: echo.0.clone(),
                             slot: 0,
                             function: spec.name.clone(),
                         };
                         let r = echo.invoke(Arc::new(spec), &p, inv).await.unwrap();
-                        let meta = serde_json::to_vec(&serde_json::json!({
-                        "status": r.status, "headers": r.headers, "timings": r.timings, "cold": r.cold,
-                    }))
-                    .unwrap();
+                        let meta = serde_json::to_vec(&ResultMeta {
+                            status: r.status,
+                            headers: r.headers,
+                            timings: r.timings,
+                            cold: r.cold,
+                        })
+                        .unwrap();
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(join(&meta, &r.body))))
                     }
-                },
-            );
+                });
             tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc),
@@ -200,7 +231,7 @@ async fn call_h2(mut h: H2, spec: &FunctionSpec, i: u64) {
     let r = h.send_request(req).await.unwrap();
     let b = r.into_body().collect().await.unwrap().to_bytes();
     let (m, body) = split(&b);
-    let _: serde_json::Value = serde_json::from_slice(m).unwrap();
+    let _: ResultMeta = serde_json::from_slice(m).unwrap();
     assert_eq!(body, BODY);
 }
 

@@ -85,9 +85,9 @@
 //! one TCP connection, the same small invocation (64-byte body, the same
 //! JSON metadata) answered by an echo node gateway, through this module vs
 //! through hyper HTTP/2 (client and server). On the 2-vCPU VM, two runs:
-//! one request at a time 52–68 µs framed vs 87–125 µs HTTP/2 (criterion
-//! medians, 1.7–1.8×); 64 requests in flight 50–103 k requests/s framed vs
-//! 36–41 k/s HTTP/2 (1.4–2.5×). The framed protocol won every case: a
+//! one request at a time 70–71 µs framed vs 118–124 µs HTTP/2 (criterion
+//! medians, 1.7×); 64 requests in flight 115–117 k requests/s framed vs
+//! 56–63 k/s HTTP/2 (1.9–2.1×). The framed protocol won every case: a
 //! frame is a 16-byte header, the writer task batches what is queued into
 //! one write, and there is no HPACK, stream state or flow-control window
 //! per request. It also fits what else the connection carries
