@@ -426,3 +426,39 @@ fn an_agent_whose_gateway_is_unreachable_retries_and_says_so() {
         );
     });
 }
+
+#[test]
+fn an_agent_reconnects_when_the_gateway_goes_silent() {
+    rt().block_on(async {
+        // A gateway that welcomes the node, then never answers again.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let e2 = events.clone();
+        let a = NodeAgent::new(
+            AgentConfig::new(addr.to_string(), "n1"),
+            Arc::new(Echo(NodeId("n1".into()), Duration::ZERO)),
+            None,
+        );
+        let task = tokio::spawn(a.run(move |e| e2.lock().push(format!("{e:?}"))));
+        let (mut first, _) = l.accept().await.unwrap();
+        assert_eq!(read(&mut first).await.unwrap().0, 0x01, "Hello");
+        first
+            .write_all(&frame(0x81, 0, br#"{"heartbeat_ms":50}"#))
+            .await
+            .unwrap();
+        // Heartbeats arrive, unanswered; the node gives up and joins again.
+        assert_eq!(read(&mut first).await.unwrap().0, 0x02, "Heartbeat");
+        let (mut second, _) = tokio::time::timeout(Duration::from_secs(10), l.accept())
+            .await
+            .expect("the node reconnects")
+            .unwrap();
+        assert_eq!(read(&mut second).await.unwrap().0, 0x01, "Hello again");
+        task.abort();
+        let ev = events.lock();
+        assert!(
+            ev.iter().any(|e| e.contains("no answer from the gateway")),
+            "{ev:?}"
+        );
+    });
+}

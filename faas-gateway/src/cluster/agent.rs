@@ -299,8 +299,22 @@ impl NodeAgent {
             })
         };
         let running: Arc<Mutex<HashMap<u64, AbortHandle>>> = Arc::default();
+        // The gateway answers every heartbeat: this long without a frame
+        // from it, it is gone even if the connection still looks open.
+        let silence = (heartbeat * 4).max(Duration::from_secs(2));
         let reason = loop {
-            let f = match frame::read_frame(&mut rd, Side::Gateway, max).await {
+            let f =
+                match tokio::time::timeout(silence, frame::read_frame(&mut rd, Side::Gateway, max))
+                    .await
+                {
+                    Err(_) => {
+                        let why = format!("no answer from the gateway for {silence:?}");
+                        tracing::warn!(gateway = %self.config.gateway, "{why}; reconnecting");
+                        break why;
+                    }
+                    Ok(r) => r,
+                };
+            let f = match f {
                 Ok(f) => f,
                 Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     break "the gateway closed the connection".to_owned();
@@ -389,6 +403,7 @@ impl NodeAgent {
                 map.insert(id, h.abort_handle());
                 Ok(())
             }
+            Kind::HeartbeatAck => Ok(()),
             Kind::Cancel => {
                 if let Some(h) = running.lock().remove(&f.id) {
                     h.abort();

@@ -58,6 +58,9 @@ pub(crate) enum Kind {
     FetchData = 0x86,
     /// gateway → node: the fetch is complete (its digest) or failed (id).
     FetchEnd = 0x87,
+    /// gateway → node: the answer to each `Heartbeat`, so a node notices a
+    /// gateway that went away without closing the connection.
+    HeartbeatAck = 0x88,
 }
 
 /// Which side sent a frame.
@@ -85,6 +88,7 @@ impl Kind {
             0x85 => Kind::Prepare,
             0x86 => Kind::FetchData,
             0x87 => Kind::FetchEnd,
+            0x88 => Kind::HeartbeatAck,
             _ => return None,
         })
     }
@@ -101,7 +105,7 @@ impl Kind {
     fn has_id(self) -> bool {
         !matches!(
             self,
-            Kind::Hello | Kind::Heartbeat | Kind::Welcome | Kind::Reject
+            Kind::Hello | Kind::Heartbeat | Kind::Welcome | Kind::Reject | Kind::HeartbeatAck
         )
     }
 }
@@ -165,6 +169,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Fetch => "Fetch",
         Kind::FetchData => "FetchData",
         Kind::FetchEnd => "FetchEnd",
+        Kind::HeartbeatAck => "HeartbeatAck",
     }
 }
 

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! - [`NodeAgent`] (node side) connects, says `Hello` (name, slots,
-//!   memory), gets `Welcome` (heartbeat interval), sends `Heartbeat`s, and
+//!   memory), gets `Welcome` (heartbeat interval), sends `Heartbeat`s
+//!   (each answered by `HeartbeatAck`: a node that hears nothing from the
+//!   gateway for four intervals, at least 2 s, reconnects), and
 //!   runs each `Invoke` on its [`crate::LocalNodeGateway`] as a task of its
 //!   own, answering `Result` or `Error` with the request's id; `Cancel`
 //!   aborts one. It reconnects with backoff (100 ms doubling to 5 s) and

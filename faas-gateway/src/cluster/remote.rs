@@ -715,6 +715,7 @@ impl ClusterGateway {
                 Kind::Heartbeat => {
                     *conn.entry.last_heartbeat.lock() = Instant::now();
                     self.scheduler.heartbeat(&conn.node);
+                    conn.send(frame::encode_empty(Kind::HeartbeatAck, 0));
                     Ok(())
                 }
                 Kind::Result => match f.split::<ResultMeta>() {
