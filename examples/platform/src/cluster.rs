@@ -52,7 +52,7 @@ impl Gateway {
             Registry::open(state_dir)
                 .with_context(|| format!("opening state directory {}", state_dir.display()))?,
         );
-        let scheduler = scheduler();
+        let scheduler = scheduler(Some(HEARTBEAT_TIMEOUT));
         let nodes = Arc::new(NodeTable::new());
         let cluster = ClusterGateway::new(
             scheduler.clone(),
@@ -67,7 +67,7 @@ impl Gateway {
                 .with_node_table(nodes.clone())
                 .with_preparer(cluster.preparer()),
         );
-        start_ticker(&scheduler, None, Some(Arc::downgrade(&cluster)));
+        start_ticker(&scheduler, Some(Arc::downgrade(&cluster)));
         Ok(Gateway {
             gateway,
             scheduler,

@@ -7,7 +7,7 @@
 //! Platform
 //!   ├─ FunctionGateway (faas-gateway)  HTTP API, body limit, trace ids
 //!   ├─ PoolScheduler   (faas-sched)    nodes, slots, per-function limits,
-//!   │    heartbeats (tick thread every 100 ms)
+//!   │    keep-alive (tick thread every 100 ms)
 //!   ├─ LocalNodeGateway(faas-gateway)  queues, instances pull over fd 3;
 //!   │    at deploy: Python snapshots (faas-snapshot's PtraceSnapshotter)
 //!   ├─ PooledSandboxRuntime (faas-sandbox) namespaces, cgroups, seccomp
@@ -15,6 +15,10 @@
 //!   └─ runtimes: the Python and Node.js runtime scripts, embedded and
 //!        written to STATE/runtimes/ at start-up
 //! ```
+//!
+//! [`cluster`] runs the same parts as separate processes: a gateway
+//! (`faas serve --role gateway`) and node agents (`faas node --join`) over
+//! TCP.
 
 pub mod client;
 pub mod cluster;

@@ -16,9 +16,8 @@ use faas_gateway::{
 use faas_sandbox::{PooledSandboxRuntime, ProcessRuntime, SandboxConfig};
 use faas_sched::{PoolConfig, PoolScheduler};
 
-/// How long a node may go without a heartbeat before the scheduler
-/// declares it dead (nodes send one every 500 ms; the local node's comes
-/// from the tick thread).
+/// How long a node that joined over TCP may go without a heartbeat before
+/// the scheduler declares it dead (nodes send one every 500 ms).
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the scheduler's housekeeping ([`PoolScheduler::tick`]) runs.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -110,23 +109,21 @@ fn runtime(choice: SandboxChoice) -> anyhow::Result<(Arc<dyn SandboxRuntime>, La
     }
 }
 
-/// The scheduler of a platform: a [`PoolScheduler`] whose nodes time out
-/// after [`HEARTBEAT_TIMEOUT`].
-pub(crate) fn scheduler() -> Arc<PoolScheduler> {
-    Arc::new(PoolScheduler::new(
-        PoolConfig::default().with_heartbeat_timeout(HEARTBEAT_TIMEOUT),
-    ))
+/// The scheduler of a platform: a [`PoolScheduler`], whose nodes time out
+/// after `heartbeat_timeout` when given (remote nodes; the in-process node
+/// cannot miss a heartbeat).
+pub(crate) fn scheduler(heartbeat_timeout: Option<Duration>) -> Arc<PoolScheduler> {
+    Arc::new(PoolScheduler::new(PoolConfig {
+        heartbeat_timeout,
+        ..PoolConfig::default()
+    }))
 }
 
 /// Runs [`PoolScheduler::tick`] every [`TICK`] on a thread of its own
-/// until the scheduler is dropped: heartbeats `local` (the in-process
-/// node) and hands the nodes the tick declared dead to `cluster`, which
-/// fails their requests.
-pub(crate) fn start_ticker(
-    scheduler: &Arc<PoolScheduler>,
-    local: Option<NodeId>,
-    cluster: Option<Weak<ClusterGateway>>,
-) {
+/// until the scheduler is dropped (keep-alive expiry, pre-warming, queue
+/// timeouts) and hands the nodes the tick declared dead to `cluster`,
+/// which fails their requests.
+pub(crate) fn start_ticker(scheduler: &Arc<PoolScheduler>, cluster: Option<Weak<ClusterGateway>>) {
     let weak = Arc::downgrade(scheduler);
     let spawned = std::thread::Builder::new()
         .name("faas-sched-tick".into())
@@ -134,9 +131,6 @@ pub(crate) fn start_ticker(
             loop {
                 std::thread::sleep(TICK);
                 let Some(s) = weak.upgrade() else { return };
-                if let Some(l) = &local {
-                    s.heartbeat(l);
-                }
                 let report = s.tick();
                 if !report.dead_nodes.is_empty() {
                     tracing::warn!(nodes = ?report.dead_nodes, failed = report.failed.len(), "nodes missed their heartbeats");
@@ -231,13 +225,13 @@ impl Platform {
             })?);
         let node_id = NodeId("local".into());
         let memory_mb = machine_memory_mb();
-        let scheduler = scheduler();
+        let scheduler = scheduler(None);
         scheduler.add_node(NodeInfo {
             id: node_id.clone(),
             slots: config.slots,
             memory_mb,
         });
-        start_ticker(&scheduler, Some(node_id.clone()), None);
+        start_ticker(&scheduler, None);
         let (node, runtime_name) = local_node(config, node_id)?;
         let nodes = Arc::new(NodeTable::new());
         let gateway = Arc::new(
