@@ -188,6 +188,7 @@ impl NodeAgent {
                             error: "connection timed out".into(),
                             retry_in: backoff,
                         });
+                        tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(self.config.max_backoff);
                         continue;
                     }
@@ -239,7 +240,7 @@ impl NodeAgent {
         let max = self.config.max_frame;
         let first = tokio::time::timeout(
             Duration::from_secs(5),
-            frame::read_frame(&mut rd, Side::Gateway, max),
+            frame::read_frame(&mut rd, Side::Gateway, 64 * 1024),
         )
         .await
         .map_err(|_| Session::Failed("the gateway did not answer Hello in time".into()))?

@@ -576,10 +576,10 @@ impl ClusterGateway {
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(64 * 1024, rd);
-        let max = self.config.max_frame;
+        // A peer that has not said who it is gets no large buffer.
         let hello = match tokio::time::timeout(
             self.config.hello_timeout,
-            frame::read_frame(&mut rd, Side::Node, max),
+            frame::read_frame(&mut rd, Side::Node, HANDSHAKE_MAX),
         )
         .await
         {
@@ -745,6 +745,9 @@ impl ClusterGateway {
         }
     }
 }
+
+/// Largest `Hello`.
+const HANDSHAKE_MAX: u32 = 64 * 1024;
 
 /// Pieces of a fetched version's tar, per `FetchData` frame.
 const FETCH_CHUNK: usize = 1 << 20;
