@@ -60,7 +60,42 @@ pub enum InvokeError {
         /// stderr).
         logs: String,
     },
+    /// The node running the request was lost (its connection closed, or it
+    /// missed its heartbeats): the request may or may not have run.
+    #[error("node {node} was lost while running the request: {reason}")]
+    NodeLost {
+        /// The node.
+        node: NodeId,
+        /// What happened to it.
+        reason: String,
+    },
+    /// A remote node answered with an error of its own (its status, code
+    /// and message, as its node gateway gave them).
+    #[error("{message}")]
+    Remote {
+        /// The node.
+        node: NodeId,
+        /// The HTTP status it chose.
+        status: u16,
+        /// Its machine-readable code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
 }
+
+/// The codes [`InvokeError::code`] returns, so a code that crossed a
+/// process boundary maps back to the same static string.
+const CODES: &[&str] = &[
+    "instance_exited",
+    "timeout",
+    "protocol_violation",
+    "function_error",
+    "launch_failed",
+    "wrong_node",
+    "shutting_down",
+    "node_lost",
+];
 
 impl InvokeError {
     /// This error with the instance's output attached (unchanged when
@@ -109,6 +144,14 @@ impl InvokeError {
             InvokeError::Function { status, .. } => *status,
             InvokeError::Launch(_) | InvokeError::WrongNode { .. } => 500,
             InvokeError::ShuttingDown => 503,
+            InvokeError::NodeLost { .. } => 502,
+            InvokeError::Remote { status, .. } => {
+                if (400..=599).contains(status) {
+                    *status
+                } else {
+                    502
+                }
+            }
         }
     }
 
@@ -123,6 +166,12 @@ impl InvokeError {
             InvokeError::Launch(_) => "launch_failed",
             InvokeError::WrongNode { .. } => "wrong_node",
             InvokeError::ShuttingDown => "shutting_down",
+            InvokeError::NodeLost { .. } => "node_lost",
+            InvokeError::Remote { code, .. } => CODES
+                .iter()
+                .find(|c| **c == code.as_str())
+                .copied()
+                .unwrap_or("remote_error"),
         }
     }
 }
@@ -213,6 +262,22 @@ mod tests {
             .http_status(),
             500
         );
+        let lost = InvokeError::NodeLost {
+            node: NodeId("n2".into()),
+            reason: "connection closed".into(),
+        };
+        assert_eq!(lost.http_status(), 502);
+        assert_eq!(lost.code(), "node_lost");
+        assert!(lost.to_string().contains("node n2 was lost"));
+        let remote = |status, code: &str| InvokeError::Remote {
+            node: NodeId("n1".into()),
+            status,
+            code: code.into(),
+            message: "m".into(),
+        };
+        assert_eq!(remote(502, "instance_exited").code(), "instance_exited");
+        assert_eq!(remote(502, "made-up").code(), "remote_error");
+        assert_eq!(remote(200, "x").http_status(), 502);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | `POST /invoke-async/{name}[@version\|@alias]` | run it in the background → `202` `{"id"}` + `Location` |
 //! | `GET /invocations/{id}` | an invocation's state and (asynchronous) result |
 //! | `GET /invocations/{id}/logs` | its logs (`text/plain`) |
+//! | `GET /nodes` | the nodes (see [`crate::cluster::NodeTable`]): capacity, requests in flight, health |
 //!
 //! [`ROUTES`] is the one table of routes: the router matches requests
 //! against it and a test checks it against the OpenAPI document
@@ -96,6 +97,7 @@ enum Op {
     InvokeAsync,
     GetInvocation,
     GetInvocationLogs,
+    ListNodes,
 }
 
 /// One route of the REST API: a method and a path pattern whose `{...}`
@@ -115,7 +117,7 @@ const fn route(method: &'static str, path: &'static str, op: Op) -> Route {
 
 /// Every route of the gateway: what the router serves and what
 /// [`OPENAPI`] documents.
-pub static ROUTES: [Route; 15] = [
+pub static ROUTES: [Route; 16] = [
     route("GET", "/healthz", Op::Healthz),
     route("GET", "/openapi.json", Op::OpenApi),
     route("GET", "/metrics", Op::Metrics),
@@ -131,6 +133,7 @@ pub static ROUTES: [Route; 15] = [
     route("POST", "/invoke-async/{function}", Op::InvokeAsync),
     route("GET", "/invocations/{id}", Op::GetInvocation),
     route("GET", "/invocations/{id}/logs", Op::GetInvocationLogs),
+    route("GET", "/nodes", Op::ListNodes),
 ];
 
 /// Where a request goes.
@@ -372,13 +375,18 @@ impl Dispatcher {
     }
 
     /// Runs one invocation.
+    /// Runs one invocation; also says on which node (if it was placed).
     async fn run(
         &self,
         spec: Arc<FunctionSpec>,
         inv: Invocation,
-    ) -> Result<InvocationResult, Failure> {
-        let (node, placement) = self.place(&spec)?;
-        self.run_on(node, placement, spec, inv).await
+    ) -> (Option<NodeId>, Result<InvocationResult, Failure>) {
+        let (node, placement) = match self.place(&spec) {
+            Ok(p) => p,
+            Err(e) => return (None, Err(e)),
+        };
+        let on = placement.node.clone();
+        (Some(on), self.run_on(node, placement, spec, inv).await)
     }
 
     /// Runs an asynchronous invocation: while the function is at its limit
@@ -417,6 +425,7 @@ pub struct FunctionGateway {
     dispatcher: Dispatcher,
     invocations: Arc<Invocations>,
     preparer: Option<Arc<dyn Preparer>>,
+    node_table: Option<Arc<crate::cluster::NodeTable>>,
     config: GatewayConfig,
     next_id: AtomicU64,
 }
@@ -521,6 +530,7 @@ impl FunctionGateway {
             },
             invocations: Arc::new(Invocations::new(InvocationLimits::default())),
             preparer: None,
+            node_table: None,
             config,
             // Random start, so ids of successive runs do not collide; the top
             // bit is kept clear so the counter never wraps in practice.
@@ -535,6 +545,13 @@ impl FunctionGateway {
     #[must_use]
     pub fn with_preparer(mut self, preparer: Arc<dyn Preparer>) -> Self {
         self.preparer = Some(preparer);
+        self
+    }
+
+    /// `GET /nodes` lists the nodes of `table`.
+    #[must_use]
+    pub fn with_node_table(mut self, table: Arc<crate::cluster::NodeTable>) -> Self {
+        self.node_table = Some(table);
         self
     }
 
@@ -684,6 +701,14 @@ impl FunctionGateway {
                 },
                 Err(e) => e.response(),
             },
+            Op::ListNodes => json(
+                StatusCode::OK,
+                &self
+                    .node_table
+                    .as_ref()
+                    .map(|t| t.list())
+                    .unwrap_or_default(),
+            ),
         }
     }
 
@@ -919,7 +944,7 @@ impl FunctionGateway {
             id,
             done: false,
         };
-        let result = self
+        let (node, result) = self
             .dispatcher
             .run(spec.clone(), inv)
             .instrument(span.clone())
@@ -977,6 +1002,9 @@ impl FunctionGateway {
         insert(h, "x-faas-invocation-id", &id.to_string());
         insert(h, "x-faas-trace-id", &trace_id);
         insert(h, "x-faas-function-version", &spec.version.to_string());
+        if let Some(node) = node {
+            insert(h, "x-faas-node", &node.0);
+        }
         record.finish_response(&resp);
         resp
     }

@@ -34,8 +34,12 @@
 //! - [`Preparer`]: what a node does with a new version before it is
 //!   registered; [`LocalNodeGateway`] checks the runtime and takes the
 //!   snapshot that Python instances are restored from.
+//! - [`cluster`]: node agents over TCP: [`cluster::NodeAgent`] on a node,
+//!   [`cluster::ClusterGateway`] and [`cluster::RemoteNodeGateway`] on the
+//!   gateway, a lean framed protocol (measured against HTTP/2).
 
 mod channel;
+pub mod cluster;
 mod http;
 mod invocations;
 mod logs;

@@ -6,7 +6,8 @@
 //! ```text
 //! Platform
 //!   ├─ FunctionGateway (faas-gateway)  HTTP API, body limit, trace ids
-//!   ├─ LocalScheduler  (faas-sched)    one local node, slots, per-function limits
+//!   ├─ PoolScheduler   (faas-sched)    nodes, slots, per-function limits,
+//!   │    keep-alive (tick thread every 100 ms)
 //!   ├─ LocalNodeGateway(faas-gateway)  queues, instances pull over fd 3;
 //!   │    at deploy: Python snapshots (faas-snapshot's PtraceSnapshotter)
 //!   ├─ PooledSandboxRuntime (faas-sandbox) namespaces, cgroups, seccomp
@@ -14,14 +15,21 @@
 //!   └─ runtimes: the Python and Node.js runtime scripts, embedded and
 //!        written to STATE/runtimes/ at start-up
 //! ```
+//!
+//! [`cluster`] runs the same parts as separate processes: a gateway
+//! (`faas serve --role gateway`) and node agents (`faas node --join`) over
+//! TCP.
 
 pub mod client;
+pub mod cluster;
 pub mod embedded;
 pub mod load;
 mod platform;
 pub mod runtimes;
 
-pub use platform::{Platform, PlatformConfig, SandboxChoice};
+pub use platform::{
+    HEARTBEAT_TIMEOUT, Platform, PlatformConfig, SandboxChoice, TICK, machine_memory_mb,
+};
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -29,8 +29,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the platform (gateway, scheduler, node) in this process.
+    /// Run the platform (gateway, scheduler, node) in this process, or with
+    /// --role gateway only the gateway and scheduler, with nodes joining
+    /// over TCP (`faas node --join`).
     Serve(ServeArgs),
+    /// Run a node agent: join a gateway (`faas serve --role gateway`) and
+    /// run the invocations it sends in this machine's sandboxes.
+    Node(NodeArgs),
+    /// List the nodes of the platform: capacity, requests in flight, health.
+    Nodes {
+        /// Print the JSON of GET /nodes.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Deploy a function from a directory: an executable, or a Python or
     /// Node.js Lambda handler (Python: snapshotted at deploy, restored per
     /// request).
@@ -110,6 +123,14 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// `all`: gateway, scheduler and a local node in this process;
+    /// `gateway`: no local node, nodes join over TCP on --node-listen.
+    #[arg(long, default_value = "all", value_parser = ["all", "gateway"])]
+    role: String,
+    /// With --role gateway: the address node agents connect to [default:
+    /// the --listen address with the next port, e.g. 127.0.0.1:8081].
+    #[arg(long)]
+    node_listen: Option<SocketAddr>,
     /// Where deployed functions are kept [default: $XDG_STATE_HOME/faas or ~/.local/state/faas].
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -139,6 +160,48 @@ struct ServeArgs {
     /// cold (snapshots need the pooled sandbox anyway).
     #[arg(long)]
     no_snapshots: bool,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// The gateway's node address (its --node-listen), HOST:PORT.
+    #[arg(long)]
+    join: String,
+    /// This node's name (a-z, 0-9, '-', '_'); joining again under the same
+    /// name replaces the old connection.
+    #[arg(long)]
+    name: String,
+    /// Instance slots offered to the scheduler.
+    #[arg(long, default_value_t = 64)]
+    slots: u32,
+    /// Memory offered for instances, in MiB [default: this machine's].
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Where the node keeps its runtimes [default: the state directory of
+    /// `faas serve` + /nodes/NAME].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Discard the instances' stderr instead of showing it.
+    #[arg(long)]
+    quiet_instances: bool,
+    /// How instances run: pooled, process or auto (as for `faas serve`).
+    #[arg(long, default_value = "auto", value_parser = parse_sandbox)]
+    sandbox: SandboxChoice,
+    /// The Python interpreter of Python functions.
+    #[arg(long, default_value = faas_platform::runtimes::DEFAULT_PYTHON)]
+    python: PathBuf,
+    /// The Node.js interpreter of Node functions.
+    #[arg(long, default_value = faas_platform::runtimes::DEFAULT_NODE)]
+    node: PathBuf,
+    /// Do not snapshot Python functions when the gateway asks this node to
+    /// prepare a version.
+    #[arg(long)]
+    no_snapshots: bool,
+    /// Fetch every function version from the gateway into STATE/cache,
+    /// even when the gateway's state directory is visible here (versions
+    /// that are not visible are always fetched).
+    #[arg(long)]
+    always_fetch: bool,
 }
 
 fn parse_sandbox(s: &str) -> Result<SandboxChoice, String> {
@@ -285,6 +348,8 @@ fn error_line(e: &anyhow::Error) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => serve(a).await,
+        Command::Node(a) => node(a).await,
+        Command::Nodes { json, server } => nodes(&server.server, json).await,
         Command::Deploy(a) => deploy(a).await,
         Command::Invoke(a) => invoke(a).await,
         Command::Ls(s) => ls(&s.server).await,
@@ -381,6 +446,25 @@ async fn shutdown_signal() {
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let state_dir = a.state_dir.unwrap_or_else(default_state_dir);
+    if a.role == "gateway" {
+        let gw = faas_platform::cluster::Gateway::new(&state_dir, a.max_body)?;
+        let node_addr = a
+            .node_listen
+            .unwrap_or_else(|| faas_platform::cluster::default_node_listen(a.listen));
+        let (listener, addr) = Platform::bind(a.listen).await?;
+        let (nodes, node_addr) = faas_platform::cluster::Gateway::bind_nodes(node_addr).await?;
+        println!(
+            "faas: listening on http://{addr} (state in {}); nodes join on {node_addr}",
+            state_dir.display()
+        );
+        let _ = std::io::stdout().flush();
+        gw.serve(listener, nodes, shutdown_signal()).await?;
+        eprintln!("faas: stopped");
+        return Ok(());
+    }
+    if a.node_listen.is_some() {
+        bail!("--node-listen needs --role gateway");
+    }
     let mut config = PlatformConfig::new(state_dir.clone());
     config.slots = a.slots;
     config.max_body = a.max_body;
@@ -403,6 +487,68 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     platform.serve(listener, shutdown_signal()).await?;
     eprintln!("faas: stopped");
+    Ok(())
+}
+
+async fn node(a: NodeArgs) -> anyhow::Result<()> {
+    if !faas_core::types::valid_name(&a.name) {
+        bail!(
+            "node name {:?} is invalid: use 1-63 characters of a-z, 0-9, '-' and '_'",
+            a.name
+        );
+    }
+    let state_dir = a
+        .state_dir
+        .unwrap_or_else(|| default_state_dir().join("nodes").join(&a.name));
+    let mut platform = PlatformConfig::new(state_dir);
+    platform.slots = a.slots;
+    platform.inherit_stderr = !a.quiet_instances;
+    platform.sandbox = a.sandbox;
+    platform.python = a.python;
+    platform.node = a.node;
+    platform.snapshots = !a.no_snapshots;
+    let settings = faas_platform::cluster::NodeSettings {
+        join: a.join,
+        name: a.name,
+        memory_mb: a.memory_mb.unwrap_or_else(faas_platform::machine_memory_mb),
+        always_fetch: a.always_fetch,
+        platform,
+    };
+    faas_platform::cluster::run_node(settings, shutdown_signal()).await?;
+    eprintln!("faas node: stopped");
+    Ok(())
+}
+
+async fn nodes(server: &str, json: bool) -> anyhow::Result<()> {
+    let r = Client::new(server)
+        .expect_ok(Method::GET, "/nodes", Bytes::new())
+        .await?;
+    if json {
+        std::io::stdout().write_all(&r.body)?;
+        println!();
+        return Ok(());
+    }
+    let nodes: Vec<faas_gateway::cluster::NodeView> =
+        serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
+    println!(
+        "{:<16} {:<22} {:<5} {:>6} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "NAME", "ADDRESS", "STATE", "SLOTS", "MEMORY", "IN-FLIGHT", "SERVED", "FAILED", "HEARTBEAT"
+    );
+    for n in nodes {
+        println!(
+            "{:<16} {:<22} {:<5} {:>6} {:>6}MiB {:>9} {:>9} {:>7} {:>7}ms{}",
+            n.name,
+            n.address,
+            n.state,
+            n.slots,
+            n.memory_mb,
+            n.in_flight,
+            n.served,
+            n.failed,
+            n.heartbeat_age_ms,
+            n.reason.map(|r| format!("  ({r})")).unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

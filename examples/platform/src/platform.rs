@@ -3,16 +3,24 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use anyhow::Context;
 use faas_core::SandboxRuntime;
 use faas_core::{NodeId, NodeInfo, Scheduler};
+use faas_gateway::cluster::{ClusterGateway, NodeTable};
 use faas_gateway::{
     FunctionGateway, GatewayConfig, Layout, LocalNodeGateway, Metrics, NodeConfig, Registry,
 };
 use faas_sandbox::{PooledSandboxRuntime, ProcessRuntime, SandboxConfig};
-use faas_sched::LocalScheduler;
+use faas_sched::{PoolConfig, PoolScheduler};
+
+/// How long a node that joined over TCP may go without a heartbeat before
+/// the scheduler declares it dead (nodes send one every 500 ms).
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the scheduler's housekeeping ([`PoolScheduler::tick`]) runs.
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// Settings of an embedded platform.
 #[derive(Debug, Clone)]
@@ -101,14 +109,105 @@ fn runtime(choice: SandboxChoice) -> anyhow::Result<(Arc<dyn SandboxRuntime>, La
     }
 }
 
+/// The scheduler of a platform: a [`PoolScheduler`], whose nodes time out
+/// after `heartbeat_timeout` when given (remote nodes; the in-process node
+/// cannot miss a heartbeat).
+pub(crate) fn scheduler(heartbeat_timeout: Option<Duration>) -> Arc<PoolScheduler> {
+    Arc::new(PoolScheduler::new(PoolConfig {
+        heartbeat_timeout,
+        ..PoolConfig::default()
+    }))
+}
+
+/// Runs [`PoolScheduler::tick`] every [`TICK`] on a thread of its own
+/// until the scheduler is dropped (keep-alive expiry, pre-warming, queue
+/// timeouts) and hands the nodes the tick declared dead to `cluster`,
+/// which fails their requests.
+pub(crate) fn start_ticker(scheduler: &Arc<PoolScheduler>, cluster: Option<Weak<ClusterGateway>>) {
+    let weak = Arc::downgrade(scheduler);
+    let spawned = std::thread::Builder::new()
+        .name("faas-sched-tick".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(TICK);
+                let Some(s) = weak.upgrade() else { return };
+                let report = s.tick();
+                if !report.dead_nodes.is_empty() {
+                    tracing::warn!(nodes = ?report.dead_nodes, failed = report.failed.len(), "nodes missed their heartbeats");
+                    if let Some(c) = cluster.as_ref().and_then(Weak::upgrade) {
+                        c.nodes_dead(&report.dead_nodes);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the scheduler's tick thread: {e}");
+    }
+}
+
+/// Memory of this machine in MiB (`MemTotal`), what a node offers its
+/// instances by default.
+pub fn machine_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(8192, |kb| kb / 1024)
+}
+
+/// A node gateway for `node_id` with the sandbox runtime, runtimes and
+/// snapshot setting of `config`; also returns the runtime's name.
+///
+/// # Errors
+///
+/// The sandbox runtime cannot start, or the language runtimes cannot be
+/// written to the state directory.
+pub(crate) fn local_node(
+    config: &PlatformConfig,
+    node_id: NodeId,
+) -> anyhow::Result<(LocalNodeGateway, &'static str)> {
+    let (runtime, layout) = runtime(config.sandbox)?;
+    let runtime_name = runtime.name();
+    let runtimes = crate::runtimes::install(&config.state_dir, &config.python, &config.node)
+        .with_context(|| {
+            format!(
+                "writing the language runtimes into {}",
+                config.state_dir.join("runtimes").display()
+            )
+        })?;
+    let node_config = NodeConfig {
+        node: node_id,
+        max_body: 64 * 1024 * 1024,
+        inherit_stderr: config.inherit_stderr,
+        runtimes,
+        layout,
+    };
+    // Restores need the pooled sandbox (the layout says which it is).
+    let node = if config.snapshots && layout == Layout::Sandbox {
+        LocalNodeGateway::with_snapshotter(
+            node_config,
+            runtime,
+            Arc::new(faas_snapshot::PtraceSnapshotter::new()),
+        )
+    } else {
+        LocalNodeGateway::new(node_config, runtime)
+    };
+    Ok((node, runtime_name))
+}
+
 /// A running platform: gateway, scheduler, one local node.
 pub struct Platform {
     /// The HTTP gateway.
     pub gateway: Arc<FunctionGateway>,
-    /// The scheduler.
-    pub scheduler: Arc<LocalScheduler>,
+    /// The scheduler (its tick thread runs while it lives).
+    pub scheduler: Arc<PoolScheduler>,
     /// The local node's gateway.
     pub node: LocalNodeGateway,
+    /// The nodes, as `GET /nodes` lists them.
+    pub nodes: Arc<NodeTable>,
     /// The name of the sandbox runtime in use (`sandbox` or `process`).
     pub runtime: &'static str,
 }
@@ -125,38 +224,16 @@ impl Platform {
                 format!("opening state directory {}", config.state_dir.display())
             })?);
         let node_id = NodeId("local".into());
-        let scheduler = Arc::new(LocalScheduler::new());
+        let memory_mb = machine_memory_mb();
+        let scheduler = scheduler(None);
         scheduler.add_node(NodeInfo {
             id: node_id.clone(),
             slots: config.slots,
-            memory_mb: 0,
+            memory_mb,
         });
-        let (runtime, layout) = runtime(config.sandbox)?;
-        let runtime_name = runtime.name();
-        let runtimes = crate::runtimes::install(&config.state_dir, &config.python, &config.node)
-            .with_context(|| {
-                format!(
-                    "writing the language runtimes into {}",
-                    config.state_dir.join("runtimes").display()
-                )
-            })?;
-        let node_config = NodeConfig {
-            node: node_id,
-            max_body: 64 * 1024 * 1024,
-            inherit_stderr: config.inherit_stderr,
-            runtimes,
-            layout,
-        };
-        // Restores need the pooled sandbox (the layout says which it is).
-        let node = if config.snapshots && layout == Layout::Sandbox {
-            LocalNodeGateway::with_snapshotter(
-                node_config,
-                runtime,
-                Arc::new(faas_snapshot::PtraceSnapshotter::new()),
-            )
-        } else {
-            LocalNodeGateway::new(node_config, runtime)
-        };
+        start_ticker(&scheduler, None);
+        let (node, runtime_name) = local_node(config, node_id)?;
+        let nodes = Arc::new(NodeTable::new());
         // One registry for the gateway and the node: served at /metrics.
         let metrics = Arc::new(Metrics::new());
         let node = node.with_metrics(metrics.clone());
@@ -169,13 +246,15 @@ impl Platform {
                 },
             )
             .with_preparer(Arc::new(node.clone()))
-            .with_metrics(metrics),
+            .with_metrics(metrics)
+            .with_node_table(nodes.clone()),
         );
-        gateway.add_node(Arc::new(node.clone()));
+        gateway.add_node(Arc::new(nodes.local(node.clone(), config.slots, memory_mb)));
         Ok(Platform {
             gateway,
             scheduler,
             node,
+            nodes,
             runtime: runtime_name,
         })
     }

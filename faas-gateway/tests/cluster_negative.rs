@@ -1,0 +1,466 @@
+//! The gateway side of node connections against broken and hostile
+//! peers, written as raw TCP clients that build frames by hand (so the
+//! wire format is checked too): every one is disconnected, the requests in
+//! flight on it fail at once with `NodeLost` naming the node, and the
+//! gateway keeps serving the real node agents.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faas_core::{
+    BoxFuture, FunctionSpec, ImageRef, Invocation, InvocationId, InvocationResult, InvokeError,
+    NodeGateway, NodeId, Placement, RuntimeKind, Scheduler, Timings, UnixMillis,
+};
+use faas_gateway::cluster::{
+    AgentConfig, ClusterConfig, ClusterGateway, NodeAgent, NodeTable, RemoteNodeGateway,
+};
+use faas_gateway::{FunctionGateway, GatewayConfig, Registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Gw {
+    cluster: Arc<ClusterGateway>,
+    table: Arc<NodeTable>,
+    addr: std::net::SocketAddr,
+    _state: tempfile::TempDir,
+}
+
+async fn gateway(heartbeat_timeout: Duration) -> Gw {
+    let state = tempfile::tempdir().unwrap();
+    let scheduler = Arc::new(faas_sched::PoolScheduler::new(Default::default()));
+    let table = Arc::new(NodeTable::new());
+    let cluster = ClusterGateway::new(
+        scheduler.clone(),
+        table.clone(),
+        ClusterConfig {
+            heartbeat: Duration::from_millis(50),
+            heartbeat_timeout,
+            ..ClusterConfig::default()
+        },
+    );
+    let gateway = Arc::new(FunctionGateway::new(
+        Arc::new(Registry::open(state.path()).unwrap()),
+        scheduler as Arc<dyn Scheduler>,
+        GatewayConfig::default(),
+    ));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(cluster.clone().serve(gateway, l, std::future::pending()));
+    Gw {
+        cluster,
+        table,
+        addr,
+        _state: state,
+    }
+}
+
+fn frame(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0xFA5Cu16.to_le_bytes());
+    v.push(kind);
+    v.push(0);
+    v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    v.extend_from_slice(&id.to_le_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn hello(name: &str) -> Vec<u8> {
+    frame(
+        0x01,
+        0,
+        format!(r#"{{"protocol":1,"name":"{name}","slots":4,"memory_mb":1024}}"#).as_bytes(),
+    )
+}
+
+/// Reads one frame: (kind, id, payload).
+async fn read(s: &mut TcpStream) -> Option<(u8, u64, Vec<u8>)> {
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).await.ok()?;
+    let len = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
+    let id = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    let mut p = vec![0; len];
+    s.read_exact(&mut p).await.ok()?;
+    Some((h[2], id, p))
+}
+
+/// Whether the gateway closes `s` (reads EOF) within a few seconds.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A raw node that joined as `name` (Welcome read).
+async fn raw_node(gw: &Gw, name: &str) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(&hello(name)).await.unwrap();
+    let (kind, _, _) = read(&mut s).await.unwrap();
+    assert_eq!(kind, 0x81, "Welcome");
+    s
+}
+
+async fn node_gateway(gw: &Gw, name: &str) -> RemoteNodeGateway {
+    for _ in 0..500 {
+        if let Some(g) = gw.cluster.node_gateway(name) {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("node {name} never joined")
+}
+
+fn spec() -> Arc<FunctionSpec> {
+    Arc::new(FunctionSpec::new(
+        "f",
+        RuntimeKind::Native,
+        ImageRef::Dir(std::env::temp_dir()),
+        "f",
+    ))
+}
+
+fn inv(body: &[u8]) -> Invocation {
+    Invocation {
+        id: InvocationId(1),
+        function: "f".into(),
+        version: 1,
+        headers: vec![],
+        body: body.to_vec(),
+        deadline: UnixMillis::now().after(Duration::from_secs(30)),
+        trace_id: "t".into(),
+    }
+}
+
+fn placement(node: &str) -> Placement {
+    Placement {
+        node: NodeId(node.into()),
+        slot: 0,
+        function: "f".into(),
+    }
+}
+
+/// Starts one invocation on `node`; returns its task.
+fn invoke(
+    g: RemoteNodeGateway,
+    node: &str,
+) -> tokio::task::JoinHandle<Result<InvocationResult, InvokeError>> {
+    let p = placement(node);
+    tokio::spawn(async move { g.invoke(spec(), &p, inv(b"x")).await })
+}
+
+fn assert_lost(r: Result<InvocationResult, InvokeError>, node: &str, why: &str) {
+    match r {
+        Err(InvokeError::NodeLost { node: n, reason }) => {
+            assert_eq!(n.0, node);
+            assert!(reason.contains(why), "{reason}");
+        }
+        other => panic!("expected NodeLost, got {other:?}"),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The node gateway of a real agent: echoes the body after `delay`.
+struct Echo(NodeId, Duration);
+
+impl NodeGateway for Echo {
+    fn node(&self) -> &NodeId {
+        &self.0
+    }
+    fn invoke<'a>(
+        &'a self,
+        _f: Arc<FunctionSpec>,
+        _p: &'a Placement,
+        inv: Invocation,
+    ) -> BoxFuture<'a, Result<InvocationResult, InvokeError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.1).await;
+            if inv.body == b"fail" {
+                return Err(InvokeError::Function {
+                    status: 418,
+                    message: "teapot".into(),
+                });
+            }
+            Ok(InvocationResult {
+                status: 200,
+                headers: vec![],
+                body: inv.body,
+                timings: Timings::default(),
+                cold: true,
+                logs: String::new(),
+            })
+        })
+    }
+}
+
+fn agent(gw: &Gw, name: &str, delay: Duration) {
+    let a = NodeAgent::new(
+        AgentConfig::new(gw.addr.to_string(), name),
+        Arc::new(Echo(NodeId(name.into()), delay)),
+        None,
+    );
+    tokio::spawn(a.run(|_| {}));
+}
+
+#[test]
+fn garbage_and_bad_hellos_are_disconnected_and_real_nodes_still_join() {
+    rt().block_on(async {
+        let gw = gateway(Duration::from_secs(2)).await;
+        // Not a frame at all.
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(closed(&mut s).await);
+        // A Hello longer than the handshake's limit (far below the limit
+        // of frames from nodes that joined).
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let mut f = hello("big");
+        f[4..8].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        s.write_all(&f).await.unwrap();
+        assert!(closed(&mut s).await);
+        // A gateway-only kind as the first frame.
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&frame(0x83, 1, b"")).await.unwrap();
+        assert!(closed(&mut s).await);
+        // A bad name is refused with the reason.
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&hello("Bad Name")).await.unwrap();
+        let (kind, _, p) = read(&mut s).await.unwrap();
+        assert_eq!(kind, 0x82, "Reject");
+        let msg: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        let msg = msg["message"].as_str().unwrap();
+        assert!(msg.contains("node name \"Bad Name\" is invalid"), "{msg}");
+        assert!(closed(&mut s).await);
+        // Zero slots too.
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&frame(
+            0x01,
+            0,
+            br#"{"protocol":1,"name":"z","slots":0,"memory_mb":1}"#,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(read(&mut s).await.unwrap().0, 0x82);
+        assert!(gw.cluster.connected().is_empty());
+
+        // A real agent joins and serves, many requests in flight at once on
+        // its one connection, each answer matched to its request.
+        agent(&gw, "good", Duration::from_millis(50));
+        let g = node_gateway(&gw, "good").await;
+        let tasks: Vec<_> = (0..32u32)
+            .map(|i| {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let body = format!("request {i}");
+                    let r = g.invoke(spec(), &placement("good"), inv(body.as_bytes())).await;
+                    (body, r)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (body, r) = t.await.unwrap();
+            assert_eq!(r.unwrap().body, body.as_bytes());
+        }
+        let r = g.invoke(spec(), &placement("good"), inv(b"fail")).await;
+        assert!(
+            matches!(r, Err(InvokeError::Function { status: 418, ref message }) if message == "teapot"),
+            "{r:?}"
+        );
+        let v = gw.table.list();
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].served, v[0].in_flight), (33, 0));
+    });
+}
+
+#[test]
+fn a_dropped_connection_fails_every_request_in_flight_at_once() {
+    rt().block_on(async {
+        let gw = gateway(Duration::from_secs(30)).await;
+        let mut s = raw_node(&gw, "n1").await;
+        let g = node_gateway(&gw, "n1").await;
+        let a = invoke(g.clone(), "n1");
+        let b = invoke(g.clone(), "n1");
+        // Both requests reach the node, with distinct ids.
+        let (k1, id1, _) = read(&mut s).await.unwrap();
+        let (k2, id2, _) = read(&mut s).await.unwrap();
+        assert_eq!((k1, k2), (0x83, 0x83));
+        assert_ne!(id1, id2);
+        drop(s);
+        let lost = tokio::time::timeout(Duration::from_secs(5), async {
+            (a.await.unwrap(), b.await.unwrap())
+        })
+        .await
+        .expect("requests failed at once, long before their deadline");
+        assert_lost(lost.0, "n1", "connection closed by the node");
+        assert_lost(lost.1, "n1", "connection closed by the node");
+        // New requests on the lost node fail at once too.
+        assert_lost(invoke(g, "n1").await.unwrap(), "n1", "closed");
+        let v = gw.table.list();
+        assert_eq!(v[0].state, "lost");
+        assert_eq!(v[0].failed, 3);
+    });
+}
+
+#[test]
+fn answers_to_requests_never_sent_are_a_protocol_violation() {
+    rt().block_on(async {
+        let gw = gateway(Duration::from_secs(30)).await;
+        let mut s = raw_node(&gw, "liar").await;
+        let g = node_gateway(&gw, "liar").await;
+        let a = invoke(g, "liar");
+        let (_, id, _) = read(&mut s).await.unwrap();
+        s.write_all(&frame(
+            0x04,
+            id + 100,
+            br#"{"status":500,"code":"x","message":"m"}"#,
+        ))
+        .await
+        .unwrap();
+        assert_lost(a.await.unwrap(), "liar", "protocol violation");
+        assert!(closed(&mut s).await);
+    });
+}
+
+#[test]
+fn malformed_answers_and_wrong_kinds_disconnect_the_node() {
+    rt().block_on(async {
+        let gw = gateway(Duration::from_secs(30)).await;
+        for (name, bad) in [
+            // A Result whose meta length points past its payload.
+            ("m1", frame(0x03, 1, &[200, 0, 0, 0, b'{'])),
+            // An Error whose JSON is not an error.
+            ("m2", frame(0x04, 1, b"[1,2,3]")),
+            // A Prepared answer to an Invoke.
+            ("m3", frame(0x05, 1, br#"{"sys":{"what":"x"}}"#)),
+            // A second Hello.
+            ("m4", hello("m4")),
+            // Reserved flags.
+            ("m5", {
+                let mut f = frame(0x02, 0, b"");
+                f[3] = 0x80;
+                f
+            }),
+        ] {
+            let mut s = raw_node(&gw, name).await;
+            let g = node_gateway(&gw, name).await;
+            let a = invoke(g, name);
+            let (_, id, _) = read(&mut s).await.unwrap();
+            assert_eq!(id, 1);
+            s.write_all(&bad).await.unwrap();
+            assert_lost(a.await.unwrap(), name, "protocol violation");
+            assert!(closed(&mut s).await, "{name}");
+        }
+    });
+}
+
+#[test]
+fn a_silent_node_is_disconnected_after_the_heartbeat_timeout() {
+    rt().block_on(async {
+        let gw = gateway(Duration::from_millis(300)).await;
+        let mut s = raw_node(&gw, "mute").await;
+        let g = node_gateway(&gw, "mute").await;
+        let a = invoke(g, "mute");
+        assert_lost(a.await.unwrap(), "mute", "no heartbeat");
+        assert!(closed(&mut s).await);
+        // A node that sends heartbeats stays.
+        agent(&gw, "alive", Duration::ZERO);
+        let g = node_gateway(&gw, "alive").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let r = g.invoke(spec(), &placement("alive"), inv(b"hi")).await;
+        assert_eq!(r.unwrap().body, b"hi");
+    });
+}
+
+#[test]
+fn a_node_that_joins_again_replaces_its_old_connection() {
+    rt().block_on(async {
+        let gw = gateway(Duration::from_secs(30)).await;
+        let mut old = raw_node(&gw, "n1").await;
+        let g_old = node_gateway(&gw, "n1").await;
+        let a = invoke(g_old, "n1");
+        read(&mut old).await.unwrap();
+        agent(&gw, "n1", Duration::ZERO);
+        assert_lost(a.await.unwrap(), "n1", "replaced by a new connection");
+        assert!(closed(&mut old).await);
+        let g = node_gateway(&gw, "n1").await;
+        let r = g.invoke(spec(), &placement("n1"), inv(b"again")).await;
+        assert_eq!(r.unwrap().body, b"again");
+        assert_eq!(gw.cluster.connected(), vec!["n1".to_owned()]);
+    });
+}
+
+#[test]
+fn an_agent_whose_gateway_is_unreachable_retries_and_says_so() {
+    rt().block_on(async {
+        // A port with nothing listening.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let e2 = events.clone();
+        let a = NodeAgent::new(
+            AgentConfig::new(addr.to_string(), "n1"),
+            Arc::new(Echo(NodeId("n1".into()), Duration::ZERO)),
+            None,
+        );
+        let task = tokio::spawn(a.run(move |e| e2.lock().push(format!("{e:?}"))));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        task.abort();
+        let ev = events.lock();
+        assert!(ev.len() >= 2, "{ev:?}");
+        assert!(
+            ev[0].contains("Unreachable") && ev[0].contains(&addr.to_string()),
+            "{ev:?}"
+        );
+    });
+}
+
+#[test]
+fn an_agent_reconnects_when_the_gateway_goes_silent() {
+    rt().block_on(async {
+        // A gateway that welcomes the node, then never answers again.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let e2 = events.clone();
+        let a = NodeAgent::new(
+            AgentConfig::new(addr.to_string(), "n1"),
+            Arc::new(Echo(NodeId("n1".into()), Duration::ZERO)),
+            None,
+        );
+        let task = tokio::spawn(a.run(move |e| e2.lock().push(format!("{e:?}"))));
+        let (mut first, _) = l.accept().await.unwrap();
+        assert_eq!(read(&mut first).await.unwrap().0, 0x01, "Hello");
+        first
+            .write_all(&frame(0x81, 0, br#"{"heartbeat_ms":50}"#))
+            .await
+            .unwrap();
+        // Heartbeats arrive, unanswered; the node gives up and joins again.
+        assert_eq!(read(&mut first).await.unwrap().0, 0x02, "Heartbeat");
+        let (mut second, _) = tokio::time::timeout(Duration::from_secs(10), l.accept())
+            .await
+            .expect("the node reconnects")
+            .unwrap();
+        assert_eq!(read(&mut second).await.unwrap().0, 0x01, "Hello again");
+        task.abort();
+        let ev = events.lock();
+        assert!(
+            ev.iter().any(|e| e.contains("no answer from the gateway")),
+            "{ev:?}"
+        );
+    });
+}
