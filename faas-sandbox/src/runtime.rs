@@ -467,6 +467,7 @@ impl Shared {
             ctl: ours,
             cgroup: st.cgroup,
             uid_slot: st.uid_slot,
+            mem: st.mem,
         })
     }
 
@@ -811,6 +812,7 @@ struct Parked {
     ctl: OwnedFd,
     cgroup: Option<Cgroup>,
     uid_slot: u32,
+    mem: spawn::ChildMem,
 }
 
 impl Parked {
@@ -823,6 +825,7 @@ impl Parked {
             ctl,
             cgroup,
             uid_slot,
+            mem,
         } = self;
         drop(ctl);
         Started {
@@ -831,12 +834,15 @@ impl Parked {
             err_r,
             cgroup,
             uid_slot,
+            mem,
         }
     }
 
     /// Kills, reaps and frees it (pool shutdown, or a failed hand-off).
     fn discard(self, sh: &Shared) {
-        kill_and_reap(&self.pidfd);
+        if kill_and_reap(&self.pidfd) {
+            self.mem.release();
+        }
         if let Some(cg) = self.cgroup {
             let _ = cg.remove();
         }
@@ -844,14 +850,19 @@ impl Parked {
     }
 }
 
-fn kill_and_reap(pidfd: &OwnedFd) {
+/// Kills the child and waits (up to a second) until it is reaped; says
+/// whether it was.
+fn kill_and_reap(pidfd: &OwnedFd) -> bool {
     let _ = ns::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
     for _ in 0..5000 {
         match ns::pidfd_try_reap(pidfd.as_fd()) {
             Ok(ns::Reaped::Running) => std::thread::sleep(std::time::Duration::from_micros(200)),
-            _ => break,
+            Ok(_) => return true,
+            // Already reaped (ECHILD) or gone: not running on our memory.
+            Err(_) => return true,
         }
     }
+    false
 }
 
 /// What a sandbox executes.
@@ -967,6 +978,8 @@ struct Started {
     err_r: OwnedFd,
     cgroup: Option<Cgroup>,
     uid_slot: u32,
+    /// Freed once it executed (see [`finish`]) or was reaped.
+    mem: spawn::ChildMem,
 }
 
 /// Clones a sandbox child for `key` into a fresh netns/cgroup/uid and lets
@@ -1102,7 +1115,7 @@ fn start(
         None => ns::new_netns_on_this_thread().map(drop),
     };
     let cloned = entered.and_then(|()| {
-        spawn::clone_child(&plan, cgroup_dir_fd.as_ref().map(|f| ns::raw(f.as_fd())))
+        spawn::clone_child(plan, cgroup_dir_fd.as_ref().map(|f| ns::raw(f.as_fd())))
     });
     if let Err(e) = ns::setns_net(sh.host_netns.as_fd()) {
         // This blocking-pool thread is stuck in another namespace; nothing
@@ -1119,26 +1132,31 @@ fn start(
     };
     let pid = child.pid;
     let pidfd_for_kill = child.pidfd.try_clone().ok();
-    let setup = spawn::write_id_maps(pid, host_uid, host_uid)
+    let ready = spawn::write_id_maps(pid, host_uid, host_uid)
         .map_err(|e| (spawn::Stage::Sync, e))
         .and_then(|()| match (&cgroup, &cgroup_dir_fd) {
             (Some(cg), None) => cg
                 .add(pid)
                 .map_err(|e| (spawn::Stage::Sync, io::Error::other(e))),
             _ => Ok(()),
-        })
-        .and_then(|()| child.go());
+        });
+    let setup = match ready {
+        Ok(()) => child.go(),
+        Err((stage, e)) => Err((stage, e, child.mem)),
+    };
     match setup {
-        Ok((pidfd, pid, err_r)) => Ok(Started {
+        Ok((pidfd, pid, err_r, mem)) => Ok(Started {
             pid,
             pidfd,
             err_r,
             cgroup,
             uid_slot,
+            mem,
         }),
-        Err((stage, e)) => {
-            if let Some(p) = &pidfd_for_kill {
-                kill_and_reap(p);
+        Err((stage, e, mem)) => {
+            // Its memory is ours again once it is gone (else it leaks).
+            if pidfd_for_kill.as_ref().is_some_and(kill_and_reap) {
+                mem.release();
             }
             release_all(cgroup);
             Err(LaunchError::Sys {
@@ -1159,7 +1177,9 @@ fn finish(
     st: Started,
 ) -> Result<SandboxInstance, LaunchError> {
     if let Err((stage, e)) = spawn::exec_result(&st.err_r) {
-        kill_and_reap(&st.pidfd);
+        if kill_and_reap(&st.pidfd) {
+            st.mem.release();
+        }
         if let Some(cg) = st.cgroup {
             let _ = cg.remove();
         }
@@ -1186,6 +1206,8 @@ fn finish(
             },
         });
     }
+    // It executed: it has an address space of its own now.
+    st.mem.release();
     Ok(SandboxInstance {
         shared: sh.clone(),
         pid: u32::try_from(st.pid).unwrap_or(0),

@@ -1,15 +1,18 @@
 //! Creating a sandboxed process: `clone3` into new namespaces, then the
 //! child's set-up up to `execve`.
 //!
-//! The child is a fork-like copy of a multi-threaded parent, so between
-//! `clone3` and `execve` it may only make raw system calls: it never
-//! allocates, locks or unwinds. Everything it needs (paths, argv, envp, the
-//! seccomp programs) is prepared by the parent in a [`ChildPlan`] before the
-//! clone, and the child only reads it.
+//! The child shares the address space of its multi-threaded parent
+//! (`CLONE_VM`, on a stack and thread-local storage of its own; with
+//! cgroup v2's `CLONE_INTO_CGROUP` it is a fork-like copy instead), so
+//! between the clone and `execve` it may only make raw system calls: it
+//! never allocates, locks or unwinds. Everything it needs (paths, argv,
+//! envp, the seccomp programs) is prepared by the parent in a [`ChildPlan`]
+//! before the clone, and the child only reads it; the parent keeps that
+//! memory ([`ChildMem`]) until the child executed or was reaped.
 //!
 //! ```text
 //! parent                                 child (pid 1 of new user/pid/mnt/ipc/uts/cgroup ns)
-//!   clone3(CLONE_NEW*, CLONE_PIDFD) ───▶  read(sync)  … blocks
+//!   clone(CLONE_VM, CLONE_NEW*, CLONE_PIDFD) ─▶  read(sync)  … blocks
 //!   write uid_map/gid_map, cgroup.procs
 //!   write(sync) ──────────────────────▶  setresgid/setresuid(0) = host range
 //!                                         / private; root bound ro; /dev, /tmp (, /proc)
@@ -239,12 +242,109 @@ fn ptrs(plan: &ChildPlan) -> io::Result<Ptrs> {
     })
 }
 
-/// A child that was cloned and is waiting for [`Spawned::release`].
+/// A child that was cloned and is waiting for [`Spawned::go`].
 pub(crate) struct Spawned {
     pub pid: libc::pid_t,
     pub pidfd: OwnedFd,
     sync_w: OwnedFd,
     err_r: OwnedFd,
+    /// The memory the child runs on (see [`ChildMem`]).
+    pub mem: ChildMem,
+}
+
+/// `CLONE_SETTLS`, `CLONE_VM` (linux/sched.h).
+const CLONE_SETTLS: libc::c_int = 0x0008_0000;
+/// Stack of a child that shares our memory.
+const CHILD_STACK: usize = 256 * 1024;
+/// Its thread-local storage block; the thread pointer is in the middle.
+const CHILD_TLS: usize = 128 * 1024;
+
+/// An anonymous private mapping, unmapped on drop.
+struct Region {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Region {
+    /// `len` bytes, zeroed; the first page `PROT_NONE` when `guard`.
+    fn new(len: usize, guard: bool) -> io::Result<Region> {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing: it aliases nothing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let region = Region {
+            ptr: ptr.cast(),
+            len,
+        };
+        // SAFETY: the first page of the mapping we just made.
+        if guard && unsafe { libc::mprotect(ptr, 4096, libc::PROT_NONE) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(region)
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once; nothing refers to it any
+        // more (see `ChildMem::release`).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// What `child_entry` gets.
+#[repr(C)]
+struct EntryArgs {
+    plan: *const ChildPlan,
+    ptrs: *mut Ptrs,
+    sync_r: RawFd,
+    err_w: RawFd,
+}
+
+struct ChildMemInner {
+    plan: ChildPlan,
+    ptrs: Ptrs,
+    args: EntryArgs,
+    _stack: Option<Region>,
+    _tls: Option<Region>,
+}
+
+/// The memory a sandbox child runs on and reads until it executes its
+/// program: its plan and pointer arrays, and, for a child that shares our
+/// address space (`CLONE_VM`), its own stack and thread-local storage.
+///
+/// Freed only by [`ChildMem::release`], which the runtime calls once the
+/// child's `execve` succeeded (it has an address space of its own) or the
+/// child was reaped. Dropped any other way it is leaked, never freed under
+/// a child that may still use it.
+pub(crate) struct ChildMem {
+    inner: std::mem::ManuallyDrop<Box<ChildMemInner>>,
+}
+
+// SAFETY: the raw pointers inside point into the same heap allocation (or
+// its own mappings), which moves with the value; this process only frees
+// it through `release`, from whichever thread.
+unsafe impl Send for ChildMem {}
+
+impl ChildMem {
+    /// Frees the memory. Call only when the child no longer runs on it: it
+    /// executed its program, or it was reaped.
+    pub(crate) fn release(mut self) {
+        // SAFETY: taken once, here; the caller vouches that the child is
+        // gone from this memory.
+        drop(unsafe { std::mem::ManuallyDrop::take(&mut self.inner) });
+    }
 }
 
 fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -264,46 +364,122 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 /// cgroup; the network namespace is the calling thread's) and returns it
 /// blocked before its set-up. `cgroup_fd` places it with
 /// `CLONE_INTO_CGROUP` (cgroup v2).
-pub(crate) fn clone_child(plan: &ChildPlan, cgroup_fd: Option<RawFd>) -> io::Result<Spawned> {
-    let mut ptrs = ptrs(plan)?;
+///
+/// Without `cgroup_fd` the child shares our address space (`CLONE_VM`,
+/// on a stack and thread-local storage of its own, through glibc's
+/// `clone`): no page tables are copied and none of our pages become
+/// copy-on-write, which otherwise costs this (multi-threaded) process a
+/// fault and a TLB shootdown for every page it writes after each clone.
+/// With `cgroup_fd` (`clone3` only) it gets a private copy, like fork.
+pub(crate) fn clone_child(plan: ChildPlan, cgroup_fd: Option<RawFd>) -> io::Result<Spawned> {
+    let ptrs = ptrs(&plan)?;
     let (sync_r, sync_w) = pipe_cloexec()?;
     let (err_r, err_w) = pipe_cloexec()?;
-    let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs {
-        flags: (libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWCGROUP) as u64
-            | CLONE_PIDFD,
-        pidfd: (&raw mut pidfd) as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
-    };
-    if let Some(fd) = cgroup_fd {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = fd as u64;
-    }
-    // SAFETY: clone3 with a valid, fully initialised clone_args of the size
-    // we pass; no CLONE_VM, so the child runs on a private copy of this
-    // thread's stack and memory, like fork. In the child (rc == 0) we only
-    // call `child_main`, which never returns and only makes raw system calls
-    // on memory prepared before the clone.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &raw mut args,
-            std::mem::size_of::<CloneArgs>(),
+    let shared = cgroup_fd.is_none();
+    let (stack, tls) = if shared {
+        (
+            Some(Region::new(CHILD_STACK, true)?),
+            Some(Region::new(CHILD_TLS, false)?),
         )
+    } else {
+        (None, None)
+    };
+    let mut inner = Box::new(ChildMemInner {
+        plan,
+        ptrs,
+        args: EntryArgs {
+            plan: std::ptr::null(),
+            ptrs: std::ptr::null_mut(),
+            sync_r: sync_r.as_raw_fd(),
+            err_w: err_w.as_raw_fd(),
+        },
+        _stack: stack,
+        _tls: tls,
+    });
+    inner.args.plan = &raw const inner.plan;
+    inner.args.ptrs = &raw mut inner.ptrs;
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    let mut pidfd: RawFd = -1;
+    let rc = match (&inner._stack, &inner._tls) {
+        (Some(stack), Some(tls)) => {
+            // The thread pointer of x86-64's TLS variant II: the static TLS
+            // (errno among it) lies below it, the thread control block
+            // above, whose first word points to itself. All zero otherwise:
+            // glibc sees a single-threaded process with no stack canary.
+            // SAFETY: `tp` is 8-aligned and inside the TLS mapping.
+            let tp = unsafe { tls.ptr.add(CHILD_TLS / 2) };
+            // SAFETY: writing one pointer at `tp` and at `tp + 16` (the
+            // TCB's `tcb` and `self` fields), inside the mapping.
+            unsafe {
+                tp.cast::<usize>().write(tp as usize);
+                tp.add(16).cast::<usize>().write(tp as usize);
+            }
+            // SAFETY: the end of our stack mapping, 16-aligned.
+            let top = unsafe { stack.ptr.add(stack.len) };
+            let arg = (&raw mut inner.args).cast::<libc::c_void>();
+            // SAFETY: glibc's clone runs `child_entry(arg)` on `top` with
+            // `tp` as its thread pointer, in a child that shares our memory
+            // (CLONE_VM) but not our fds. `arg` and everything it points to
+            // live in `inner`, which is kept (and only freed through
+            // `ChildMem::release`) until the child executed or was reaped.
+            // CLONE_PIDFD stores the child's pidfd in `pidfd`.
+            unsafe {
+                libc::clone(
+                    child_entry,
+                    top.cast(),
+                    flags
+                        | libc::CLONE_VM
+                        | CLONE_SETTLS
+                        | CLONE_PIDFD as libc::c_int
+                        | libc::SIGCHLD,
+                    arg,
+                    &raw mut pidfd,
+                    tp.cast::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_int>(),
+                )
+            }
+        }
+        _ => {
+            let mut args = CloneArgs {
+                flags: flags as u64 | CLONE_PIDFD,
+                pidfd: (&raw mut pidfd) as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                ..CloneArgs::default()
+            };
+            if let Some(fd) = cgroup_fd {
+                args.flags |= CLONE_INTO_CGROUP;
+                args.cgroup = fd as u64;
+            }
+            // SAFETY: clone3 with a valid, fully initialised clone_args of
+            // the size we pass; no CLONE_VM, so the child runs on a private
+            // copy of this thread's stack and memory, like fork. In the
+            // child (rc == 0) we only call `child_main`, which never
+            // returns and only makes raw system calls on memory prepared
+            // before the clone.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &raw mut args,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            };
+            if rc == 0 {
+                let a = &mut inner.args;
+                // SAFETY: we are the freshly cloned child; see `child_main`.
+                unsafe { child_main(&*a.plan, &mut *a.ptrs, a.sync_r, a.err_w) }
+            }
+            rc as libc::c_int
+        }
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    if rc == 0 {
-        // SAFETY: we are the freshly cloned child; see `child_main`.
-        unsafe { child_main(plan, &mut ptrs, sync_r.as_raw_fd(), err_w.as_raw_fd()) }
-    }
+    // The child has copies in a table of its own (no CLONE_FILES).
     drop(sync_r);
     drop(err_w);
     // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
@@ -313,20 +489,39 @@ pub(crate) fn clone_child(plan: &ChildPlan, cgroup_fd: Option<RawFd>) -> io::Res
         pidfd,
         sync_w,
         err_r,
+        mem: ChildMem {
+            inner: std::mem::ManuallyDrop::new(inner),
+        },
     })
+}
+
+/// Where a `CLONE_VM` child starts, on its own stack.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `EntryArgs` of a live `ChildMemInner` (see
+    // `clone_child`); we are the freshly cloned child and `child_main`
+    // never returns.
+    unsafe {
+        let a = &*arg.cast::<EntryArgs>();
+        child_main(&*a.plan, &mut *a.ptrs, a.sync_r, a.err_w)
+    }
 }
 
 impl Spawned {
     /// Lets the child go on without waiting: a parked child sets itself up
     /// and waits for its request. Returns its pidfd, pid and error pipe.
-    pub(crate) fn go(self) -> Result<(OwnedFd, libc::pid_t, OwnedFd), (Stage, io::Error)> {
+    /// On failure the memory comes back too: the caller frees it once it
+    /// reaped the child.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn go(
+        self,
+    ) -> Result<(OwnedFd, libc::pid_t, OwnedFd, ChildMem), (Stage, io::Error, ChildMem)> {
         let b = [1u8];
         // SAFETY: writing one byte from a valid buffer to our pipe end.
         let n = unsafe { libc::write(self.sync_w.as_raw_fd(), b.as_ptr().cast(), 1) };
         if n != 1 {
-            return Err((Stage::Sync, io::Error::last_os_error()));
+            return Err((Stage::Sync, io::Error::last_os_error(), self.mem));
         }
-        Ok((self.pidfd, self.pid, self.err_r))
+        Ok((self.pidfd, self.pid, self.err_r, self.mem))
     }
 }
 
