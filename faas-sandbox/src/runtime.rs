@@ -113,6 +113,8 @@ impl NetnsPool {
             let _ = std::thread::Builder::new()
                 .name("faas-netns-pool".into())
                 .spawn(move || {
+                    // Pool work: behind the requests being served.
+                    let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
                     loop {
                         let Some(pool) = weak.upgrade() else { return };
                         {
