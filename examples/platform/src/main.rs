@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use faas_core::{FunctionSpec, ImageRef, Reuse, RuntimeKind};
+use faas_core::{FunctionSpec, ImageRef, Reuse, RuntimeKind, StartMode};
 use faas_platform::client::Client;
 use faas_platform::{Platform, PlatformConfig, SandboxChoice, embedded, load};
 use http::Method;
@@ -566,9 +566,30 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     spec.validate()?;
     let body = serde_json::to_vec(&spec)?;
     let started = std::time::Instant::now();
-    let r = Client::new(&a.server.server)
-        .expect_ok(Method::PUT, &format!("/functions/{}", a.name), body)
-        .await?;
+    let client = Client::new(&a.server.server);
+    let path = format!("/functions/{}", a.name);
+    let put = client.expect_ok(Method::PUT, &path, body);
+    tokio::pin!(put);
+    // The server copies the files, builds the image and takes the snapshot
+    // in this one request: show that it is working (on a terminal).
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let r = loop {
+        tokio::select! {
+            r = &mut put => break r,
+            _ = tick.tick() => if tty && started.elapsed() > Duration::from_millis(300) {
+                eprint!(
+                    "\r  deploying {}: copying, building the image, snapshotting ... {:.1} s",
+                    a.name,
+                    started.elapsed().as_secs_f64()
+                );
+            },
+        }
+    };
+    if tty && started.elapsed() > Duration::from_millis(300) {
+        eprint!("\r\x1b[K");
+    }
+    let r = r?;
     let took = started.elapsed();
     let spec: FunctionSpec =
         serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
@@ -766,12 +787,21 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let base = format!("http://{addr}");
     let client = Client::new(&base);
     deploy_examples(&client, &emb.functions, Reuse::PerRequest).await?;
-    let how = if emb.platform.runtime == "process" {
-        "a fresh plain process (not isolated)"
-    } else {
-        "a fresh sandbox (namespaces, cgroup, seccomp)"
+    let restored = emb
+        .platform
+        .gateway
+        .registry()
+        .list()
+        .iter()
+        .all(|s| s.start == StartMode::Restore);
+    let how = match (emb.platform.runtime, restored) {
+        ("process", _) => "a fresh plain process (not isolated): a cold start",
+        (_, true) => {
+            "a fresh sandbox (namespaces, cgroup, seccomp) with its instance restored from the function's snapshot"
+        }
+        (_, false) => "a fresh sandbox (namespaces, cgroup, seccomp): a cold start",
     };
-    println!("faas demo: platform on {base}; every request below starts {how}: a cold start\n");
+    println!("faas demo: platform on {base}; every request below gets {how}\n");
     let cases: [(&str, &[u8]); 2] = [("hello", b"hi"), ("cpu", b"200000")];
     let tty = std::io::stderr().is_terminal();
     let mut rows = Vec::new();
