@@ -1282,6 +1282,78 @@ struct ReadyRestorer {
     socket: OwnedFd,
 }
 
+/// Restores `snap` into a sandbox of `key` whose restorer is ready: the
+/// guest's fds and the plan in two messages. `None` when none is ready.
+fn restore_ready(
+    sh: &Shared,
+    name: &str,
+    key: &ParkKey,
+    snap: &Arc<Snapshot>,
+    fds: [BorrowedFd<'_>; 4],
+) -> Option<Result<SandboxInstance, LaunchError>> {
+    while let Some(mut ready) = sh.take_restorer(key) {
+        let Err(e) = snap.send_restore(&ready.socket, fds) else {
+            sh.restored_ready.fetch_add(1, Ordering::Relaxed);
+            return Some(Ok(ready.inst));
+        };
+        if matches!(ready.inst.try_reap(), Ok(None)) {
+            sh.forget_snapshot(&key.seccomp, &key.binds, snap);
+            return Some(Err(LaunchError::Sys {
+                name: name.to_owned(),
+                op: "sending the restore plan",
+                source: io::Error::other(e),
+            }));
+        }
+        // It died meanwhile: the next one.
+    }
+    None
+}
+
+/// A restore that needs only a few quick system calls, done on the
+/// caller's (async) thread instead of a blocking one: a restorer of the
+/// spec's kind is ready and its snapshot is open. `None` otherwise.
+fn launch_ready(sh: &Shared, spec: &SandboxSpec) -> Option<Result<SandboxInstance, LaunchError>> {
+    let dir = spec
+        .snapshot
+        .as_ref()
+        .filter(|_| spec.start == StartMode::Restore)?;
+    let key = ParkKey::of(spec);
+    if sh.restorers.lock().get(&key).is_none_or(Vec::is_empty) {
+        return None;
+    }
+    let snap = sh
+        .snapshots
+        .lock()
+        .get(&(dir.clone(), key.seccomp.clone(), key.binds.clone()))
+        .cloned()?;
+    let name = spec.name.as_str();
+    let null = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => return Some(Err(sys_err(name, "opening /dev/null")(e))),
+    };
+    let mut keep = Vec::new();
+    let mut raw = |s: &Stdio, which: i32, what: &'static str| {
+        raw_stdio(s, &null, &mut keep, which).map_err(sys_err(name, what))
+    };
+    let fds = match (|| {
+        Ok::<_, LaunchError>([
+            raw(&spec.stdin, 0, "stdin")?,
+            raw(&spec.stdout, 1, "stdout")?,
+            raw(&spec.stderr, 2, "stderr")?,
+            ns::raw(spec.channel.as_fd()),
+        ])
+    })() {
+        Ok(f) => f,
+        Err(e) => return Some(Err(e)),
+    };
+    // The raw fds stay open in this function (`keep`, `null`, the spec).
+    restore_ready(sh, name, &key, &snap, fds.map(ns::borrow_raw_fd))
+}
+
 /// A parked sandbox of `key` (or a new one) executing the restorer with
 /// `/dev/null` as fds 0–3.
 fn ready_restorer(
@@ -1350,20 +1422,8 @@ fn restore_blocking(
     payload: &[u8],
 ) -> Result<SandboxInstance, LaunchError> {
     let snap = sh.snapshot(name, dir, key, &p.root)?;
-    while let Some(mut ready) = sh.take_restorer(key) {
-        let Err(e) = snap.send_restore(&ready.socket, fds) else {
-            sh.restored_ready.fetch_add(1, Ordering::Relaxed);
-            return Ok(ready.inst);
-        };
-        if matches!(ready.inst.try_reap(), Ok(None)) {
-            sh.forget_snapshot(&key.seccomp, &key.binds, &snap);
-            return Err(LaunchError::Sys {
-                name: name.to_owned(),
-                op: "sending the restore plan",
-                source: io::Error::other(e),
-            });
-        }
-        // It died meanwhile: the next one.
+    if let Some(r) = restore_ready(sh, name, key, &snap, fds) {
+        return r;
     }
     let exe = faas_snapshot::restorer_executable().map_err(|e| LaunchError::Sys {
         name: name.to_owned(),
@@ -1486,18 +1546,21 @@ impl SandboxRuntime for PooledSandboxRuntime {
                 .snapshot
                 .clone()
                 .filter(|_| spec.start == StartMode::Restore);
-            let inst = tokio::task::spawn_blocking(move || {
-                let r = launch_blocking(&sh, &spec);
-                // The child has its copies now; ours close here.
-                drop(spec);
-                r
-            })
-            .await
-            .map_err(|e| LaunchError::Sys {
-                name,
-                op: "launch thread",
-                source: io::Error::other(e),
-            })??;
+            let inst = match launch_ready(&sh, &spec) {
+                Some(r) => r?,
+                None => tokio::task::spawn_blocking(move || {
+                    let r = launch_blocking(&sh, &spec);
+                    // The child has its copies now; ours close here.
+                    drop(spec);
+                    r
+                })
+                .await
+                .map_err(|e| LaunchError::Sys {
+                    name,
+                    op: "launch thread",
+                    source: io::Error::other(e),
+                })??,
+            };
             let sh = &self.shared;
             if sh.cgroups.is_some() && sh.cgroup_pool.lock().len() < sh.config.cgroup_pool / 2 {
                 let sh = sh.clone();
