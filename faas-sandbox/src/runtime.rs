@@ -1,7 +1,7 @@
 //! [`PooledSandboxRuntime`]: namespaced, cgroup-limited, seccomp-filtered
 //! instances, with the expensive resources made ahead of time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -179,6 +179,17 @@ struct Shared {
     restorers: Mutex<HashMap<ParkKey, Vec<ReadyRestorer>>>,
     /// Restores that went to a ready restorer.
     restored_ready: AtomicU64,
+    /// Instances of each snapshot restored ahead of their request, waiting
+    /// for its fds 0–3 (see [`Snapshot::send_parked_plan`]).
+    restored: Mutex<HashMap<SnapshotKey, Vec<ReadyRestorer>>>,
+    /// Launches that resumed an instance restored ahead.
+    resumed: AtomicU64,
+    /// `/dev/null`, read-write: the fd of a `Stdio::Null`.
+    dev_null: OwnedFd,
+    /// Pool refills asked for by launches, done by the keeper thread (see
+    /// [`Shared::keep`]).
+    refills: Mutex<VecDeque<Refill>>,
+    refill_wanted: parking_lot::Condvar,
     /// Set when the runtime is dropped: background tasks stop parking.
     closing: std::sync::atomic::AtomicBool,
     cap_last: u32,
@@ -263,6 +274,17 @@ impl PooledSandboxRuntime {
                 parked: Mutex::new(HashMap::new()),
                 restorers: Mutex::new(HashMap::new()),
                 restored_ready: AtomicU64::new(0),
+                restored: Mutex::new(HashMap::new()),
+                resumed: AtomicU64::new(0),
+                dev_null: OwnedFd::from(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/null")
+                        .map_err(io_err("opening /dev/null".into()))?,
+                ),
+                refills: Mutex::new(VecDeque::new()),
+                refill_wanted: parking_lot::Condvar::new(),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 cap_last: spawn::cap_last_cap(),
                 next: AtomicU64::new(0),
@@ -270,6 +292,11 @@ impl PooledSandboxRuntime {
             }),
         };
         rt.shared.refill_cgroups();
+        let weak = Arc::downgrade(&rt.shared);
+        std::thread::Builder::new()
+            .name("faas-pool-keeper".into())
+            .spawn(move || Shared::keep(&weak))
+            .map_err(io_err("starting the pool keeper thread".into()))?;
         Ok(rt)
     }
 
@@ -291,6 +318,18 @@ impl PooledSandboxRuntime {
     pub fn restores_from_ready(&self) -> u64 {
         self.shared.restored_ready.load(Ordering::Relaxed)
     }
+
+    /// Instances restored ahead of their request, waiting (all snapshots).
+    /// Refilled in the background after each restore, up to
+    /// [`SandboxConfig::parked`] per snapshot.
+    pub fn restored_ahead(&self) -> usize {
+        self.shared.restored.lock().values().map(Vec::len).sum()
+    }
+
+    /// Launches so far that resumed an instance restored ahead.
+    pub fn resumed(&self) -> u64 {
+        self.shared.resumed.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for PooledSandboxRuntime {
@@ -299,6 +338,7 @@ impl Drop for PooledSandboxRuntime {
         // when the last instance or background task lets go of `Shared`.
         self.shared.closing.store(true, Ordering::Relaxed);
         self.shared.discard_parked();
+        self.shared.refill_wanted.notify_all();
     }
 }
 
@@ -385,6 +425,9 @@ impl Shared {
         let ready: Vec<ReadyRestorer> =
             self.restorers.lock().drain().flat_map(|(_, v)| v).collect();
         drop(ready);
+        let restored: Vec<ReadyRestorer> =
+            self.restored.lock().drain().flat_map(|(_, v)| v).collect();
+        drop(restored);
     }
 
     /// A sandbox of `key` whose restorer runs, if one is ready and alive.
@@ -394,6 +437,111 @@ impl Shared {
             if matches!(r.inst.try_reap(), Ok(None)) {
                 return Some(r);
             }
+        }
+    }
+
+    /// After adding to a pool: if the runtime closed meanwhile, empties the
+    /// pools again (a ready instance holds `Shared`: left in a pool, it
+    /// would keep it, and itself, alive).
+    fn unless_closing(&self) {
+        if self.closing.load(Ordering::Relaxed) {
+            self.discard_parked();
+        }
+    }
+
+    /// Asks the keeper thread to top a pool up (a job already waiting is
+    /// not added again).
+    fn want(&self, job: Refill) {
+        let mut q = self.refills.lock();
+        if !q.contains(&job) {
+            q.push_back(job);
+            self.refill_wanted.notify_one();
+        }
+    }
+
+    /// The keeper thread: tops the pools up as launches ask, one job at a
+    /// time, at [`BACKGROUND_NICE`] (the sandboxes it parks inherit it until
+    /// their hand-off), until the runtime is gone.
+    fn keep(shared: &std::sync::Weak<Shared>) {
+        let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
+        loop {
+            let Some(sh) = shared.upgrade() else { return };
+            if sh.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            let job = {
+                let mut q = sh.refills.lock();
+                if q.is_empty() {
+                    // Wake up now and then to notice the runtime is gone.
+                    sh.refill_wanted
+                        .wait_for(&mut q, std::time::Duration::from_millis(500));
+                }
+                q.pop_front()
+            };
+            let Some(job) = job else { continue };
+            let root = |key: &ParkKey| sh.roots.lock().get(&key.root).cloned();
+            match job {
+                Refill::Cgroups => sh.refill_cgroups(),
+                Refill::Parked(key) => {
+                    if let Some(root) = root(&key) {
+                        sh.park_more(&key, &root);
+                    }
+                }
+                Refill::Restore(key, dir) => {
+                    if let Some(root) = root(&key) {
+                        sh.restore_more(&key, &root, &dir);
+                        sh.ready_more(&key, &root, &dir);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An instance of the snapshot of `skey` restored ahead, if one waits
+    /// and is alive (its restore may have failed meanwhile).
+    fn take_restored(&self, skey: &SnapshotKey) -> Option<ReadyRestorer> {
+        loop {
+            let mut r = self.restored.lock().get_mut(skey)?.pop()?;
+            if matches!(r.inst.try_reap(), Ok(None)) {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Tops the instances of the snapshot in `dir` restored ahead up to the
+    /// configured number, off the request path: sandboxes of `key` whose
+    /// restorer runs get the snapshot's plan and rebuild the process now;
+    /// only the fds 0–3 of a request are missing.
+    fn restore_more(self: &Arc<Self>, key: &ParkKey, root: &Path, dir: &Path) {
+        let skey = (dir.to_path_buf(), key.seccomp.clone(), key.binds.clone());
+        let Some(snap) = self.snapshots.lock().get(&skey).cloned() else {
+            return;
+        };
+        loop {
+            let have = self.restored.lock().get(&skey).map_or(0, Vec::len);
+            if have >= self.config.parked || self.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            let r = match self.take_restorer(key) {
+                Some(r) => r,
+                None => match ready_restorer(self, key, root, dir) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "starting a snapshot restorer ahead of time failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = snap.send_parked_plan(&r.socket) {
+                tracing::warn!(error = %e, "restoring a snapshot ahead of time failed");
+                return;
+            }
+            self.restored
+                .lock()
+                .entry(skey.clone())
+                .or_default()
+                .push(r);
+            self.unless_closing();
         }
     }
 
@@ -407,12 +555,14 @@ impl Shared {
                 return;
             }
             match ready_restorer(self, key, root, dir) {
-                Ok(r) => self
-                    .restorers
-                    .lock()
-                    .entry(key.clone())
-                    .or_default()
-                    .push(r),
+                Ok(r) => {
+                    self.restorers
+                        .lock()
+                        .entry(key.clone())
+                        .or_default()
+                        .push(r);
+                    self.unless_closing();
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "starting a snapshot restorer ahead of time failed");
                     return;
@@ -1273,6 +1423,18 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
     finish(sh, name, &key, &p.target, st)
 }
 
+/// A pool refill for the keeper thread.
+#[derive(Debug, PartialEq, Eq)]
+enum Refill {
+    /// The cgroup pool.
+    Cgroups,
+    /// Parked sandboxes of a kind.
+    Parked(ParkKey),
+    /// Instances of a snapshot restored ahead, and ready restorers of the
+    /// kind.
+    Restore(ParkKey, PathBuf),
+}
+
 /// A sandbox that executed the snapshot restorer ahead of time: it blocks
 /// on its fd 4 (the other end of `socket`) until it gets a guest's fds 0–3
 /// and a restore plan ([`Snapshot::send_restore`]). A restore then costs
@@ -1318,40 +1480,38 @@ fn launch_ready(sh: &Shared, spec: &SandboxSpec) -> Option<Result<SandboxInstanc
         .as_ref()
         .filter(|_| spec.start == StartMode::Restore)?;
     let key = ParkKey::of(spec);
-    if sh.restorers.lock().get(&key).is_none_or(Vec::is_empty) {
+    let skey = (dir.clone(), key.seccomp.clone(), key.binds.clone());
+    let restored_waits = sh.restored.lock().get(&skey).is_some_and(|v| !v.is_empty());
+    let ready_waits = sh.restorers.lock().get(&key).is_some_and(|v| !v.is_empty());
+    if !restored_waits && !ready_waits {
         return None;
     }
-    let snap = sh
-        .snapshots
-        .lock()
-        .get(&(dir.clone(), key.seccomp.clone(), key.binds.clone()))
-        .cloned()?;
+    let snap = sh.snapshots.lock().get(&skey).cloned()?;
     let name = spec.name.as_str();
-    let null = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        Ok(f) => OwnedFd::from(f),
-        Err(e) => return Some(Err(sys_err(name, "opening /dev/null")(e))),
-    };
-    let mut keep = Vec::new();
-    let mut raw = |s: &Stdio, which: i32, what: &'static str| {
-        raw_stdio(s, &null, &mut keep, which).map_err(sys_err(name, what))
-    };
-    let fds = match (|| {
-        Ok::<_, LaunchError>([
-            raw(&spec.stdin, 0, "stdin")?,
-            raw(&spec.stdout, 1, "stdout")?,
-            raw(&spec.stderr, 2, "stderr")?,
-            ns::raw(spec.channel.as_fd()),
-        ])
-    })() {
-        Ok(f) => f,
-        Err(e) => return Some(Err(e)),
-    };
-    // The raw fds stay open in this function (`keep`, `null`, the spec).
-    restore_ready(sh, name, &key, &snap, fds.map(ns::borrow_raw_fd))
+    fn stdio<'a>(s: &'a Stdio, null: &'a OwnedFd, which: i32) -> BorrowedFd<'a> {
+        match s {
+            Stdio::Null => null.as_fd(),
+            // Our own standard streams, open while we run.
+            Stdio::Inherit => ns::borrow_raw_fd(which),
+            Stdio::Fd(fd) => fd.as_fd(),
+        }
+    }
+    let null = &sh.dev_null;
+    let fds = [
+        stdio(&spec.stdin, null, 0),
+        stdio(&spec.stdout, null, 1),
+        stdio(&spec.stderr, null, 2),
+        spec.channel.as_fd(),
+    ];
+    // Restored ahead: the request's fds are all it needs. One that fails
+    // to take them is gone (its restore failed): the next one.
+    while let Some(r) = sh.take_restored(&skey) {
+        if Snapshot::resume_parked(&r.socket, fds).is_ok() {
+            sh.resumed.fetch_add(1, Ordering::Relaxed);
+            return Some(Ok(r.inst));
+        }
+    }
+    restore_ready(sh, name, &key, &snap, fds)
 }
 
 /// A parked sandbox of `key` (or a new one) executing the restorer with
@@ -1561,36 +1721,26 @@ impl SandboxRuntime for PooledSandboxRuntime {
                     source: io::Error::other(e),
                 })??,
             };
+            // Off the request path (the keeper thread): cgroups; instances
+            // of this snapshot restored ahead and restorers ready in
+            // sandboxes of this kind; parked sandboxes of this kind.
             let sh = &self.shared;
             if sh.cgroups.is_some() && sh.cgroup_pool.lock().len() < sh.config.cgroup_pool / 2 {
-                let sh = sh.clone();
-                tokio::task::spawn_blocking(move || background(|| sh.refill_cgroups()));
+                sh.want(Refill::Cgroups);
             }
             if let Some(dir) = restore
-                && sh.restorers.lock().get(&key).map_or(0, Vec::len) < sh.config.parked
+                && (sh.restorers.lock().get(&key).map_or(0, Vec::len) < sh.config.parked
+                    || sh
+                        .restored
+                        .lock()
+                        .get(&(dir.clone(), key.seccomp.clone(), key.binds.clone()))
+                        .map_or(0, Vec::len)
+                        < sh.config.parked)
             {
-                // Off the request path: restorers ready in sandboxes of
-                // this kind for the next restores.
-                let (sh, key) = (sh.clone(), key.clone());
-                tokio::task::spawn_blocking(move || {
-                    let root = sh.roots.lock().get(&key.root).cloned();
-                    if let Some(root) = root {
-                        background(|| sh.ready_more(&key, &root, &dir));
-                    }
-                });
+                sh.want(Refill::Restore(key.clone(), dir));
             }
-            let short = sh.parked.lock().get(&key).map_or(0, Vec::len) < sh.config.parked;
-            if short {
-                // Off the request path: park sandboxes of this kind for the
-                // next requests.
-                let sh = sh.clone();
-                tokio::task::spawn_blocking(move || {
-                    // Not under the lock: parking takes it (binds).
-                    let root = sh.roots.lock().get(&key.root).cloned();
-                    if let Some(root) = root {
-                        background(|| sh.park_more(&key, &root));
-                    }
-                });
+            if sh.parked.lock().get(&key).map_or(0, Vec::len) < sh.config.parked {
+                sh.want(Refill::Parked(key));
             }
             Ok(Box::new(inst) as Box<dyn Instance>)
         })

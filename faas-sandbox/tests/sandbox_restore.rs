@@ -262,39 +262,64 @@ async fn a_snapshot_restores_into_a_sandbox_with_its_namespaces_root_and_filters
     }
 }
 
-/// Waits until the runtime has a sandbox with its restorer running.
-async fn restorer_ready(rt: &PooledSandboxRuntime) {
+/// Waits until `ready` says so (10 s at most).
+async fn eventually(what: &str, ready: impl Fn() -> bool) {
     for _ in 0..500 {
-        if rt.ready_restorers() > 0 {
+        if ready() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("no restorer was made ready within 10 s of a restore");
+    panic!("{what} within 10 s of a restore");
+}
+
+/// One restore through `rt`: checked like every restore of the probe.
+async fn restore_checked(rt: &PooledSandboxRuntime) {
+    let (s, mut r, _ours) = spec(Some(fixture().snapshot.clone()));
+    let mut inst = rt.launch(s).await.expect("restore");
+    let status = tokio::time::timeout(Duration::from_secs(30), inst.wait())
+        .await
+        .expect("the restored instance did not finish")
+        .unwrap();
+    let mut out = String::new();
+    r.read_to_string(&mut out).unwrap();
+    assert_restored_inside(status, &out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restores_into_sandboxes_whose_restorer_runs_ahead_get_their_fds_and_filters() {
+async fn restores_ahead_of_the_request_get_their_fds_namespaces_and_filters() {
     let rt = runtime();
-    assert_eq!(rt.ready_restorers(), 0);
+    assert_eq!((rt.ready_restorers(), rt.restored_ahead()), (0, 0));
     // The first restore execs the restorer on the request path; after it,
-    // restorers of this kind are started ahead of time.
-    let (status, out) = restore_once(&rt).await;
-    assert_restored_inside(status, &out);
-    assert_eq!(rt.restores_from_ready(), 0);
+    // instances of this snapshot are restored ahead (waiting only for a
+    // request's fds 0-3) and restorers of this kind started ahead.
+    restore_checked(&rt).await;
+    assert_eq!((rt.resumed(), rt.restores_from_ready()), (0, 0));
     for i in 1..=3 {
-        restorer_ready(&rt).await;
-        let (s, mut r, _ours) = spec(Some(fixture().snapshot.clone()));
-        let mut inst = rt.launch(s).await.expect("restore into a ready sandbox");
-        assert_eq!(rt.restores_from_ready(), i);
-        let status = tokio::time::timeout(Duration::from_secs(30), inst.wait())
-            .await
-            .expect("the restored instance did not finish")
-            .unwrap();
-        let mut out = String::new();
-        r.read_to_string(&mut out).unwrap();
-        assert_restored_inside(status, &out);
+        eventually("no instance was restored ahead", || rt.restored_ahead() > 0).await;
+        restore_checked(&rt).await;
+        assert_eq!(
+            rt.resumed(),
+            i,
+            "the launch resumed an instance restored ahead"
+        );
     }
+    // With none restored ahead, a ready restorer takes the restore: several
+    // at once use up what was restored ahead.
+    eventually("no restorer was made ready", || rt.ready_restorers() > 0).await;
+    let (before_resumed, before_ready) = (rt.resumed(), rt.restores_from_ready());
+    let rt = Arc::new(rt);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let rt = rt.clone();
+            tokio::spawn(async move { restore_checked(&rt).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let used = (rt.resumed() - before_resumed) + (rt.restores_from_ready() - before_ready);
+    assert!((1..=8).contains(&used), "{used}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

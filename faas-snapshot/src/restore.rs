@@ -413,10 +413,50 @@ impl Snapshot {
 
     /// The restore plan, for a template (`plan::MODE_TEMPLATE`).
     pub(crate) fn template_plan(&self) -> Vec<u8> {
+        self.plan_in_mode(plan::MODE_TEMPLATE)
+    }
+
+    fn plan_in_mode(&self, mode: u32) -> Vec<u8> {
         let mut plan = self.plan.clone();
         let at = std::mem::offset_of!(Header, mode);
-        plan[at..at + 4].copy_from_slice(&plan::MODE_TEMPLATE.to_ne_bytes());
+        plan[at..at + 4].copy_from_slice(&mode.to_ne_bytes());
         plan
+    }
+
+    /// Restores ahead of a request: sends the plan on `socket` (the other
+    /// end of fd 4 of a restorer that someone else started, whose fds 0–3
+    /// are placeholders) in a mode where the restorer rebuilds the whole
+    /// process, then waits on that socket for the guest's real fds 0–3
+    /// ([`Snapshot::resume_parked`]) before it installs the seccomp
+    /// programs and becomes the guest. Closing the socket instead ends it.
+    ///
+    /// # Errors
+    ///
+    /// A mapped file changed since the snapshot was opened, or the
+    /// restorer is gone.
+    pub fn send_parked_plan(&self, socket: &OwnedFd) -> Result<(), SnapshotError> {
+        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
+            check_file(&self.dir, f, file)?;
+        }
+        send_io(socket, &RestoreIo::default(), &[]).map_err(sys_err("send the restore plan"))?;
+        let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
+        send_with_fds(socket, &self.plan_in_mode(plan::MODE_PARKED), &borrowed)
+            .map_err(sys_err("send the restore plan"))
+    }
+
+    /// Hands an instance restored by [`Snapshot::send_parked_plan`] its
+    /// fds 0–3 (`io`, in order): it becomes the guest.
+    ///
+    /// # Errors
+    ///
+    /// The restored instance is gone (its restore failed, or it was killed).
+    pub fn resume_parked(socket: &OwnedFd, io: [BorrowedFd<'_>; 4]) -> Result<(), SnapshotError> {
+        let cmd = plan::ForkCommand {
+            clone_flags: 0,
+            fds: 0b1111,
+        };
+        send_with_fds(socket, crate::sys::pod_bytes(&cmd), &io)
+            .map_err(sys_err("hand the restored instance its descriptors"))
     }
 
     /// A human-readable summary: areas, sources and sizes.

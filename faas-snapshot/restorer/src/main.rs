@@ -149,9 +149,15 @@ pub(crate) fn run(vdso: u64) -> ! {
         "signal frame outside the guest's writable memory",
     );
     let template = header.mode == plan::MODE_TEMPLATE;
-    // A template keeps its command socket.
+    let parked = header.mode == plan::MODE_PARKED;
+    // A template, or an instance parked until its request, keeps its
+    // command socket.
     check(
-        sys::close_above(if template { plan::PLAN_FD as u32 } else { 3 }),
+        sys::close_above(if template || parked {
+            plan::PLAN_FD as u32
+        } else {
+            3
+        }),
         exit::STATE,
         "close_range",
     );
@@ -166,6 +172,17 @@ pub(crate) fn run(vdso: u64) -> ! {
     let filter = &plan[filter_at..frame_at];
     if template {
         serve_forks(&header, filter);
+    }
+    if parked {
+        // Restored ahead of its request: wait for the guest's fds 0-3.
+        let (cmd, received, n) = match sys::recv_command() {
+            Ok(Some(got)) => got,
+            // The owner dropped it unused.
+            Ok(None) => sys::exit_group(0),
+            Err(e) => fail(exit::NO_PLAN, "cannot receive the guest's descriptors", e),
+        };
+        sys::place_fds(cmd.fds, &received[..n]);
+        check(sys::close_above(3), exit::STATE, "close_range");
     }
     become_guest(&header, filter)
 }

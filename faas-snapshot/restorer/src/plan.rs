@@ -135,7 +135,7 @@ pub struct Header {
     pub robust_len: u64,
     /// The clear-child-tid address.
     pub clear_tid: u64,
-    /// [`MODE_RESTORE`] or [`MODE_TEMPLATE`].
+    /// [`MODE_RESTORE`], [`MODE_TEMPLATE`] or [`MODE_PARKED`].
     pub mode: u32,
     /// Zero.
     pub reserved: u32,
@@ -146,6 +146,10 @@ pub const MODE_RESTORE: u32 = 0;
 /// Restore, then stay parked as a fork template: every [`ForkCommand`]
 /// received on [`PLAN_FD`] forks a child that becomes the guest.
 pub const MODE_TEMPLATE: u32 = 1;
+/// Restore, then wait on [`PLAN_FD`] for one [`ForkCommand`] (its
+/// `clone_flags` ignored) carrying the guest's fds 0–3, and become the
+/// guest with them: an instance restored ahead of its request.
+pub const MODE_PARKED: u32 = 2;
 
 /// The first message a restorer receives: the guest's fds 0–3 (those whose
 /// bit is set in `fds`, in order, as SCM_RIGHTS) and its working directory
