@@ -216,14 +216,23 @@ struct Shared {
 ///   reported as [`LimitExceeded::Memory`].
 ///
 /// Network namespaces and cgroup directories come from pools refilled off
-/// the request path.
+/// the request path; sandbox children share the runtime's memory until
+/// they execute (see `sys::spawn`).
 ///
 /// [`StartMode::Restore`] restores the snapshot in [`SandboxSpec::snapshot`]
 /// (a `faas-snapshot` directory; the spec's program, arguments and
-/// environment are the snapshot's and are ignored) into a parked sandbox
-/// of the spec's kind, parking one on the spot when none is ready. The
-/// sandbox executes the snapshot restorer instead of a program: it gets the
-/// instance's fds 0–3 and a socket carrying the restore plan, rebuilds the
+/// environment are the snapshot's and are ignored). Fastest first:
+///
+/// 1. an instance of that snapshot restored ahead of time (the whole
+///    process rebuilt in its own sandbox, waiting only for the request's
+///    fds 0–3), resumed on the caller's thread;
+/// 2. a sandbox of the spec's kind whose restorer already runs: the fds and
+///    the plan in two messages;
+/// 3. a parked sandbox (parked on the spot when none is ready) that
+///    executes the restorer.
+///
+/// Each serves once. After a restore, one keeper thread (nice 10) tops all
+/// three pools up to [`SandboxConfig::parked`]. The restorer rebuilds the
 /// process and installs the sandbox's seccomp filters as its very last
 /// step, so the guest never runs unfiltered. A restorer that fails exits
 /// with a code of 120–127 and a one-line reason on the instance's stderr.
