@@ -20,10 +20,13 @@ if [ -z "${FAAS:-}" ]; then
     FAAS=${CARGO_TARGET_DIR:-target}/release/faas
 fi
 work=$(mktemp -d /tmp/faas-targets.XXXXXX)
-pids=()
+# serve() runs in a command substitution (a subshell): the servers' pids
+# go to a file.
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    if [ -f "$work/pids" ]; then
+        while read -r p; do kill "$p" 2>/dev/null || true; done <"$work/pids"
+        sleep 1
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -34,7 +37,7 @@ serve() { # NAME EXTRA... -> URL
     local p; p=$(port)
     FAAS_LOG=warn "$FAAS" serve --sandbox pooled --quiet-instances --listen "127.0.0.1:$p" \
         --state-dir "$work/$name" "$@" >"$work/$name.log" 2>&1 &
-    pids+=($!)
+    echo $! >>"$work/pids"
     for _ in $(seq 100); do
         curl -fs "http://127.0.0.1:$p/healthz" >/dev/null 2>&1 && break
         sleep 0.05

@@ -309,6 +309,9 @@ struct EntryArgs {
     plan: *const ChildPlan,
     ptrs: *mut Ptrs,
     sync_r: RawFd,
+    /// Our end of the sync pipe, which the child closes in its copy of the
+    /// fd table before it waits.
+    sync_w: RawFd,
     err_w: RawFd,
 }
 
@@ -391,6 +394,7 @@ pub(crate) fn clone_child(plan: ChildPlan, cgroup_fd: Option<RawFd>) -> io::Resu
             plan: std::ptr::null(),
             ptrs: std::ptr::null_mut(),
             sync_r: sync_r.as_raw_fd(),
+            sync_w: sync_w.as_raw_fd(),
             err_w: err_w.as_raw_fd(),
         },
         _stack: stack,
@@ -471,7 +475,7 @@ pub(crate) fn clone_child(plan: ChildPlan, cgroup_fd: Option<RawFd>) -> io::Resu
             if rc == 0 {
                 let a = &mut inner.args;
                 // SAFETY: we are the freshly cloned child; see `child_main`.
-                unsafe { child_main(&*a.plan, &mut *a.ptrs, a.sync_r, a.err_w) }
+                unsafe { child_main(&*a.plan, &mut *a.ptrs, a.sync_r, a.sync_w, a.err_w) }
             }
             rc as libc::c_int
         }
@@ -502,7 +506,7 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // never returns.
     unsafe {
         let a = &*arg.cast::<EntryArgs>();
-        child_main(&*a.plan, &mut *a.ptrs, a.sync_r, a.err_w)
+        child_main(&*a.plan, &mut *a.ptrs, a.sync_r, a.sync_w, a.err_w)
     }
 }
 
@@ -635,7 +639,13 @@ unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
 ///
 /// Only to be called once, in the child of `clone_child`, with the plan and
 /// pointers the parent prepared; it uses nothing but raw system calls.
-unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd) -> ! {
+unsafe fn child_main(
+    plan: &ChildPlan,
+    p: &mut Ptrs,
+    sync_r: RawFd,
+    sync_w: RawFd,
+    err_w: RawFd,
+) -> ! {
     macro_rules! check {
         ($e:expr, $stage:expr) => {
             if $e < 0 {
@@ -645,10 +655,15 @@ unsafe fn child_main(plan: &ChildPlan, p: &mut Ptrs, sync_r: RawFd, err_w: RawFd
     }
     // SAFETY: every call below is a raw system call on
     // NUL-terminated strings and arrays owned by `plan`/`p`, which the
-    // parent built before the clone and which stay valid in this private
-    // copy of its memory; nothing allocates or takes a lock.
+    // parent built before the clone and keeps valid until we executed or
+    // were reaped (`ChildMem`; a private copy of them without CLONE_VM);
+    // nothing allocates or takes a lock.
     unsafe {
-        // 1. Wait until the parent has written our uid/gid maps.
+        // 1. Wait until the parent has written our uid/gid maps. Our copy of
+        //    its end of the pipe goes first: if the parent dies before it
+        //    writes, the read ends (instead of keeping us, and our copies of
+        //    its fds, alive forever).
+        libc::close(sync_w);
         let mut b = [0u8; 1];
         if libc::read(sync_r, b.as_mut_ptr().cast(), 1) != 1 {
             fail(err_w, Stage::Sync);
