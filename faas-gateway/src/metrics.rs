@@ -603,15 +603,9 @@ impl Metrics {
             "histogram",
             "Time from an invocation's arrival at the gateway to its response.",
         );
-        for s in &fns {
-            for start in Start::ALL {
-                let h = &s.mode(start).duration;
-                if h.count() > 0 {
-                    let labels = fn_labels(s, start);
-                    h.encode(&mut out, "faas_request_duration_seconds", &labels);
-                }
-            }
-        }
+        encode_by_mode(&mut out, &fns, "faas_request_duration_seconds", |m| {
+            &m.duration
+        });
 
         header(
             &mut out,
@@ -667,15 +661,7 @@ impl Metrics {
             "histogram",
             "Launch until the instance's Ready: sandbox spawn (cold), snapshot restore (restore), template fork (fork).",
         );
-        for s in &fns {
-            for start in Start::ALL {
-                let h = &s.mode(start).start;
-                if h.count() > 0 {
-                    let labels = fn_labels(s, start);
-                    h.encode(&mut out, "faas_instance_start_seconds", &labels);
-                }
-            }
-        }
+        encode_by_mode(&mut out, &fns, "faas_instance_start_seconds", |m| &m.start);
 
         self.render_nodes(&mut out);
 
@@ -779,6 +765,24 @@ fn fn_labels(s: &FnSeries, start: Start) -> [(&str, &str); 3] {
         ("version", &*s.version_label),
         ("start_mode", start.as_str()),
     ]
+}
+
+/// One histogram family by function, version and start mode: the
+/// histogram `pick` chooses of each series that has observations.
+fn encode_by_mode(
+    out: &mut String,
+    fns: &[Arc<FnSeries>],
+    name: &str,
+    pick: impl Fn(&ModeSeries) -> &Histogram,
+) {
+    for s in fns {
+        for start in Start::ALL {
+            let h = pick(s.mode(start));
+            if h.count() > 0 {
+                h.encode(out, name, &fn_labels(s, start));
+            }
+        }
+    }
 }
 
 /// `# HELP` and `# TYPE` of a metric family.

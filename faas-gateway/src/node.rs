@@ -634,25 +634,14 @@ impl Preparer for LocalNodeGateway {
                 _ => return Ok(done),
             };
             let started = Instant::now();
-            let taken = if spec.runtime == RuntimeKind::Python {
-                prepare::snapshot_python(
-                    &inner.config,
-                    &inner.runtime,
-                    snapshotter,
-                    &spec,
-                    version_dir,
-                )
-                .await
-            } else {
-                prepare::snapshot_native(
-                    &inner.config,
-                    &inner.runtime,
-                    snapshotter,
-                    &spec,
-                    version_dir,
-                )
-                .await
-            };
+            let taken = prepare::snapshot(
+                &inner.config,
+                &inner.runtime,
+                snapshotter,
+                &spec,
+                version_dir,
+            )
+            .await;
             match taken {
                 Ok(dir) => {
                     done.start = StartMode::Restore;

@@ -292,123 +292,23 @@ async fn finish(inst: &mut dyn Instance) {
     let _ = tokio::time::timeout(Duration::from_secs(5), inst.wait()).await;
 }
 
-/// Takes the snapshot of a Python function's initialised runtime into
-/// `version_dir/snapshot` and checks that it restores (see the module
-/// docs). Returns the snapshot directory.
-pub(crate) async fn snapshot_python(
-    config: &NodeConfig,
-    runtime: &Arc<dyn SandboxRuntime>,
-    snapshotter: &Arc<dyn Snapshotter>,
-    spec: &FunctionSpec,
-    version_dir: &Path,
-) -> Result<PathBuf, SnapshotFailure> {
-    let sys = |what: String| {
-        SnapshotFailure::Init(PrepareError::Sys {
-            name: spec.name.clone(),
-            what,
-        })
-    };
-    let dir = version_dir.join("snapshot");
-    let (ours, theirs) = channel_pair().map_err(|e| sys(format!("guest channel: {e}")))?;
-    let (r, w) = std::io::pipe().map_err(|e| sys(format!("output pipe: {e}")))?;
-    let name = format!("{}-v{}-snapshot", spec.name, spec.version);
-    let sandbox = sandbox_spec(config, spec, name, None, theirs, w)
-        .map_err(|e| SnapshotFailure::Init(e.into()))?;
-    let output = collect_tail(r);
-    let mut inst = runtime
-        .launch(sandbox)
-        .await
-        .map_err(|e| sys(format!("starting the runtime: {e}")))?;
-    let init_failed = |what: String, out: Vec<u8>| {
-        let output = tail_lines(&out);
-        if output.contains("faas_runtime: --snapshot:") {
-            // The code initialised but cannot be checkpointed (threads left
-            // running, a hook failed): it still runs cold.
-            SnapshotFailure::Snapshot(format!("the runtime refused the snapshot: {output}"))
-        } else {
-            SnapshotFailure::Init(PrepareError::Init {
-                name: spec.name.clone(),
-                runtime: spec.runtime,
-                what,
-                output,
-            })
-        }
-    };
-    let budget = spec.limits.timeout();
-    let deadline = tokio::time::Instant::now() + budget;
-    let host_pid = inst.pid();
-    let mut child = None;
-    let stopped = loop {
-        if child.is_none() {
-            child = child_of(host_pid);
-        }
-        if let Some(pid) = child
-            && proc_state(pid) == Some('T')
-        {
-            break pid;
-        }
-        let exited = tokio::select! {
-            s = inst.wait() => Some(s),
-            () = tokio::time::sleep(Duration::from_millis(5)) => None,
-        };
-        if let Some(status) = exited {
-            let out = tokio::time::timeout(Duration::from_secs(2), output)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            let what = match status {
-                Ok(ExitStatus::Code(c)) => format!("exited with status {c}"),
-                Ok(ExitStatus::Signal(s)) => format!("was killed by signal {s}"),
-                Err(e) => format!("could not be waited for ({e})"),
-            };
-            let what = match inst.exceeded() {
-                Some(limit) => format!("{what}: {limit}"),
-                None => what,
-            };
-            return Err(init_failed(what, out));
-        }
-        if tokio::time::Instant::now() > deadline {
-            finish(inst.as_mut()).await;
-            let out = tokio::time::timeout(Duration::from_secs(2), output)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            return Err(init_failed(
-                format!(
-                    "did not reach its snapshot point within the timeout of {} ms",
-                    budget.as_millis()
-                ),
-                out,
-            ));
-        }
-    };
-    let taken = snapshotter.checkpoint(stopped, &dir).await;
-    finish(inst.as_mut()).await;
-    drop(ours);
-    let info = taken.map_err(|e| SnapshotFailure::Snapshot(format!("checkpoint failed: {e}")))?;
-    tracing::info!(function = %spec.name, version = spec.version, pages = info.pages, bytes = info.bytes, "snapshot taken");
-    if let Err(e) = check_restore(config, runtime, spec, &dir).await {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(SnapshotFailure::Snapshot(format!(
-            "the snapshot does not restore: {e}"
-        )));
-    }
-    Ok(dir)
-}
-
-/// Takes the snapshot of a native function into `version_dir/snapshot`
-/// and checks that it restores. Returns the snapshot directory.
+/// Takes the snapshot of `spec`'s function into `version_dir/snapshot` and
+/// checks that it restores. Returns the snapshot directory.
 ///
-/// A native guest (`faas_guest::serve`) sends `Ready` and blocks in
-/// `recvmsg` on fd 3 for its first request: it is checkpointed right there
-/// (pid 1 of its sandbox; the interrupted `recvmsg` is rewound). Each
-/// restored copy re-enters `recvmsg` on its own fresh channel, so it does
-/// not say `Ready` again: the node gateway hands it its request at once
-/// ([`restored_sends_ready`]). The trial restore closes the channel, which
-/// a guest answers by exiting with status 0.
-pub(crate) async fn snapshot_native(
+/// The function starts once in a sandbox like its instances' and is
+/// checkpointed at its snapshot point:
+///
+/// - Python: the runtime (pid 2, under the wrapper) stops itself with
+///   `SIGSTOP` once the handler's module is imported (see the module docs);
+/// - native: a guest (`faas_guest::serve`) sends `Ready` and blocks in
+///   `recvmsg` on fd 3 for its first request; it is checkpointed right
+///   there (pid 1 of its sandbox; the interrupted `recvmsg` is rewound).
+///   Each restored copy re-enters `recvmsg` on its own fresh channel, so it
+///   does not say `Ready` again: the node gateway hands it its request at
+///   once ([`restored_sends_ready`]).
+///
+/// Then one trial restore must come back (see [`check_restore`]).
+pub(crate) async fn snapshot(
     config: &NodeConfig,
     runtime: &Arc<dyn SandboxRuntime>,
     snapshotter: &Arc<dyn Snapshotter>,
@@ -421,6 +321,7 @@ pub(crate) async fn snapshot_native(
             what,
         })
     };
+    let python = spec.runtime == RuntimeKind::Python;
     let dir = version_dir.join("snapshot");
     let (ours, theirs) = channel_pair().map_err(|e| sys(format!("guest channel: {e}")))?;
     let mut chan = AsyncChannel::new(
@@ -435,41 +336,40 @@ pub(crate) async fn snapshot_native(
     let sandbox = sandbox_spec(config, spec, name, None, theirs, w)
         .map_err(|e| SnapshotFailure::Init(e.into()))?;
     let output = collect_tail(r);
+    let what = if python {
+        "the runtime"
+    } else {
+        "the function"
+    };
     let mut inst = runtime
         .launch(sandbox)
         .await
-        .map_err(|e| sys(format!("starting the function: {e}")))?;
-    let budget = spec.limits.timeout();
-    let ready = tokio::time::timeout(budget, chan.recv()).await;
-    let what = match ready {
-        Ok(Ok(Some(Frame::Ready { .. }))) => None,
-        Ok(Ok(Some(other))) => Some(format!("sent {:?} instead of Ready", other.kind())),
-        Ok(Ok(None)) => Some(match inst.wait().await {
-            Ok(ExitStatus::Code(c)) => format!("exited with status {c} before Ready"),
-            Ok(ExitStatus::Signal(s)) => format!("was killed by signal {s} before Ready"),
-            Err(e) => format!("could not be waited for ({e})"),
-        }),
-        Ok(Err(e)) => Some(format!("broke the protocol: {e}")),
-        Err(_) => Some(format!(
-            "did not say Ready within the timeout of {} ms",
-            budget.as_millis()
-        )),
+        .map_err(|e| sys(format!("starting {what}: {e}")))?;
+    let at_point = if python {
+        stopped_runtime(inst.as_mut(), spec).await
+    } else {
+        ready_guest(&mut chan, inst.as_mut(), spec).await
     };
-    if let Some(what) = what {
-        finish(inst.as_mut()).await;
-        let out = tokio::time::timeout(Duration::from_secs(2), output)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        return Err(SnapshotFailure::Init(PrepareError::Init {
-            name: spec.name.clone(),
-            runtime: spec.runtime,
-            what,
-            output: tail_lines(&out),
-        }));
-    }
-    let taken = snapshotter.checkpoint(inst.pid(), &dir).await;
+    let pid = match at_point {
+        Ok(pid) => pid,
+        Err(what) => {
+            finish(inst.as_mut()).await;
+            let output = output_tail(output).await;
+            return Err(if python && output.contains("faas_runtime: --snapshot:") {
+                // The code initialised but cannot be checkpointed (threads
+                // left running, a hook failed): it still runs cold.
+                SnapshotFailure::Snapshot(format!("the runtime refused the snapshot: {output}"))
+            } else {
+                SnapshotFailure::Init(PrepareError::Init {
+                    name: spec.name.clone(),
+                    runtime: spec.runtime,
+                    what,
+                    output,
+                })
+            });
+        }
+    };
+    let taken = snapshotter.checkpoint(pid, &dir).await;
     finish(inst.as_mut()).await;
     drop(chan);
     let info = taken.map_err(|e| SnapshotFailure::Snapshot(format!("checkpoint failed: {e}")))?;
@@ -481,6 +381,81 @@ pub(crate) async fn snapshot_native(
         )));
     }
     Ok(dir)
+}
+
+/// Waits until the Python runtime under the wrapper stopped itself at its
+/// snapshot point; its host pid, or what happened instead.
+async fn stopped_runtime(inst: &mut dyn Instance, spec: &FunctionSpec) -> Result<u32, String> {
+    let budget = spec.limits.timeout();
+    let deadline = tokio::time::Instant::now() + budget;
+    let host_pid = inst.pid();
+    let mut child = None;
+    loop {
+        if child.is_none() {
+            child = child_of(host_pid);
+        }
+        if let Some(pid) = child
+            && proc_state(pid) == Some('T')
+        {
+            return Ok(pid);
+        }
+        let exited = tokio::select! {
+            s = inst.wait() => Some(s),
+            () = tokio::time::sleep(Duration::from_millis(5)) => None,
+        };
+        if let Some(status) = exited {
+            let what = match status {
+                Ok(ExitStatus::Code(c)) => format!("exited with status {c}"),
+                Ok(ExitStatus::Signal(s)) => format!("was killed by signal {s}"),
+                Err(e) => format!("could not be waited for ({e})"),
+            };
+            return Err(match inst.exceeded() {
+                Some(limit) => format!("{what}: {limit}"),
+                None => what,
+            });
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "did not reach its snapshot point within the timeout of {} ms",
+                budget.as_millis()
+            ));
+        }
+    }
+}
+
+/// Waits for a native guest's `Ready`; its host pid, or what happened
+/// instead.
+async fn ready_guest(
+    chan: &mut AsyncChannel,
+    inst: &mut dyn Instance,
+    spec: &FunctionSpec,
+) -> Result<u32, String> {
+    let budget = spec.limits.timeout();
+    match tokio::time::timeout(budget, chan.recv()).await {
+        Ok(Ok(Some(Frame::Ready { .. }))) => Ok(inst.pid()),
+        Ok(Ok(Some(other))) => Err(format!("sent {:?} instead of Ready", other.kind())),
+        Ok(Ok(None)) => Err(match inst.wait().await {
+            Ok(ExitStatus::Code(c)) => format!("exited with status {c} before Ready"),
+            Ok(ExitStatus::Signal(s)) => format!("was killed by signal {s} before Ready"),
+            Err(e) => format!("could not be waited for ({e})"),
+        }),
+        Ok(Err(e)) => Err(format!("broke the protocol: {e}")),
+        Err(_) => Err(format!(
+            "did not say Ready within the timeout of {} ms",
+            budget.as_millis()
+        )),
+    }
+}
+
+/// The last lines of an instance's output ([`collect_tail`]), waiting at
+/// most 2 s for the instance to close it.
+async fn output_tail(output: tokio::sync::oneshot::Receiver<Vec<u8>>) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(2), output)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    tail_lines(&out)
 }
 
 /// Whether an instance restored from a snapshot of `spec`'s function says
@@ -557,12 +532,10 @@ async fn check_restore(
                 format!("it did not exit within {} s", RESTORE_CHECK.as_secs())
             }
         };
-        let out = tokio::time::timeout(Duration::from_secs(2), output)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        return Err(format!("{status}{}", output_suffix(&tail_lines(&out))));
+        return Err(format!(
+            "{status}{}",
+            output_suffix(&output_tail(output).await)
+        ));
     }
     let ready = tokio::time::timeout(RESTORE_CHECK, chan.recv()).await;
     // Closing the channel ends a restored runtime (exit 0).
@@ -575,12 +548,10 @@ async fn check_restore(
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no Ready within {} s", RESTORE_CHECK.as_secs()),
     };
-    let out = tokio::time::timeout(Duration::from_secs(2), output)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    Err(format!("{status}{}", output_suffix(&tail_lines(&out))))
+    Err(format!(
+        "{status}{}",
+        output_suffix(&output_tail(output).await)
+    ))
 }
 
 #[cfg(test)]

@@ -158,6 +158,11 @@ impl NetnsPool {
 /// the binds it is restored with.
 type SnapshotKey = (PathBuf, String, Vec<(PathBuf, PathBuf)>);
 
+/// The cache key of the snapshot in `dir` restored into sandboxes of `park`.
+fn snapshot_key(dir: &Path, park: &ParkKey) -> SnapshotKey {
+    (dir.to_path_buf(), park.seccomp.clone(), park.binds.clone())
+}
+
 struct Shared {
     config: SandboxConfig,
     base: PathBuf,
@@ -522,7 +527,7 @@ impl Shared {
     /// restorer runs get the snapshot's plan and rebuild the process now;
     /// only the fds 0–3 of a request are missing.
     fn restore_more(self: &Arc<Self>, key: &ParkKey, root: &Path, dir: &Path) {
-        let skey = (dir.to_path_buf(), key.seccomp.clone(), key.binds.clone());
+        let skey = snapshot_key(dir, key);
         let Some(snap) = self.snapshots.lock().get(&skey).cloned() else {
             return;
         };
@@ -717,7 +722,7 @@ impl Shared {
         root: &Path,
     ) -> Result<Arc<Snapshot>, LaunchError> {
         let (profile, binds) = (&park.seccomp, &park.binds);
-        let key = (dir.to_path_buf(), profile.clone(), binds.clone());
+        let key = snapshot_key(dir, park);
         if let Some(s) = self.snapshots.lock().get(&key) {
             return Ok(s.clone());
         }
@@ -767,8 +772,8 @@ impl Shared {
 
     /// Drops `snap` from the cache (it failed to restore), so that the
     /// next launch opens its directory again.
-    fn forget_snapshot(&self, profile: &str, binds: &[(PathBuf, PathBuf)], snap: &Arc<Snapshot>) {
-        let key = (snap.dir().to_path_buf(), profile.to_owned(), binds.to_vec());
+    fn forget_snapshot(&self, park: &ParkKey, snap: &Arc<Snapshot>) {
+        let key = snapshot_key(snap.dir(), park);
         let mut cache = self.snapshots.lock();
         if cache.get(&key).is_some_and(|s| Arc::ptr_eq(s, snap)) {
             cache.remove(&key);
@@ -1390,21 +1395,15 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
     let name = spec.name.as_str();
     let p = prepare(sh, spec)?;
     let key = ParkKey::of(spec);
-    let null = OwnedFd::from(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(sys_err(name, "opening /dev/null"))?,
-    );
+    let null = &sh.dev_null;
     let mut keep = Vec::new();
     let fds = [
-        raw_stdio(&spec.stdin, &null, &mut keep, 0).map_err(sys_err(name, "stdin"))?,
-        raw_stdio(&spec.stdout, &null, &mut keep, 1).map_err(sys_err(name, "stdout"))?,
-        raw_stdio(&spec.stderr, &null, &mut keep, 2).map_err(sys_err(name, "stderr"))?,
+        raw_stdio(&spec.stdin, null, &mut keep, 0).map_err(sys_err(name, "stdin"))?,
+        raw_stdio(&spec.stdout, null, &mut keep, 1).map_err(sys_err(name, "stdout"))?,
+        raw_stdio(&spec.stderr, null, &mut keep, 2).map_err(sys_err(name, "stderr"))?,
         ns::raw(spec.channel.as_fd()),
     ];
-    // The raw fds stay open in this function (`keep`, `null`, the spec).
+    // The raw fds stay open in this function (`keep`, `Shared`, the spec).
     let borrowed = fds.map(ns::borrow_raw_fd);
     let payload = spawn::encode_request(&p.argv, &p.envp);
     if let Target::Restore(dir) = &p.target {
@@ -1468,7 +1467,7 @@ fn restore_ready(
             return Some(Ok(ready.inst));
         };
         if matches!(ready.inst.try_reap(), Ok(None)) {
-            sh.forget_snapshot(&key.seccomp, &key.binds, snap);
+            sh.forget_snapshot(key, snap);
             return Some(Err(LaunchError::Sys {
                 name: name.to_owned(),
                 op: "sending the restore plan",
@@ -1489,7 +1488,7 @@ fn launch_ready(sh: &Shared, spec: &SandboxSpec) -> Option<Result<SandboxInstanc
         .as_ref()
         .filter(|_| spec.start == StartMode::Restore)?;
     let key = ParkKey::of(spec);
-    let skey = (dir.clone(), key.seccomp.clone(), key.binds.clone());
+    let skey = snapshot_key(dir, &key);
     let restored_waits = sh.restored.lock().get(&skey).is_some_and(|v| !v.is_empty());
     let ready_waits = sh.restorers.lock().get(&key).is_some_and(|v| !v.is_empty());
     if !restored_waits && !ready_waits {
@@ -1537,17 +1536,10 @@ fn ready_restorer(
         op: "staging the snapshot restorer",
         source: io::Error::other(e),
     })?;
-    let null = OwnedFd::from(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(sys_err(name, "opening /dev/null"))?,
-    );
     let payload = spawn::encode_request(&[c"faas-restorer".to_owned()], &[])
         .map_err(sys_err(name, "preparing the restore request"))?;
     let (ours, theirs) = seqpacket_pair().map_err(sys_err(name, "creating the plan socket"))?;
-    let n = null.as_fd();
+    let n = sh.dev_null.as_fd();
     let all = [n, n, n, n, exe, theirs.as_fd()];
     loop {
         let (parked, fresh) = match sh.take_parked(key) {
@@ -1605,7 +1597,7 @@ fn restore_blocking(
     let (ours, theirs) =
         seqpacket_pair().map_err(sys_err(name, "creating the restore plan socket"))?;
     if let Err(e) = snap.send_plan(&ours) {
-        sh.forget_snapshot(&key.seccomp, &key.binds, &snap);
+        sh.forget_snapshot(key, &snap);
         return Err(LaunchError::Sys {
             name: name.to_owned(),
             op: "sending the restore plan",
@@ -1742,7 +1734,7 @@ impl SandboxRuntime for PooledSandboxRuntime {
                     || sh
                         .restored
                         .lock()
-                        .get(&(dir.clone(), key.seccomp.clone(), key.binds.clone()))
+                        .get(&snapshot_key(&dir, &key))
                         .map_or(0, Vec::len)
                         < sh.config.parked)
             {

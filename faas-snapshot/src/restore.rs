@@ -332,6 +332,14 @@ impl Snapshot {
         })
     }
 
+    /// Checks that no mapped file changed since the snapshot was opened.
+    fn check_files(&self) -> Result<(), SnapshotError> {
+        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
+            check_file(&self.dir, f, file)?;
+        }
+        Ok(())
+    }
+
     /// The snapshot directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -351,9 +359,7 @@ impl Snapshot {
         io: &RestoreIo,
     ) -> Result<(Restored, OwnedFd), SnapshotError> {
         let host = host().map_err(|e| invalid(&self.dir, e))?;
-        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
-            check_file(&self.dir, f, file)?;
-        }
+        self.check_files()?;
         let mut ready = pool::take(host.exe.as_fd()).map_err(sys_err("start the restorer"))?;
         let cwd = self.cwd.as_ref().map_or(&[][..], |c| c.as_bytes());
         if let Err(e) = send_io(&ready.socket, io, cwd) {
@@ -379,13 +385,16 @@ impl Snapshot {
     /// end is fd 4 of a restorer started by someone else (a sandbox runtime:
     /// see [`restorer_executable`]).
     pub fn send_plan(&self, socket: &OwnedFd) -> Result<(), SnapshotError> {
-        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
-            check_file(&self.dir, f, file)?;
-        }
-        // The runtime placed fds 0-3 itself: the restorer gets none.
+        self.send_plan_bytes(socket, &self.plan)
+    }
+
+    /// No fds 0–3 (the runtime placed them, or a later message brings
+    /// them), then `plan` with the snapshot's descriptors.
+    fn send_plan_bytes(&self, socket: &OwnedFd, plan: &[u8]) -> Result<(), SnapshotError> {
+        self.check_files()?;
         send_io(socket, &RestoreIo::default(), &[]).map_err(sys_err("send the restore plan"))?;
         let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
-        send_with_fds(socket, &self.plan, &borrowed).map_err(sys_err("send the restore plan"))
+        send_with_fds(socket, plan, &borrowed).map_err(sys_err("send the restore plan"))
     }
 
     /// Sends the guest's fds 0–3 (`io`, in order) and the restore plan on
@@ -403,9 +412,7 @@ impl Snapshot {
         socket: &OwnedFd,
         io: [BorrowedFd<'_>; 4],
     ) -> Result<(), SnapshotError> {
-        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
-            check_file(&self.dir, f, file)?;
-        }
+        self.check_files()?;
         send_io_fds(socket, 0b1111, &io, &[]).map_err(sys_err("send the guest's descriptors"))?;
         let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
         send_with_fds(socket, &self.plan, &borrowed).map_err(sys_err("send the restore plan"))
@@ -435,13 +442,7 @@ impl Snapshot {
     /// A mapped file changed since the snapshot was opened, or the
     /// restorer is gone.
     pub fn send_parked_plan(&self, socket: &OwnedFd) -> Result<(), SnapshotError> {
-        for (f, file) in self.meta.files.iter().zip(&self.fds[1..]) {
-            check_file(&self.dir, f, file)?;
-        }
-        send_io(socket, &RestoreIo::default(), &[]).map_err(sys_err("send the restore plan"))?;
-        let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|f| f.as_fd()).collect();
-        send_with_fds(socket, &self.plan_in_mode(plan::MODE_PARKED), &borrowed)
-            .map_err(sys_err("send the restore plan"))
+        self.send_plan_bytes(socket, &self.plan_in_mode(plan::MODE_PARKED))
     }
 
     /// Hands an instance restored by [`Snapshot::send_parked_plan`] its
