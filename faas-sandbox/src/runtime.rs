@@ -35,6 +35,13 @@ pub struct SandboxConfig {
     pub uid_count: u32,
     /// Network namespaces kept ready.
     pub netns_pool: usize,
+    /// Give a sandbox's network namespace, once every process in it has
+    /// exited, to a later sandbox of the same kind (same root, limits,
+    /// profile: in the platform, the same function version) instead of
+    /// destroying it; up to `netns_pool` are kept per kind. Creating and
+    /// destroying a network namespace is the largest kernel cost of a
+    /// sandbox. Off: every sandbox gets a namespace no one used before.
+    pub reuse_netns: bool,
     /// cgroups kept ready.
     pub cgroup_pool: usize,
     /// Size of each sandbox's `/tmp`, in MiB.
@@ -59,6 +66,7 @@ impl Default for SandboxConfig {
             uid_base: 1_000_000_000,
             uid_count: 65_536,
             netns_pool: 8,
+            reuse_netns: true,
             cgroup_pool: 8,
             tmp_mb: 64,
             nofile: 1024,
@@ -168,6 +176,11 @@ struct Shared {
     base: PathBuf,
     host_netns: OwnedFd,
     netns: Arc<NetnsPool>,
+    /// Network namespaces of exited sandboxes, by kind, for the next
+    /// sandboxes of that kind ([`SandboxConfig::reuse_netns`]).
+    netns_reuse: Mutex<HashMap<ParkKey, Vec<OwnedFd>>>,
+    /// Sandboxes started in a reused network namespace.
+    netns_reused: AtomicU64,
     cgroups: Option<Cgroups>,
     cgroup_pool: Mutex<Vec<Cgroup>>,
     uids: Mutex<Vec<u32>>,
@@ -279,6 +292,8 @@ impl PooledSandboxRuntime {
                 base,
                 host_netns,
                 netns,
+                netns_reuse: Mutex::new(HashMap::new()),
+                netns_reused: AtomicU64::new(0),
                 cgroups,
                 cgroup_pool: Mutex::new(Vec::new()),
                 uids: Mutex::new(uids),
@@ -317,6 +332,12 @@ impl PooledSandboxRuntime {
     /// Network namespaces created by the pool so far.
     pub fn netns_created(&self) -> u64 {
         self.shared.netns.made.load(Ordering::Relaxed)
+    }
+
+    /// Sandboxes started in the network namespace of an earlier sandbox of
+    /// their kind ([`SandboxConfig::reuse_netns`]).
+    pub fn netns_reused(&self) -> u64 {
+        self.shared.netns_reused.load(Ordering::Relaxed)
     }
 }
 
@@ -589,6 +610,34 @@ impl Shared {
         self.parked.lock().get_mut(key)?.pop()
     }
 
+    /// A network namespace for a new sandbox of `key`: one its kind left
+    /// behind, else one from the pool (None: the pool is empty).
+    fn take_netns(&self, key: &ParkKey) -> Option<OwnedFd> {
+        if let Some(fd) = self.netns_reuse.lock().get_mut(key).and_then(Vec::pop) {
+            self.netns_reused.fetch_add(1, Ordering::Relaxed);
+            return Some(fd);
+        }
+        self.netns.take()
+    }
+
+    /// Keeps the network namespace of a reaped sandbox of `key` for the
+    /// next one of the kind. Only after the reap: the sandbox was pid 1 of
+    /// its pid namespace, and its reap means every process that could use
+    /// the namespace has exited. Its processes joined it before their user
+    /// namespace existed, so they could not change it (addresses, routes,
+    /// sysctls, `lo` stays up); what can outlive them is what any instance
+    /// of the same kind may see: loopback counters and sockets in TIME_WAIT.
+    fn recycle_netns(&self, key: ParkKey, fd: OwnedFd) {
+        if !self.config.reuse_netns || self.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut reuse = self.netns_reuse.lock();
+        let list = reuse.entry(key).or_default();
+        if list.len() < self.config.netns_pool.max(1) {
+            list.push(fd);
+        }
+    }
+
     /// Tops the parked sandboxes of `key` up to the configured number.
     fn park_more(&self, key: &ParkKey, root: &Path) {
         loop {
@@ -633,6 +682,7 @@ impl Shared {
             ctl: ours,
             cgroup: st.cgroup,
             uid_slot: st.uid_slot,
+            netns: st.netns,
             mem: st.mem,
         })
     }
@@ -978,6 +1028,7 @@ struct Parked {
     ctl: OwnedFd,
     cgroup: Option<Cgroup>,
     uid_slot: u32,
+    netns: Option<OwnedFd>,
     mem: spawn::ChildMem,
 }
 
@@ -991,6 +1042,7 @@ impl Parked {
             ctl,
             cgroup,
             uid_slot,
+            netns,
             mem,
         } = self;
         drop(ctl);
@@ -1000,6 +1052,7 @@ impl Parked {
             err_r,
             cgroup,
             uid_slot,
+            netns,
             mem,
         }
     }
@@ -1144,6 +1197,8 @@ struct Started {
     err_r: OwnedFd,
     cgroup: Option<Cgroup>,
     uid_slot: u32,
+    /// Its network namespace (kept for reuse once it is reaped).
+    netns: Option<OwnedFd>,
     /// Freed once it executed (see [`finish`]) or was reaped.
     mem: spawn::ChildMem,
 }
@@ -1273,23 +1328,22 @@ fn start(
         },
         None => None,
     };
-    // Clone from inside a pooled network namespace (or a fresh one when the
-    // pool is empty), then come back.
-    let netns = sh.netns.take();
-    let entered = match &netns {
-        Some(fd) => ns::setns_net(fd.as_fd()),
-        None => ns::new_netns_on_this_thread().map(drop),
+    // Clone from inside a network namespace of its kind or the pool (or a
+    // fresh one when both are empty), then come back.
+    let entered = match sh.take_netns(key) {
+        Some(fd) => ns::setns_net(fd.as_fd()).map(|()| fd),
+        None => ns::new_netns_on_this_thread(),
     };
-    let cloned = entered.and_then(|()| {
+    let cloned = entered.and_then(|netns| {
         spawn::clone_child(plan, cgroup_dir_fd.as_ref().map(|f| ns::raw(f.as_fd())))
+            .map(|c| (c, netns))
     });
     if let Err(e) = ns::setns_net(sh.host_netns.as_fd()) {
         // This blocking-pool thread is stuck in another namespace; nothing
         // we can do but say so (the sandbox itself is unaffected).
         tracing::error!(error = %e, "returning to the host network namespace failed");
     }
-    drop(netns);
-    let child = match cloned {
+    let (child, netns) = match cloned {
         Ok(c) => c,
         Err(e) => {
             release_all(cgroup);
@@ -1317,6 +1371,7 @@ fn start(
             err_r,
             cgroup,
             uid_slot,
+            netns: Some(netns),
             mem,
         }),
         Err((stage, e, mem)) => {
@@ -1381,6 +1436,7 @@ fn finish(
         afd: None,
         cgroup: st.cgroup,
         uid_slot: Some(st.uid_slot),
+        netns: st.netns.map(|fd| (key.clone(), fd)),
         memory_mb: key.memory_mb,
         pids: key.pids,
         exit: None,
@@ -1756,6 +1812,8 @@ struct SandboxInstance {
     afd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
     cgroup: Option<Cgroup>,
     uid_slot: Option<u32>,
+    /// Its network namespace and kind, for reuse after the reap.
+    netns: Option<(ParkKey, OwnedFd)>,
     memory_mb: u32,
     pids: u32,
     exit: Option<ExitStatus>,
@@ -1797,6 +1855,9 @@ impl SandboxInstance {
         }
         if let Some(slot) = self.uid_slot.take() {
             self.shared.uids.lock().push(slot);
+        }
+        if let Some((key, fd)) = self.netns.take() {
+            self.shared.recycle_netns(key, fd);
         }
     }
 

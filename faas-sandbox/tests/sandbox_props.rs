@@ -397,3 +397,82 @@ async fn bad_binds_are_refused_with_the_reason() {
         assert!(e.contains(want), "{inside}: {e}");
     }
 }
+
+/// Prints this sandbox's network namespace, whether it can bind the port
+/// and abstract socket name an earlier sandbox held, its interfaces and
+/// whether `lo` is up; then (with `hold`) binds both and leaves a child
+/// holding them while pid 1 exits.
+const NETNS_PROBE: &str = r#"
+import fcntl, os, socket, struct, sys
+print("ns", os.readlink("/proc/self/ns/net"))
+tcp = socket.socket()
+tcp.bind(("127.0.0.1", 47123)); tcp.listen()
+unix = socket.socket(socket.AF_UNIX)
+unix.bind("\0faas-netns-reuse-test")
+print("bind ok")
+print("ifaces", ",".join(n for _, n in socket.if_nameindex()))
+flags = struct.unpack("16sH14x", fcntl.ioctl(tcp, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+print("lo_up", flags & 1)
+if sys.argv[1] == "hold" and os.fork() == 0:
+    os.execv("/bin/sleep", ["sleep", "60"])
+sys.stdout.flush()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_namespace_is_reused_only_by_its_kind_and_only_clean() {
+    assert_eq!(rustix_euid(), 0, "needs root");
+    // No parked sandboxes: each launch sets up its sandbox on the spot, so
+    // it takes the namespace its kind left behind, if any.
+    let rt = PooledSandboxRuntime::new(SandboxConfig {
+        netns_pool: 2,
+        cgroup_pool: 2,
+        parked: 0,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let py = |hold: &'static str| {
+        let rt = &rt;
+        async move {
+            run(
+                rt,
+                "/usr/bin/python3",
+                &["-c", NETNS_PROBE, hold],
+                true,
+                "python",
+                Limits::default(),
+            )
+            .await
+        }
+    };
+    let first = py("hold").await;
+    let a = kv(&first.out);
+    assert_eq!(a.get("bind").map(String::as_str), Some("ok"), "{}", first.out);
+    // Same kind: the namespace comes back, with nothing of the first
+    // sandbox left in it (its listener and abstract socket, held by a
+    // child still sleeping when pid 1 exited, are gone).
+    let second = py("no").await;
+    let b = kv(&second.out);
+    assert_eq!(a["ns"], b["ns"], "not reused: {}", second.out);
+    assert_eq!(b.get("bind").map(String::as_str), Some("ok"), "{}", second.out);
+    assert_eq!(b["ifaces"], "lo", "{}", second.out);
+    assert_eq!(b["lo_up"], "1", "{}", second.out);
+    assert!(rt.netns_reused() >= 1);
+    // Another kind (other limits): never that namespace.
+    let (s, mut r, _ours) = spec(
+        "/usr/bin/python3",
+        &["-c", NETNS_PROBE, "no"],
+        true,
+        "python",
+        Limits {
+            memory_mb: 200,
+            ..Limits::default()
+        },
+    );
+    let mut inst = rt.launch(s).await.unwrap();
+    inst.wait().await.unwrap();
+    let mut out = String::new();
+    r.read_to_string(&mut out).unwrap();
+    let c = kv(&out);
+    assert!(c.contains_key("ns"), "{out}");
+    assert_ne!(a["ns"], c["ns"], "another kind got the namespace: {out}");
+}
