@@ -446,14 +446,24 @@ async fn a_network_namespace_is_reused_only_by_its_kind_and_only_clean() {
     };
     let first = py("hold").await;
     let a = kv(&first.out);
-    assert_eq!(a.get("bind").map(String::as_str), Some("ok"), "{}", first.out);
+    assert_eq!(
+        a.get("bind").map(String::as_str),
+        Some("ok"),
+        "{}",
+        first.out
+    );
     // Same kind: the namespace comes back, with nothing of the first
     // sandbox left in it (its listener and abstract socket, held by a
     // child still sleeping when pid 1 exited, are gone).
     let second = py("no").await;
     let b = kv(&second.out);
     assert_eq!(a["ns"], b["ns"], "not reused: {}", second.out);
-    assert_eq!(b.get("bind").map(String::as_str), Some("ok"), "{}", second.out);
+    assert_eq!(
+        b.get("bind").map(String::as_str),
+        Some("ok"),
+        "{}",
+        second.out
+    );
     assert_eq!(b["ifaces"], "lo", "{}", second.out);
     assert_eq!(b["lo_up"], "1", "{}", second.out);
     assert!(rt.netns_reused() >= 1);
