@@ -123,7 +123,24 @@ fn recv_inner(
     // even this overflows; either way every received fd is closed.
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    scratch.resize(MAX_DATAGRAM + 1, 0);
+    // The datagram's length first (MSG_PEEK | MSG_TRUNC with no buffer and
+    // no control space: nothing is consumed, no fd installed), so the
+    // buffer grows only as far as the frames need: a fresh channel (one
+    // per instance) does not zero and fault in the 192 KiB of a maximal
+    // frame to read a small request.
+    let len = loop {
+        let none: &mut [u8] = &mut [];
+        match rustix::net::recv(fd, none, flags | RecvFlags::PEEK | RecvFlags::TRUNC) {
+            Ok((_, len)) => break len,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(RecvOutcome::WouldBlock),
+            Err(e) => return Err(ProtocolError::io("recv", e)),
+        }
+    };
+    let need = len.min(MAX_DATAGRAM) + 1;
+    if scratch.len() < need {
+        scratch.resize(need, 0);
+    }
     let msg = loop {
         match rustix::net::recvmsg(
             fd,
