@@ -5,6 +5,7 @@
 //! | `sandbox_spawn/pools_warm` | `launch()` until the guest has executed (the exec closes the error pipe): clone3 into new namespaces, uid maps, cgroup placement, the child's mounts, pivot_root, caps, seccomp, execve — with a network namespace and a cgroup taken from warm pools |
 //! | `sandbox_spawn/pools_empty` | the same with both pools empty: a network namespace and a cgroup are created on the request path |
 //! | `sandbox_spawn/parked` | hand-off to a parked sandbox (already set up up to its exec): the request and fds 0-3 sent over its control socket, until its exec |
+//! | `seccomp_install/{native,python,node}` | installing a built-in profile's two filters (`SeccompFilters::install`) on a fresh thread: the kernel checks, converts and JITs each program and emulates it for every syscall number (its action cache) |
 //!
 //! Before the criterion runs, each case is also timed 200 times and its
 //! p50/p99 printed (criterion reports means and medians only).
@@ -138,8 +139,42 @@ fn spawn(c: &mut Criterion) {
     g.finish();
 }
 
+/// Installs each built-in profile on fresh threads (a filter without
+/// TSYNC applies to its own thread only, and goes with it).
+fn seccomp_install(c: &mut Criterion) {
+    use faas_sandbox::seccomp::{SeccompFilters, SeccompProfile};
+    let mut g = c.benchmark_group("seccomp_install");
+    for name in ["native", "python", "node"] {
+        let f = SeccompFilters::compile(&name.parse::<SeccompProfile>().unwrap()).unwrap();
+        let once = |f: &SeccompFilters| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                f.install().unwrap();
+                t.elapsed()
+            })
+            .join()
+            .unwrap()
+        };
+        let mut xs: Vec<Duration> = (0..400).map(|_| once(&f)).collect();
+        xs.sort();
+        eprintln!(
+            "seccomp_install/{name}: {:?} instructions, p50 {:?} p99 {:?} over {} installs",
+            f.programs().iter().map(Vec::len).collect::<Vec<_>>(),
+            xs[xs.len() / 2],
+            xs[xs.len() * 99 / 100 - 1],
+            xs.len()
+        );
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| once(&f)).sum());
+        });
+    }
+    g.finish();
+}
+
 fn benches() {
     let mut c = Criterion::default().configure_from_args();
+    seccomp_install(&mut c);
     spawn(&mut c);
 }
 
