@@ -77,6 +77,8 @@ pub struct Cgroups {
 pub struct Cgroup {
     version: CgroupVersion,
     dirs: Vec<PathBuf>,
+    /// OOM kills and refused forks counted before [`Cgroup::rebase`].
+    base: (u64, u64),
 }
 
 struct Mount {
@@ -257,6 +259,7 @@ impl Cgroups {
                     let c = Cgroup {
                         version: self.version,
                         dirs,
+                        base: (0, 0),
                     };
                     let _ = c.remove();
                     return Err(CgroupError::Io { path: d, source: e });
@@ -267,6 +270,7 @@ impl Cgroups {
         Ok(Cgroup {
             version: self.version,
             dirs,
+            base: (0, 0),
         })
     }
 }
@@ -382,10 +386,11 @@ impl Cgroup {
 
     /// OOM kills inside this cgroup so far.
     pub fn oom_kills(&self) -> u64 {
-        match self.version {
+        let n = match self.version {
             CgroupVersion::V1 => keyed(&self.dirs[0].join("memory.oom_control"), "oom_kill"),
             CgroupVersion::V2 => keyed(&self.dirs[0].join("memory.events"), "oom_kill"),
-        }
+        };
+        n.saturating_sub(self.base.0)
     }
 
     /// Forks refused at the process limit so far.
@@ -394,7 +399,15 @@ impl Cgroup {
             CgroupVersion::V1 => &self.dirs[1],
             CgroupVersion::V2 => &self.dirs[0],
         };
-        keyed(&d.join("pids.events"), "max")
+        keyed(&d.join("pids.events"), "max").saturating_sub(self.base.1)
+    }
+
+    /// Starts counting [`Cgroup::oom_kills`] and [`Cgroup::pids_refused`]
+    /// again from zero (the kernel's counters only grow), given what they
+    /// say now: for an empty cgroup handed to a new sandbox.
+    pub fn rebase(&mut self, oom_kills: u64, pids_refused: u64) {
+        self.base.0 += oom_kills;
+        self.base.1 += pids_refused;
     }
 
     /// Removes the cgroup (it must hold no process any more).

@@ -42,6 +42,9 @@ pub struct SandboxConfig {
     /// destroying a network namespace is the largest kernel cost of a
     /// sandbox. Off: every sandbox gets a namespace no one used before.
     pub reuse_netns: bool,
+    /// Likewise for a sandbox's cgroups (its limits are already those of
+    /// its kind; the OOM and fork-refusal counts start again from zero).
+    pub reuse_cgroups: bool,
     /// cgroups kept ready.
     pub cgroup_pool: usize,
     /// Size of each sandbox's `/tmp`, in MiB.
@@ -67,6 +70,7 @@ impl Default for SandboxConfig {
             uid_count: 65_536,
             netns_pool: 8,
             reuse_netns: true,
+            reuse_cgroups: true,
             cgroup_pool: 8,
             tmp_mb: 64,
             nofile: 1024,
@@ -181,6 +185,10 @@ struct Shared {
     netns_reuse: Mutex<HashMap<ParkKey, Vec<OwnedFd>>>,
     /// Sandboxes started in a reused network namespace.
     netns_reused: AtomicU64,
+    /// cgroups of exited sandboxes, by kind ([`SandboxConfig::reuse_cgroups`]).
+    cgroup_reuse: Mutex<HashMap<ParkKey, Vec<Cgroup>>>,
+    /// Sandboxes started in a reused cgroup.
+    cgroups_reused: AtomicU64,
     cgroups: Option<Cgroups>,
     cgroup_pool: Mutex<Vec<Cgroup>>,
     uids: Mutex<Vec<u32>>,
@@ -294,6 +302,8 @@ impl PooledSandboxRuntime {
                 netns,
                 netns_reuse: Mutex::new(HashMap::new()),
                 netns_reused: AtomicU64::new(0),
+                cgroup_reuse: Mutex::new(HashMap::new()),
+                cgroups_reused: AtomicU64::new(0),
                 cgroups,
                 cgroup_pool: Mutex::new(Vec::new()),
                 uids: Mutex::new(uids),
@@ -339,6 +349,12 @@ impl PooledSandboxRuntime {
     pub fn netns_reused(&self) -> u64 {
         self.shared.netns_reused.load(Ordering::Relaxed)
     }
+
+    /// Sandboxes started in the cgroup of an earlier sandbox of their kind
+    /// ([`SandboxConfig::reuse_cgroups`]).
+    pub fn cgroups_reused(&self) -> u64 {
+        self.shared.cgroups_reused.load(Ordering::Relaxed)
+    }
 }
 
 impl PooledSandboxRuntime {
@@ -381,6 +397,9 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.discard_parked();
         for c in self.cgroup_pool.lock().drain(..) {
+            let _ = c.remove();
+        }
+        for c in self.cgroup_reuse.lock().drain().flat_map(|(_, v)| v) {
             let _ = c.remove();
         }
         for dir in self.roots.lock().values() {
@@ -627,15 +646,45 @@ impl Shared {
     /// namespace existed, so they could not change it (addresses, routes,
     /// sysctls, `lo` stays up); what can outlive them is what any instance
     /// of the same kind may see: loopback counters and sockets in TIME_WAIT.
-    fn recycle_netns(&self, key: ParkKey, fd: OwnedFd) {
+    fn recycle_netns(&self, key: &ParkKey, fd: OwnedFd) {
         if !self.config.reuse_netns || self.closing.load(Ordering::Relaxed) {
             return;
         }
         let mut reuse = self.netns_reuse.lock();
-        let list = reuse.entry(key).or_default();
+        let list = reuse.entry(key.clone()).or_default();
         if list.len() < self.config.netns_pool.max(1) {
             list.push(fd);
         }
+    }
+
+    /// The cgroup of a reaped sandbox of `key`, kept for the next one of
+    /// the kind (`Err` gives it back: remove it); `ooms` and `refused` are
+    /// its counts, read at the reap. It is empty: the sandbox was pid 1 of
+    /// its pid namespace.
+    fn recycle_cgroup(
+        &self,
+        key: &ParkKey,
+        mut cg: Cgroup,
+        (ooms, refused): (u64, u64),
+    ) -> Result<(), Cgroup> {
+        if !self.config.reuse_cgroups || self.closing.load(Ordering::Relaxed) {
+            return Err(cg);
+        }
+        let mut reuse = self.cgroup_reuse.lock();
+        let list = reuse.entry(key.clone()).or_default();
+        if list.len() >= self.config.cgroup_pool.max(1) {
+            return Err(cg);
+        }
+        cg.rebase(ooms, refused);
+        list.push(cg);
+        Ok(())
+    }
+
+    /// An empty cgroup its kind left behind, with the kind's limits set.
+    fn take_reused_cgroup(&self, key: &ParkKey) -> Option<Cgroup> {
+        let cg = self.cgroup_reuse.lock().get_mut(key).and_then(Vec::pop)?;
+        self.cgroups_reused.fetch_add(1, Ordering::Relaxed);
+        Some(cg)
     }
 
     /// Tops the parked sandboxes of `key` up to the configured number.
@@ -1299,12 +1348,15 @@ fn start(
         )),
     })?;
     let host_uid = sh.config.uid_base + uid_slot;
-    let cgroup = match sh.take_cgroup(name) {
-        Ok(c) => c,
-        Err(e) => {
-            sh.uids.lock().push(uid_slot);
-            return Err(e);
-        }
+    let (cgroup, limits_set) = match sh.take_reused_cgroup(key) {
+        Some(cg) => (Some(cg), true),
+        None => match sh.take_cgroup(name) {
+            Ok(c) => (c, false),
+            Err(e) => {
+                sh.uids.lock().push(uid_slot);
+                return Err(e);
+            }
+        },
     };
     let release_all = |cg: Option<Cgroup>| {
         if let Some(cg) = cg {
@@ -1312,7 +1364,7 @@ fn start(
         }
         sh.uids.lock().push(uid_slot);
     };
-    if let Some(cg) = &cgroup
+    if let Some(cg) = cgroup.as_ref().filter(|_| !limits_set)
         && let Err(e) = cg.set_limits(key.memory_mb, key.pids, key.cpu_millis)
     {
         release_all(cgroup);
@@ -1436,7 +1488,8 @@ fn finish(
         afd: None,
         cgroup: st.cgroup,
         uid_slot: Some(st.uid_slot),
-        netns: st.netns.map(|fd| (key.clone(), fd)),
+        kind: key.clone(),
+        netns: st.netns,
         memory_mb: key.memory_mb,
         pids: key.pids,
         exit: None,
@@ -1812,8 +1865,9 @@ struct SandboxInstance {
     afd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
     cgroup: Option<Cgroup>,
     uid_slot: Option<u32>,
-    /// Its network namespace and kind, for reuse after the reap.
-    netns: Option<(ParkKey, OwnedFd)>,
+    /// Its kind and network namespace, for reuse after the reap.
+    kind: ParkKey,
+    netns: Option<OwnedFd>,
     memory_mb: u32,
     pids: u32,
     exit: Option<ExitStatus>,
@@ -1833,31 +1887,35 @@ impl SandboxInstance {
     fn teardown(&mut self, status: ExitStatus) {
         self.exit = Some(status);
         if let Some(cg) = self.cgroup.take() {
-            if cg.oom_kills() > 0 {
+            let counts = (cg.oom_kills(), cg.pids_refused());
+            if counts.0 > 0 {
                 self.exceeded = Some(LimitExceeded::Memory {
                     limit_mb: self.memory_mb,
                 });
-            } else if cg.pids_refused() > 0 {
+            } else if counts.1 > 0 {
                 self.exceeded = Some(LimitExceeded::Pids { limit: self.pids });
             }
-            // Removing a cgroup can take milliseconds (v1 memory
-            // controller): not on the async thread that waits for the
-            // instance, which may be serving the next request.
-            let remove = move || {
-                if let Err(e) = cg.remove() {
-                    tracing::warn!(error = %e, "removing a sandbox cgroup failed");
+            // Kept for the next sandbox of the kind if it can be, else
+            // removed, which can take milliseconds (v1 memory controller):
+            // not on the async thread that waits for the instance, which
+            // may be serving the next request.
+            if let Err(cg) = self.shared.recycle_cgroup(&self.kind, cg, counts) {
+                let remove = move || {
+                    if let Err(e) = cg.remove() {
+                        tracing::warn!(error = %e, "removing a sandbox cgroup failed");
+                    }
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => drop(rt.spawn_blocking(move || background(remove))),
+                    Err(_) => remove(),
                 }
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || background(remove))),
-                Err(_) => remove(),
             }
         }
         if let Some(slot) = self.uid_slot.take() {
             self.shared.uids.lock().push(slot);
         }
-        if let Some((key, fd)) = self.netns.take() {
-            self.shared.recycle_netns(key, fd);
+        if let Some(fd) = self.netns.take() {
+            self.shared.recycle_netns(&self.kind, fd);
         }
     }
 

@@ -486,3 +486,51 @@ async fn a_network_namespace_is_reused_only_by_its_kind_and_only_clean() {
     assert!(c.contains_key("ns"), "{out}");
     assert_ne!(a["ns"], c["ns"], "another kind got the namespace: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_cgroup_keeps_its_limits_and_counts_only_its_new_sandbox() {
+    assert_eq!(rustix_euid(), 0, "needs root");
+    // No parked sandboxes: each launch takes the cgroup its kind left.
+    let rt = PooledSandboxRuntime::new(SandboxConfig {
+        netns_pool: 2,
+        cgroup_pool: 2,
+        parked: 0,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let limits = Limits {
+        memory_mb: 32,
+        ..Limits::default()
+    };
+    let bomb = "b = [bytearray(1 << 20) for _ in range(256)]";
+    let first = run(
+        &rt,
+        "/usr/bin/python3",
+        &["-c", bomb],
+        false,
+        "python",
+        limits,
+    )
+    .await;
+    assert_eq!(first.exceeded, Some(LimitExceeded::Memory { limit_mb: 32 }));
+    // The same kind gets that cgroup: the OOM kill before is not this
+    // sandbox's, and the limit still holds.
+    let calm = run(&rt, "/bin/true", &[], false, "python", limits).await;
+    assert_eq!(calm.status, ExitStatus::Code(0));
+    assert_eq!(
+        calm.exceeded, None,
+        "the earlier OOM kill was counted again"
+    );
+    assert!(rt.cgroups_reused() >= 1, "the cgroup was not reused");
+    let again = run(
+        &rt,
+        "/usr/bin/python3",
+        &["-c", bomb],
+        false,
+        "python",
+        limits,
+    )
+    .await;
+    assert_eq!(again.exceeded, Some(LimitExceeded::Memory { limit_mb: 32 }));
+    assert!(rt.cgroups_reused() >= 2);
+}
