@@ -600,7 +600,14 @@ async fn launch(
                 Ok(inst) => return Ok((inst, mode)),
                 Err(e) => {
                     tracing::warn!(function = %spec.name, version = spec.version, error = %e, "launching an instance ({}) failed", mode.as_str());
-                    st.start_failed(mode);
+                    // A fork refused for want of resources (the template's
+                    // pids or memory limit, shared by all its forks): this
+                    // one instance is restored instead; the next forks.
+                    let exhausted = matches!(&e, LaunchError::Sys { source, .. }
+                        if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::OutOfMemory));
+                    if mode != StartMode::Fork || !exhausted {
+                        st.start_failed(mode);
+                    }
                     channel = spare;
                 }
             }

@@ -135,16 +135,21 @@ struct Hello {
 }
 
 async fn fork(rt: &PooledSandboxRuntime) -> Fork {
-    let (ours, theirs) = channel_pair().unwrap();
-    let inst = rt
-        .launch(spec(Some(fixture().snapshot.clone()), theirs))
+    try_fork(rt, Limits::default())
         .await
-        .unwrap_or_else(|e| panic!("fork launch: {e}"));
+        .unwrap_or_else(|e| panic!("fork launch: {e}"))
+}
+
+async fn try_fork(rt: &PooledSandboxRuntime, limits: Limits) -> Result<Fork, LaunchError> {
+    let (ours, theirs) = channel_pair().unwrap();
+    let mut s = spec(Some(fixture().snapshot.clone()), theirs);
+    s.limits = limits;
+    let inst = rt.launch(s).await?;
     let channel = UnixDatagram::from(ours);
     channel
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    Fork { inst, channel }
+    Ok(Fork { inst, channel })
 }
 
 impl Fork {
@@ -306,4 +311,40 @@ async fn a_fork_without_a_snapshot_is_refused_clearly() {
     assert!(matches!(e, LaunchError::Unsupported { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("fork") && msg.contains("snapshot"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pids_limit_holds_for_all_forks_of_a_template_together() {
+    let rt = runtime();
+    // The template and two forks.
+    let limits = Limits {
+        pids: 3,
+        ..Limits::default()
+    };
+    let mut running = Vec::new();
+    let refused = loop {
+        match try_fork(&rt, limits).await {
+            Ok(f) => {
+                f.hello();
+                running.push(f);
+                assert!(
+                    running.len() <= 2,
+                    "{} forks under a pids limit of 3",
+                    running.len()
+                );
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(running.len(), 2);
+    let LaunchError::Sys { source, .. } = &refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock, "{refused}");
+    // Once one has ended (and been reaped), the template forks again.
+    let mut first = running.remove(0);
+    first.say("exit 0");
+    assert_eq!(first.wait().await, ExitStatus::Code(0));
+    let again = try_fork(&rt, limits).await.expect("a fork after one ended");
+    assert_eq!(again.hello().count, 1);
 }
