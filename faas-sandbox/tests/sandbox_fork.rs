@@ -348,3 +348,27 @@ async fn the_pids_limit_holds_for_all_forks_of_a_template_together() {
     let again = try_fork(&rt, limits).await.expect("a fork after one ended");
     assert_eq!(again.hello().count, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_runtime_ends_its_templates_and_their_forks() {
+    let rt = runtime();
+    let a = fork(&rt).await;
+    a.hello();
+    let template = a.template_pid();
+    let fork_pid = a.inst.pid();
+    // The instance keeps its template: both end when the last goes.
+    drop(rt);
+    assert!(
+        stat_fields(template).is_some(),
+        "the template went before its last instance"
+    );
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat_fields(template).is_some() || stat_fields(fork_pid).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "template {template} or fork {fork_pid} outlived the runtime and its instances"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
