@@ -115,11 +115,17 @@ impl FnState {
     /// Notes that starting instances in `mode` failed: the next ones start
     /// the next way (fork → restore → cold).
     fn start_failed(&self, mode: StartMode) {
-        let (flag, next) = match mode {
-            StartMode::Fork => (&self.fork_failed, "restoring the snapshot"),
-            _ => (&self.restore_failed, "starting cold"),
+        let (flag, what) = match mode {
+            StartMode::Fork => (
+                &self.fork_failed,
+                "forking the template failed; restoring the snapshot from now on",
+            ),
+            _ => (
+                &self.restore_failed,
+                "restoring the snapshot failed; starting cold from now on",
+            ),
         };
-        tracing::warn!(function = %self.spec.name, version = self.spec.version, "{} failed; {next} from now on", mode.as_str());
+        tracing::warn!(function = %self.spec.name, version = self.spec.version, "{what}");
         flag.store(true, Ordering::Relaxed);
     }
 }
