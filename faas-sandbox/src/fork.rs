@@ -247,8 +247,8 @@ impl Drop for ForkInstance {
     }
 }
 
-/// Checks for the [`Template`] cache: the snapshot directory of a fork
-/// launch, in the error of a spec without one.
+/// The snapshot directory of a fork launch, or the clear error of a spec
+/// without one.
 pub(crate) fn fork_snapshot<'a>(
     name: &str,
     snapshot: Option<&'a Path>,
