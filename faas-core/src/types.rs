@@ -178,9 +178,17 @@ pub struct FunctionSpec {
     #[serde(default)]
     pub reuse: Reuse,
     /// Start mode. Set by the platform at deploy: `restore` when it took a
-    /// snapshot of the initialised runtime, else `cold`.
+    /// snapshot of the initialised runtime (`fork` when `start_request`
+    /// asked for it), else `cold`.
     #[serde(default)]
     pub start: StartMode,
+    /// The start mode the deployer asked for (`faas deploy --start`):
+    /// `fork` forks each instance from a template of the snapshot (a deploy
+    /// body's `start: fork` asks for it too), `cold` takes no snapshot;
+    /// `restore` or none: restore each instance from the snapshot. Without
+    /// a snapshot every instance starts cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_request: Option<StartMode>,
     /// The snapshot directory that `restore` starts from (set by the
     /// platform at deploy, with `start`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,6 +244,7 @@ impl FunctionSpec {
             concurrency: Concurrency::default(),
             reuse: Reuse::default(),
             start: StartMode::default(),
+            start_request: None,
             snapshot: None,
         }
     }

@@ -14,7 +14,7 @@
 //! | `GET /functions/{name}/versions` | every version, oldest first |
 //! | `GET /functions/{name}/aliases` | `{"ALIAS": VERSION, ...}` |
 //! | `POST /functions/{name}/aliases/{alias}` | `{"version": N}`: point the alias at version N |
-//! | `POST /invoke/{name}[@version\|@alias]` | run it: the function's status, headers and body, plus `x-faas-invocation-id`, `x-faas-function-version`, `x-faas-start` (`cold`, `restore`, or `warm` for a reused instance) and `server-timing` |
+//! | `POST /invoke/{name}[@version\|@alias]` | run it: the function's status, headers and body, plus `x-faas-invocation-id`, `x-faas-function-version`, `x-faas-start` (`cold`, `restore`, `fork`, or `warm` for a reused instance) and `server-timing` |
 //! | `POST /invoke-async/{name}[@version\|@alias]` | run it in the background → `202` `{"id"}` + `Location` |
 //! | `GET /invocations/{id}` | an invocation's state and (asynchronous) result |
 //! | `GET /invocations/{id}/logs` | its logs (`text/plain`) |

@@ -107,6 +107,27 @@ struct FnState {
     queue: Mutex<Queue>,
     /// A restore from the function's snapshot failed: start cold from now on.
     restore_failed: AtomicBool,
+    /// A fork of the function's template failed: restore from now on.
+    fork_failed: AtomicBool,
+}
+
+impl FnState {
+    /// Notes that starting instances in `mode` failed: the next ones start
+    /// the next way (fork → restore → cold).
+    fn start_failed(&self, mode: StartMode) {
+        let (flag, what) = match mode {
+            StartMode::Fork => (
+                &self.fork_failed,
+                "forking the template failed; restoring the snapshot from now on",
+            ),
+            _ => (
+                &self.restore_failed,
+                "restoring the snapshot failed; starting cold from now on",
+            ),
+        };
+        tracing::warn!(function = %self.spec.name, version = self.spec.version, "{what}");
+        flag.store(true, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -140,7 +161,9 @@ struct Inner {
 /// Instances of a function deployed with `start: restore` are restored
 /// from its snapshot; when a restore fails (the snapshot no longer matches
 /// the host, e.g. an updated interpreter), the function's instances start
-/// cold from then on and a warning is logged. As a [`Preparer`] it checks
+/// cold from then on and a warning is logged. With `start: fork` they are
+/// forks of a template of the snapshot ([`StartMode::Fork`]); when a fork
+/// fails they are restored from then on. As a [`Preparer`] it checks
 /// that a function's language runtime is available and, with a
 /// [`Snapshotter`] and the sandbox layout, takes Python snapshots at deploy
 /// (see [`Preparer`]).
@@ -219,6 +242,7 @@ impl LocalNodeGateway {
                     spec: spec.clone(),
                     queue: Mutex::new(Queue::default()),
                     restore_failed: AtomicBool::new(false),
+                    fork_failed: AtomicBool::new(false),
                 });
                 fns.insert(key, st.clone());
                 st
@@ -402,7 +426,8 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
 
     // Startup: the instance must say Ready within the function's timeout
     // (a restored native guest said it before its snapshot).
-    let ready_at_once = mode == StartMode::Restore && !prepare::restored_sends_ready(&spec);
+    let from_snapshot = matches!(mode, StartMode::Restore | StartMode::Fork);
+    let ready_at_once = from_snapshot && !prepare::restored_sends_ready(&spec);
     let ready = if ready_at_once {
         Ok(())
     } else {
@@ -420,12 +445,12 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         Err(InvokeError::Exited {
             status: ExitStatus::Code(code @ 120..=127),
             ..
-        }) if mode == StartMode::Restore => {
+        }) if from_snapshot => {
             // The snapshot restorer gave up (its reason is on the
             // instance's stderr): the request is still queued; start this
-            // function cold from now on.
-            tracing::warn!(function = %spec.name, version = spec.version, code, "restoring the snapshot failed; starting cold from now on");
-            st.restore_failed.store(true, Ordering::Relaxed);
+            // function the next way from now on.
+            tracing::warn!(function = %spec.name, version = spec.version, code, "the restorer gave up");
+            st.start_failed(mode);
             let _ = out.finish();
             drop(_live);
             return spawn_instance(inner.clone(), st.clone());
@@ -498,9 +523,8 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             Served::RestoreFailed(p) => {
                 // The restorer gave up before the guest ran (its reason is
                 // on the instance's stderr): the request goes back to the
-                // head of the queue, for a cold instance.
-                tracing::warn!(function = %spec.name, version = spec.version, "restoring the snapshot failed; starting cold from now on");
-                st.restore_failed.store(true, Ordering::Relaxed);
+                // head of the queue, for an instance started the next way.
+                st.start_failed(mode);
                 st.queue.lock().pending.push_front(p);
                 drop(_live);
                 return spawn_instance(inner.clone(), st.clone());
@@ -547,9 +571,11 @@ fn sandbox_spec(
 }
 
 /// Launches an instance of `st`'s function with `channel` as its fd 3:
-/// restored from its snapshot when it has one (and restoring has not
-/// failed before), else cold. A restore that cannot even be launched falls
-/// back to a cold start at once. Returns the instance and how it started.
+/// forked from its snapshot's template when it was deployed with `start:
+/// fork`, restored from its snapshot when it has one, else cold, each
+/// unless it failed before. A fork or restore that cannot even be launched
+/// falls back to the next way at once. Returns the instance and how it
+/// started.
 async fn launch(
     inner: &Inner,
     st: &FnState,
@@ -559,29 +585,37 @@ async fn launch(
 ) -> Result<(Box<dyn Instance>, StartMode), LaunchError> {
     let spec = &st.spec;
     let cfg = &inner.config;
-    if spec.start == StartMode::Restore
-        && let Some(dir) = &spec.snapshot
-        && !st.restore_failed.load(Ordering::Relaxed)
-    {
-        let spare = channel.try_clone().map_err(|source| LaunchError::Sys {
-            name: name.to_owned(),
-            op: "duplicating the guest channel",
-            source,
-        })?;
-        match inner
-            .runtime
-            .launch(sandbox_spec(cfg, spec, name, Some(dir), channel, out)?)
-            .await
-        {
-            Ok(inst) => return Ok((inst, StartMode::Restore)),
-            Err(e) => {
-                tracing::warn!(function = %spec.name, version = spec.version, error = %e, "restoring the snapshot failed; starting cold from now on");
-                st.restore_failed.store(true, Ordering::Relaxed);
-                let inst = inner
-                    .runtime
-                    .launch(sandbox_spec(cfg, spec, name, None, spare, out)?)
-                    .await?;
-                return Ok((inst, StartMode::Cold));
+    let mut channel = channel;
+    if let Some(dir) = &spec.snapshot {
+        for mode in [StartMode::Fork, StartMode::Restore] {
+            let (wanted, failed) = match mode {
+                StartMode::Fork => (spec.start == StartMode::Fork, &st.fork_failed),
+                _ => (spec.start != StartMode::Cold, &st.restore_failed),
+            };
+            if !wanted || failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            let spare = channel.try_clone().map_err(|source| LaunchError::Sys {
+                name: name.to_owned(),
+                op: "duplicating the guest channel",
+                source,
+            })?;
+            let mut sandbox = sandbox_spec(cfg, spec, name, Some(dir), channel, out)?;
+            sandbox.start = mode;
+            match inner.runtime.launch(sandbox).await {
+                Ok(inst) => return Ok((inst, mode)),
+                Err(e) => {
+                    tracing::warn!(function = %spec.name, version = spec.version, error = %e, "launching an instance ({}) failed", mode.as_str());
+                    // A fork refused for want of resources (the template's
+                    // pids or memory limit, shared by all its forks): this
+                    // one instance is restored instead; the next forks.
+                    let exhausted = matches!(&e, LaunchError::Sys { source, .. }
+                        if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::OutOfMemory));
+                    if mode != StartMode::Fork || !exhausted {
+                        st.start_failed(mode);
+                    }
+                    channel = spare;
+                }
             }
         }
     }
@@ -629,9 +663,19 @@ impl Preparer for LocalNodeGateway {
             let mut spec = spec.clone();
             spec.image = ImageRef::Image(image.clone());
             done.image = Some(image);
+            let fork = spec.start_request == Some(StartMode::Fork);
             let snapshotter = match &inner.snapshotter {
+                _ if spec.start_request == Some(StartMode::Cold) => return Ok(done),
                 Some(s) if matches!(spec.runtime, RuntimeKind::Python | RuntimeKind::Native) => s,
-                _ => return Ok(done),
+                _ => {
+                    if fork {
+                        done.warnings.push(format!(
+                            "start mode fork needs a snapshot, which this node does not take of {} functions: instances start cold",
+                            spec.runtime.as_str()
+                        ));
+                    }
+                    return Ok(done);
+                }
             };
             let started = Instant::now();
             let taken = prepare::snapshot(
@@ -644,7 +688,11 @@ impl Preparer for LocalNodeGateway {
             .await;
             match taken {
                 Ok(dir) => {
-                    done.start = StartMode::Restore;
+                    done.start = if fork {
+                        StartMode::Fork
+                    } else {
+                        StartMode::Restore
+                    };
                     done.snapshot = Some(dir);
                     done.steps.push(prepare::Step {
                         step: "snapshot".into(),

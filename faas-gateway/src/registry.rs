@@ -422,7 +422,8 @@ impl Registry {
     /// Writes a new version of `spec.name` without registering it:
     /// validates the spec, checks the handler, copies the function's
     /// directory into the state directory under the version's final name
-    /// (with `spec.json` in cold mode). The platform decides the start mode:
+    /// (with `spec.json` in cold mode). The platform decides the start mode
+    /// (see [`FunctionSpec::start_request`] for the deployer's wish):
     /// `start` and `snapshot` of `spec` are reset. Blocking.
     ///
     /// # Errors
@@ -430,6 +431,9 @@ impl Registry {
     /// See [`DeployError`]; nothing is left behind on error.
     pub fn stage(&self, mut spec: FunctionSpec) -> Result<Staged, DeployError> {
         spec.validate()?;
+        if spec.start == StartMode::Fork && spec.start_request.is_none() {
+            spec.start_request = Some(StartMode::Fork);
+        }
         spec.start = StartMode::Cold;
         spec.snapshot = None;
         let src = match &spec.image {
@@ -886,6 +890,16 @@ mod tests {
             (StartMode::Cold, None)
         );
         assert_eq!((a.spec().version, b.spec().version), (1, 2));
+        assert_eq!(a.spec().start_request, None);
+        // A wish for fork is kept apart, for the preparer to honour.
+        let mut f = spec("f", src.path());
+        f.start = StartMode::Fork;
+        let c = r.stage(f).unwrap();
+        assert_eq!(
+            (c.spec().start, c.spec().start_request),
+            (StartMode::Cold, Some(StartMode::Fork))
+        );
+        r.abandon(c);
         assert!(r.get("f").is_none());
         let mode = std::fs::metadata(a.dir().join("root/secret"))
             .unwrap()

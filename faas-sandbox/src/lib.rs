@@ -25,6 +25,12 @@
 //!   restorer: plan ─▶ memory, registers, ... ─▶ the sandbox's seccomp filters ─▶ guest
 //! ```
 //!
+//! For [`faas_core::StartMode::Fork`] one such sandbox per snapshot and
+//! kind of sandbox runs the restorer as a *fork template*, and each launch
+//! is a fork of it (`fork` module): instances of one function then share
+//! that sandbox's cgroup limits (together), `/tmp` and network namespace,
+//! and are isolated from each other as processes only.
+//!
 //! [`ProcessRuntime`] is a plain child process, **not isolated, for
 //! development only**.
 //!
@@ -33,6 +39,7 @@
 //! module only.
 
 pub mod cgroup;
+mod fork;
 mod process;
 mod runtime;
 pub mod seccomp;

@@ -18,6 +18,7 @@ use faas_snapshot::{RestoreOptions, Snapshot};
 use parking_lot::{Condvar, Mutex};
 
 use crate::cgroup::{Cgroup, CgroupError, Cgroups};
+use crate::fork::{ForkError, Template, fork_snapshot};
 use crate::seccomp::{SeccompFilters, SeccompProfile};
 use crate::sys::ns;
 use crate::sys::spawn::{self, BindPlan, ChildPlan};
@@ -210,6 +211,11 @@ struct Shared {
     restored: Mutex<HashMap<SnapshotKey, Vec<ReadyRestorer>>>,
     /// Launches that resumed an instance restored ahead.
     resumed: AtomicU64,
+    /// Fork templates, by kind of sandbox and snapshot directory (see
+    /// [`crate::fork`]).
+    templates: Mutex<HashMap<TemplateKey, Arc<Template>>>,
+    /// Held while a template is made: one at a time, never two of a kind.
+    making_template: Mutex<()>,
     /// `/dev/null`, read-write: the fd of a `Stdio::Null`.
     dev_null: OwnedFd,
     /// Pool refills asked for by launches, done by the keeper thread (see
@@ -265,6 +271,17 @@ struct Shared {
 /// Opened snapshots are cached per directory and seccomp profile; a
 /// snapshot that fails to restore (a mapped file changed) is opened again
 /// by the next launch.
+///
+/// [`StartMode::Fork`] forks a template: per snapshot and kind of sandbox,
+/// one sandbox as for a restore whose restorer rebuilds the process once
+/// and then forks a child per launch, with the launch's fds 0–3 and the
+/// sandbox's seccomp filters. The template is made by the first fork launch
+/// (again when it died) and ends with the runtime and its last instance.
+/// The forks are the template's children in its namespaces and cgroup: the
+/// memory, pids and CPU limits apply to all instances of that kind
+/// together, and they share `/tmp` and the network namespace; isolation
+/// between instances of one function is by process (own address space,
+/// copy-on-write), between functions by the full sandbox.
 pub struct PooledSandboxRuntime {
     shared: Arc<Shared>,
 }
@@ -315,6 +332,8 @@ impl PooledSandboxRuntime {
                 restored_ready: AtomicU64::new(0),
                 restored: Mutex::new(HashMap::new()),
                 resumed: AtomicU64::new(0),
+                templates: Mutex::new(HashMap::new()),
+                making_template: Mutex::new(()),
                 dev_null: OwnedFd::from(
                     std::fs::OpenOptions::new()
                         .read(true)
@@ -482,6 +501,9 @@ impl Shared {
         let restored: Vec<ReadyRestorer> =
             self.restored.lock().drain().flat_map(|(_, v)| v).collect();
         drop(restored);
+        // Templates end once their last instance is gone.
+        let templates: Vec<Arc<Template>> = self.templates.lock().drain().map(|(_, t)| t).collect();
+        drop(templates);
     }
 
     /// A sandbox of `key` whose restorer runs, if one is ready and alive.
@@ -869,6 +891,15 @@ impl Shared {
             .clone())
     }
 
+    /// Drops the template `t` of `tkey` (it died), so that the next fork
+    /// launch makes a new one.
+    fn forget_template(&self, tkey: &TemplateKey, t: &Arc<Template>) {
+        let mut all = self.templates.lock();
+        if all.get(tkey).is_some_and(|x| Arc::ptr_eq(x, t)) {
+            all.remove(tkey);
+        }
+    }
+
     /// Drops `snap` from the cache (it failed to restore), so that the
     /// next launch opens its directory again.
     fn forget_snapshot(&self, park: &ParkKey, snap: &Arc<Snapshot>) {
@@ -1160,13 +1191,7 @@ fn prepare(sh: &Shared, spec: &SandboxSpec) -> Result<Prepared, LaunchError> {
                 what: "start mode restore without a snapshot (the spec's `snapshot` directory is missing)".to_owned(),
             }
         })?),
-        StartMode::Fork => {
-            return Err(LaunchError::Unsupported {
-                name: name.to_owned(),
-                runtime: "sandbox",
-                what: "start mode fork (templates are not available yet)".to_owned(),
-            });
-        }
+        StartMode::Fork => Some(fork_snapshot(name, spec.snapshot.as_deref())?.to_path_buf()),
     };
     let root = sh.root_dir(name, &spec.root)?;
     for d in ["dev", "tmp"]
@@ -1605,21 +1630,7 @@ fn launch_ready(sh: &Shared, spec: &SandboxSpec) -> Option<Result<SandboxInstanc
     }
     let snap = sh.snapshots.lock().get(&skey).cloned()?;
     let name = spec.name.as_str();
-    fn stdio<'a>(s: &'a Stdio, null: &'a OwnedFd, which: i32) -> BorrowedFd<'a> {
-        match s {
-            Stdio::Null => null.as_fd(),
-            // Our own standard streams, open while we run.
-            Stdio::Inherit => ns::borrow_raw_fd(which),
-            Stdio::Fd(fd) => fd.as_fd(),
-        }
-    }
-    let null = &sh.dev_null;
-    let fds = [
-        stdio(&spec.stdin, null, 0),
-        stdio(&spec.stdout, null, 1),
-        stdio(&spec.stderr, null, 2),
-        spec.channel.as_fd(),
-    ];
+    let fds = spec_fds(spec, &sh.dev_null);
     // Restored ahead: the request's fds are all it needs. One that fails
     // to take them is gone (its restore failed): the next one.
     while let Some(r) = sh.take_restored(&skey) {
@@ -1629,6 +1640,109 @@ fn launch_ready(sh: &Shared, spec: &SandboxSpec) -> Option<Result<SandboxInstanc
         }
     }
     restore_ready(sh, name, &key, &snap, fds)
+}
+
+/// The instance's fds 0–3 of `spec` (`null`: `/dev/null`).
+fn spec_fds<'a>(spec: &'a SandboxSpec, null: &'a OwnedFd) -> [BorrowedFd<'a>; 4] {
+    fn stdio<'a>(s: &'a Stdio, null: &'a OwnedFd, which: i32) -> BorrowedFd<'a> {
+        match s {
+            Stdio::Null => null.as_fd(),
+            // Our own standard streams, open while we run.
+            Stdio::Inherit => ns::borrow_raw_fd(which),
+            Stdio::Fd(fd) => fd.as_fd(),
+        }
+    }
+    [
+        stdio(&spec.stdin, null, 0),
+        stdio(&spec.stdout, null, 1),
+        stdio(&spec.stderr, null, 2),
+        spec.channel.as_fd(),
+    ]
+}
+
+/// A fork template's cache key: the kind of sandbox and the snapshot
+/// directory.
+type TemplateKey = (ParkKey, PathBuf);
+
+/// [`StartMode::Fork`]: a fork of the template of the spec's snapshot in
+/// sandboxes of its kind; the template is made first (on a blocking
+/// thread) when there is none or it died.
+async fn launch_fork(sh: Arc<Shared>, spec: SandboxSpec) -> Result<Box<dyn Instance>, LaunchError> {
+    let name = spec.name.clone();
+    let dir = fork_snapshot(&name, spec.snapshot.as_deref())?.to_path_buf();
+    let tkey = (ParkKey::of(&spec), dir);
+    let existing = sh.templates.lock().get(&tkey).cloned();
+    if let Some(t) = existing {
+        match t.fork(spec_fds(&spec, &sh.dev_null)) {
+            Ok(inst) => return Ok(Box::new(inst)),
+            Err(ForkError::Failed(e)) => return Err(fork_failed(&name, e)),
+            Err(ForkError::Gone(why)) => {
+                tracing::warn!(function = %name, "{why}; starting a new fork template");
+                sh.forget_template(&tkey, &t);
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        let t = template(&sh, &spec, &tkey)?;
+        let r = match t.fork(spec_fds(&spec, &sh.dev_null)) {
+            Ok(inst) => Ok(Box::new(inst) as Box<dyn Instance>),
+            Err(ForkError::Failed(e)) => Err(fork_failed(&spec.name, e)),
+            Err(ForkError::Gone(why)) => {
+                sh.forget_template(&tkey, &t);
+                Err(fork_failed(&spec.name, io::Error::other(why)))
+            }
+        };
+        // The child has its copies now; ours close here.
+        drop(spec);
+        r
+    })
+    .await
+    .map_err(|e| LaunchError::Sys {
+        name,
+        op: "launch thread",
+        source: io::Error::other(e),
+    })?
+}
+
+fn fork_failed(name: &str, source: io::Error) -> LaunchError {
+    LaunchError::Sys {
+        name: name.to_owned(),
+        op: "forking the template",
+        source,
+    }
+}
+
+/// The live fork template of `tkey`, made now when there is none: a parked
+/// sandbox of the kind executes the restorer (see [`ready_restorer`]),
+/// which restores the snapshot with the template plan and then serves
+/// forks on its plan socket.
+fn template(
+    sh: &Arc<Shared>,
+    spec: &SandboxSpec,
+    tkey: &TemplateKey,
+) -> Result<Arc<Template>, LaunchError> {
+    let _one = sh.making_template.lock();
+    if let Some(t) = sh.templates.lock().get(tkey).filter(|t| t.alive()) {
+        return Ok(t.clone());
+    }
+    let name = spec.name.as_str();
+    let p = prepare(sh, spec)?;
+    let (key, dir) = tkey;
+    let snap = sh.snapshot(name, dir, key, &p.root)?;
+    let r = ready_restorer(sh, key, &p.root, dir)?;
+    if let Err(e) = snap.send_template_plan(&r.socket) {
+        sh.forget_snapshot(key, &snap);
+        return Err(LaunchError::Sys {
+            name: name.to_owned(),
+            op: "sending the fork template plan",
+            source: io::Error::other(e),
+        });
+    }
+    let t = Arc::new(Template::new(r.inst, r.socket));
+    tracing::debug!(function = %name, pid = t.pid(), snapshot = %dir.display(), "fork template started");
+    sh.templates.lock().insert(tkey.clone(), t.clone());
+    sh.unless_closing();
+    Ok(t)
 }
 
 /// A parked sandbox of `key` (or a new one) executing the restorer with
@@ -1810,6 +1924,9 @@ impl SandboxRuntime for PooledSandboxRuntime {
     fn launch(&self, spec: SandboxSpec) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>> {
         let sh = self.shared.clone();
         Box::pin(async move {
+            if spec.start == StartMode::Fork {
+                return launch_fork(sh, spec).await;
+            }
             let name = spec.name.clone();
             let key = ParkKey::of(&spec);
             let restore = spec
@@ -1858,7 +1975,7 @@ impl SandboxRuntime for PooledSandboxRuntime {
 }
 
 /// One sandbox, addressed by its pidfd.
-struct SandboxInstance {
+pub(crate) struct SandboxInstance {
     shared: Arc<Shared>,
     pid: u32,
     pidfd: Option<OwnedFd>,
@@ -1919,7 +2036,7 @@ impl SandboxInstance {
         }
     }
 
-    fn try_reap(&mut self) -> io::Result<Option<ExitStatus>> {
+    pub(crate) fn try_reap(&mut self) -> io::Result<Option<ExitStatus>> {
         if let Some(s) = self.exit {
             return Ok(Some(s));
         }

@@ -69,7 +69,7 @@ pub use meta::FORMAT_VERSION;
 pub use pool::set_restorer_pool_size;
 pub use restore::{RestoreIo, RestoreOptions, Restored, Snapshot, restorer_executable};
 pub use snapshotter::PtraceSnapshotter;
-pub use template::{FORK_NAMESPACES, ForkTemplate};
+pub use template::{FORK_NAMESPACES, ForkTemplate, template_fork, template_reap};
 
 /// A summary of the snapshot in `dir` (areas, their sources and sizes),
 /// without checking it against this host.

@@ -418,6 +418,20 @@ impl Snapshot {
         send_with_fds(socket, &self.plan, &borrowed).map_err(sys_err("send the restore plan"))
     }
 
+    /// Makes the restorer at the other end of `socket` (fd 4 of a restorer
+    /// someone else started, whose fds 0–3 are placeholders: a sandbox
+    /// runtime's) a fork template: it rebuilds the process and then, instead
+    /// of becoming the guest, forks one guest per [`crate::template_fork`]
+    /// on that socket, until the socket closes.
+    ///
+    /// # Errors
+    ///
+    /// A mapped file changed since the snapshot was opened, or the
+    /// restorer is gone.
+    pub fn send_template_plan(&self, socket: &OwnedFd) -> Result<(), SnapshotError> {
+        self.send_plan_bytes(socket, &self.template_plan())
+    }
+
     /// The restore plan, for a template (`plan::MODE_TEMPLATE`).
     pub(crate) fn template_plan(&self) -> Vec<u8> {
         self.plan_in_mode(plan::MODE_TEMPLATE)
@@ -453,8 +467,8 @@ impl Snapshot {
     /// The restored instance is gone (its restore failed, or it was killed).
     pub fn resume_parked(socket: &OwnedFd, io: [BorrowedFd<'_>; 4]) -> Result<(), SnapshotError> {
         let cmd = plan::ForkCommand {
-            clone_flags: 0,
             fds: 0b1111,
+            ..plan::ForkCommand::default()
         };
         send_with_fds(socket, crate::sys::pod_bytes(&cmd), &io)
             .map_err(sys_err("hand the restored instance its descriptors"))

@@ -2,13 +2,13 @@
 //! is a fork of it.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use faas_core::SnapshotError;
 use parking_lot::Mutex;
 
-use crate::plan::ForkCommand;
+use crate::plan::{self, ForkCommand};
 use crate::restore::{RestoreIo, Restored, Snapshot, dev_null, send_with_fds};
 use crate::sys;
 
@@ -70,33 +70,79 @@ impl ForkTemplate {
             what,
         };
         let (mask, fds) = io.fds();
-        let cmd = ForkCommand {
-            clone_flags: if namespaces { FORK_NAMESPACES } else { 0 },
-            fds: mask,
-        };
+        let flags = if namespaces { FORK_NAMESPACES } else { 0 };
         let socket = self.socket.lock();
-        send_with_fds(&socket, sys::pod_bytes(&cmd), &fds).map_err(|e| {
-            fail(format!(
-                "the fork template (pid {}) is gone: {e}",
-                self.pid()
-            ))
-        })?;
-        let (pid, pidfd) = recv_reply(&socket).map_err(|e| {
-            fail(format!(
-                "no answer from the fork template (pid {}): {e}",
-                self.pid()
-            ))
-        })?;
+        let (pid, pidfd) =
+            request_fork(&socket, flags, mask, &fds).map_err(|e| match e.raw_os_error() {
+                // The template's own fork failed.
+                Some(_) => SnapshotError::Sys {
+                    op: "fork the template",
+                    source: e,
+                },
+                None => fail(format!("the fork template (pid {}): {e}", self.pid())),
+            })?;
         drop(socket);
-        match (pid, pidfd) {
-            (p, Some(fd)) if p > 0 => Ok(Restored::new(p as u32, fd)),
-            (p, _) if p < 0 => Err(SnapshotError::Sys {
-                op: "fork the template",
-                source: io::Error::from_raw_os_error((-p) as i32),
-            }),
-            _ => Err(fail("the fork template answered without a child".into())),
-        }
+        Ok(Restored::new(pid, pidfd))
     }
+}
+
+/// Sends a template a [`ForkCommand`] and reads its answer: the child's pid
+/// (as the template sees it) and pidfd.
+fn request_fork(
+    socket: &OwnedFd,
+    clone_flags: u64,
+    mask: u64,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<(u32, OwnedFd)> {
+    let cmd = ForkCommand {
+        clone_flags,
+        fds: mask,
+        kind: plan::FORK_CHILD,
+        pid: 0,
+    };
+    send_with_fds(socket, sys::pod_bytes(&cmd), fds)
+        .map_err(|e| io::Error::new(e.kind(), format!("it is gone: {e}")))?;
+    let (pid, pidfd) =
+        recv_reply(socket).map_err(|e| io::Error::new(e.kind(), format!("no answer: {e}")))?;
+    match (pid, pidfd) {
+        (p, Some(fd)) if p > 0 => Ok((p as u32, fd)),
+        (p, _) if p < 0 => Err(io::Error::from_raw_os_error((-p) as i32)),
+        _ => Err(io::Error::other("it answered without a child")),
+    }
+}
+
+/// Asks the template whose command socket is `socket` (started with
+/// [`Snapshot::send_template_plan`]) for a new instance with `io` as fds
+/// 0–3, in its own namespaces. Returns the child's pid as the template sees
+/// it and its pidfd.
+///
+/// Inside a sandbox the template is the init of the sandbox's pid
+/// namespace: the child is the template's own child (in the template's
+/// namespaces and cgroup), and stays a zombie after it exits until
+/// [`template_reap`] names it, so its owner can read its exit status.
+///
+/// # Errors
+///
+/// The template is gone or could not fork.
+pub fn template_fork(socket: &OwnedFd, io: [BorrowedFd<'_>; 4]) -> io::Result<(u32, OwnedFd)> {
+    request_fork(socket, 0, 0b1111, &io)
+}
+
+/// Tells the template whose command socket is `socket` to reap its exited
+/// child `pid` (the pid [`template_fork`] returned). No answer; a template
+/// that does not own the child ignores it.
+///
+/// # Errors
+///
+/// The template is gone.
+pub fn template_reap(socket: &OwnedFd, pid: u32) -> io::Result<()> {
+    let cmd = ForkCommand {
+        clone_flags: 0,
+        fds: 0,
+        kind: plan::REAP_CHILD,
+        pid,
+    };
+    send_with_fds(socket, sys::pod_bytes(&cmd), &[])
 }
 
 /// The template's answer: the child's pid (or -errno) and its pidfd.

@@ -247,6 +247,11 @@ struct DeployArgs {
     /// Environment variable for the function, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// How instances start once the runtime was snapshotted: restore (each
+    /// restored from the snapshot), fork (each forked from a template of
+    /// it, in one sandbox per function) or cold (no snapshot).
+    #[arg(long, default_value = "restore", value_parser = parse_start)]
+    start: StartMode,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -293,6 +298,17 @@ fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
         "node" => Ok(RuntimeKind::Node),
         _ => Err(format!(
             "unknown runtime {s:?}: use native, exec, python or node"
+        )),
+    }
+}
+
+fn parse_start(s: &str) -> Result<StartMode, String> {
+    match s {
+        "restore" => Ok(StartMode::Restore),
+        "fork" => Ok(StartMode::Fork),
+        "cold" => Ok(StartMode::Cold),
+        _ => Err(format!(
+            "unknown start mode {s:?}: use restore, fork or cold"
         )),
     }
 }
@@ -563,6 +579,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
         spec.reuse = Reuse::KeepAlive { idle_ms: ms };
     }
     spec.env = a.env.into_iter().collect();
+    spec.start_request = Some(a.start);
     spec.validate()?;
     let body = serde_json::to_vec(&spec)?;
     let started = std::time::Instant::now();

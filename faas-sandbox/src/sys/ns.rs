@@ -190,3 +190,20 @@ pub(crate) fn borrow_raw_fd<'a>(fd: RawFd) -> BorrowedFd<'a> {
     // borrow; fd numbers 0-2 are this process's standard streams.
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
+
+/// Whether the process of `pidfd` still exists (running, or a zombie not
+/// reaped yet).
+pub(crate) fn pidfd_exists(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd_send_signal with a valid pidfd, signal 0 (a check
+    // only) and no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}

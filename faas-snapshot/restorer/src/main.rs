@@ -171,7 +171,7 @@ pub(crate) fn run(vdso: u64) -> ! {
     }
     let filter = &plan[filter_at..frame_at];
     if template {
-        serve_forks(&header, filter);
+        serve_forks(&header, &plan[sig_at..filter_at], filter);
     }
     if parked {
         // Restored ahead of its request: wait for the guest's fds 0-3.
@@ -210,25 +210,64 @@ fn become_guest(header: &Header, filter: &[u8]) -> ! {
 }
 
 /// A template's life: fork a guest per command until the socket closes.
-fn serve_forks(header: &Header, filter: &[u8]) -> ! {
+///
+/// The template runs no guest code: it blocks every signal (each child gets
+/// the guest's mask back from its signal frame) and keeps `SIGCHLD` at its
+/// default, so that no child is reaped behind its owner's back (an ignored
+/// `SIGCHLD` would reap them all); each child gets the guest's own
+/// `SIGCHLD` action back. `sigactions` are the plan's signal actions.
+fn serve_forks(header: &Header, sigactions: &[u8], filter: &[u8]) -> ! {
+    // The init of a pid namespace (a template inside a sandbox) may not
+    // give its children away: they are its own, reaped when told.
+    let init = sys::getpid() == 1;
+    sys::block_signals();
+    let mut chld = None;
+    for i in 0..header.n_sigactions as usize {
+        if let Some(act) = sys::read::<SigAction>(sigactions, i * SIGACTION_LEN)
+            && act.signo == sys::SIGCHLD
+        {
+            chld = Some(act);
+        }
+    }
+    if chld.is_some() {
+        let default = SigAction {
+            signo: sys::SIGCHLD,
+            ..SigAction::default()
+        };
+        check(sys::rt_sigaction(&default), exit::STATE, "rt_sigaction");
+    }
     loop {
         let (cmd, received, n) = match sys::recv_command() {
             Ok(Some(got)) => got,
-            // The owner dropped the template.
+            // The owner dropped the template (a pid namespace's init
+            // takes its children with it).
             Ok(None) => sys::exit_group(0),
             Err(e) => fail(exit::NO_PLAN, "cannot receive a fork command", e),
         };
         let fds = &received[..n];
-        let (pid, pidfd) = sys::fork(cmd.clone_flags);
+        if cmd.kind == plan::REAP_CHILD {
+            for &fd in fds {
+                sys::close(fd);
+            }
+            if init {
+                sys::reap(cmd.pid);
+            }
+            continue;
+        }
+        let (pid, pidfd) = sys::fork(cmd.clone_flags, !init);
         if pid == 0 {
             // The child: its own fds 0-3, a fresh robust list and clear-tid
-            // (fork resets both), then the guest.
+            // (fork resets both), the guest's SIGCHLD action, then the
+            // guest.
             sys::place_fds(cmd.fds, fds);
             sys::close_above(3);
             if header.robust_list != 0 {
                 sys::set_robust_list(header.robust_list, header.robust_len);
             }
             sys::set_tid_address(header.clear_tid);
+            if let Some(act) = &chld {
+                check(sys::rt_sigaction(act), exit::STATE, "rt_sigaction");
+            }
             become_guest(header, filter);
         }
         sys::send_reply(pid, pidfd);

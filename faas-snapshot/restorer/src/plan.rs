@@ -25,7 +25,7 @@ pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"FAASPLAN");
 
 /// Bumped whenever the layout changes; the build embeds the restorer, so both
 /// sides always come from the same build.
-pub const PLAN_VERSION: u32 = 4;
+pub const PLAN_VERSION: u32 = 5;
 
 /// The largest plan the restorer accepts, in bytes.
 pub const PLAN_MAX: usize = 192 * 1024;
@@ -171,9 +171,20 @@ pub const IO_MAGIC: u64 = u64::from_le_bytes(*b"FAASIO\0\0");
 /// The longest working directory an [`IoMessage`] carries.
 pub const CWD_MAX: usize = 4096;
 
-/// A fork request to a template, with the child's fds 0–3 (those whose bit
-/// is set in `fds`, in order) as SCM_RIGHTS. The template answers with one
-/// `i64`: the child's pid (with its pidfd as SCM_RIGHTS) or `-errno`.
+/// A command to a template ([`MODE_TEMPLATE`]), or the guest's fds to an
+/// instance restored ahead ([`MODE_PARKED`], which reads only `fds`).
+///
+/// [`FORK_CHILD`]: fork a child with fds 0–3 (those whose bit is set in
+/// `fds`, in order) as SCM_RIGHTS. The template answers with one `i64`:
+/// the child's pid (with its pidfd as SCM_RIGHTS) or `-errno`.
+///
+/// [`REAP_CHILD`]: reap the exited child `pid` (its pid as the template
+/// sees it, from the fork's answer); no answer. A template that is pid 1 of
+/// its pid namespace (inside a sandbox) forks its own children, since the
+/// kernel refuses `CLONE_PARENT` there, and reaps only the children it is
+/// told to reap: until then each stays a zombie whose exit status its owner
+/// reads (`/proc/PID/stat`). Elsewhere the children are the template
+/// owner's (`CLONE_PARENT`) and `REAP_CHILD` does nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForkCommand {
@@ -181,7 +192,16 @@ pub struct ForkCommand {
     pub clone_flags: u64,
     /// Bit i set: a descriptor for fd i travels with the command.
     pub fds: u64,
+    /// [`FORK_CHILD`] or [`REAP_CHILD`].
+    pub kind: u32,
+    /// [`REAP_CHILD`]: the child to reap.
+    pub pid: u32,
 }
+
+/// [`ForkCommand::kind`]: fork a child.
+pub const FORK_CHILD: u32 = 0;
+/// [`ForkCommand::kind`]: reap an exited child.
+pub const REAP_CHILD: u32 = 1;
 
 /// One mapping to create.
 #[repr(C)]

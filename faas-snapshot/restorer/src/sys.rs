@@ -355,17 +355,64 @@ pub(crate) fn send_reply(pid: i64, pidfd: i32) {
 }
 
 /// Forks (a `clone` without CLONE_VM): (pid or -errno, pidfd) in the parent,
-/// (0, -1) in the child. The child is the template owner's child
-/// (CLONE_PARENT), so it can wait for it through the pidfd.
-pub(crate) fn fork(extra_flags: u64) -> (i64, i32) {
+/// (0, -1) in the child. With `parent_owns`, the child is the template
+/// owner's child (CLONE_PARENT), so it can wait for it through the pidfd;
+/// the kernel refuses that to the init of a pid namespace.
+pub(crate) fn fork(extra_flags: u64, parent_owns: bool) -> (i64, i32) {
     const SYS_CLONE: usize = 56;
     const CLONE_PIDFD: u64 = 0x1000;
     const CLONE_PARENT: u64 = 0x8000;
-    const SIGCHLD: u64 = 17;
     let mut pidfd: i32 = -1;
-    let flags = extra_flags | CLONE_PIDFD | CLONE_PARENT | SIGCHLD;
+    let mut flags = extra_flags | CLONE_PIDFD | SIGCHLD;
+    if parent_owns {
+        flags |= CLONE_PARENT;
+    }
     let rc = syscall6(SYS_CLONE, flags, 0, &raw mut pidfd as u64, 0, 0, 0);
     (rc as i64, if rc > 0 { pidfd } else { -1 })
+}
+
+/// `SIGCHLD`.
+pub(crate) const SIGCHLD: u64 = 17;
+
+/// This process's pid, as its own pid namespace sees it.
+pub(crate) fn getpid() -> i64 {
+    const SYS_GETPID: usize = 39;
+    syscall6(SYS_GETPID, 0, 0, 0, 0, 0, 0) as i64
+}
+
+/// Blocks every signal that can be blocked.
+pub(crate) fn block_signals() {
+    const SYS_RT_SIGPROCMASK: usize = 14;
+    const SIG_SETMASK: u64 = 2;
+    let all = u64::MAX;
+    syscall6(
+        SYS_RT_SIGPROCMASK,
+        SIG_SETMASK,
+        &raw const all as u64,
+        0,
+        8,
+        0,
+        0,
+    );
+}
+
+/// Reaps the exited (or exiting) child `pid`; nothing when it is not our
+/// child.
+pub(crate) fn reap(pid: u32) {
+    const SYS_WAITID: usize = 247;
+    const P_PID: u64 = 1;
+    const WEXITED: u64 = 4;
+    // struct siginfo: 128 bytes.
+    let mut info = [0u64; 16];
+    syscall6(
+        SYS_WAITID,
+        P_PID,
+        u64::from(pid),
+        info.as_mut_ptr() as u64,
+        WEXITED,
+        0,
+        0,
+    );
 }
 
 pub(crate) fn dup2(from: i32, to: i32) {
