@@ -3,6 +3,8 @@
 //! that sends files that do not match is not believed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use faas_core::{
     BoxFuture, FunctionSpec, ImageRef, Invocation, InvocationId, InvocationResult, InvokeError,
     NodeGateway, NodeId, Placement, RuntimeKind, Scheduler, Timings, UnixMillis,
 };
-use faas_gateway::cluster::{AgentConfig, ClusterConfig, ClusterGateway, NodeAgent, NodeTable};
+use faas_gateway::cluster::{
+    AgentConfig, ClusterConfig, ClusterGateway, ClusterToken, NodeAgent, NodeTable,
+};
 use faas_gateway::{FunctionGateway, GatewayConfig, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,6 +47,8 @@ impl NodeGateway for Cat {
         })
     }
 }
+
+const TOKEN: [u8; 32] = [42; 32];
 
 fn inv() -> Invocation {
     Invocation {
@@ -89,7 +95,7 @@ fn a_node_fetches_a_version_once_into_its_cache() {
         let cluster = ClusterGateway::new(
             scheduler.clone(),
             Arc::new(NodeTable::new()),
-            ClusterConfig::default(),
+            ClusterConfig::new(ClusterToken::from_bytes(TOKEN)),
         );
         let gateway = Arc::new(FunctionGateway::new(
             registry.clone(),
@@ -98,8 +104,12 @@ fn a_node_fetches_a_version_once_into_its_cache() {
         ));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(cluster.clone().serve(gateway, l, std::future::pending()));
-        let mut cfg = AgentConfig::new(addr.to_string(), "n1");
+        tokio::spawn(
+            cluster
+                .clone()
+                .serve(gateway.clone(), l, std::future::pending()),
+        );
+        let mut cfg = AgentConfig::new(addr.to_string(), "n1", ClusterToken::from_bytes(TOKEN));
         cfg.cache_dir = Some(cache.path().to_owned());
         cfg.always_fetch = true;
         let agent = NodeAgent::new(cfg, Arc::new(Cat(NodeId("n1".into()))), None);
@@ -145,6 +155,25 @@ fn a_node_fetches_a_version_once_into_its_cache() {
         let e = g.invoke(Arc::new(gone), &p, inv()).await.unwrap_err();
         assert_eq!(e.http_status(), 503);
         assert!(e.to_string().contains("version 7 is not deployed"), "{e}");
+
+        // Deleting the function on the gateway reaches the node: its copy
+        // goes (the gateway does not wait for that).
+        let del = |path: &str| {
+            http::Request::delete(path)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        assert_eq!(gateway.handle(del("/functions/f")).await.status(), 204);
+        let mut gone = false;
+        for _ in 0..500 {
+            if !cache.path().join("f").exists() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "the node still has its copy of f");
+        assert_eq!(gateway.handle(del("/functions/f")).await.status(), 404);
     });
 }
 
@@ -167,7 +196,7 @@ fn files_that_do_not_match_their_digest_are_refused() {
         // A gateway that lies about the files it sends.
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let mut cfg = AgentConfig::new(addr.to_string(), "n1");
+        let mut cfg = AgentConfig::new(addr.to_string(), "n1", ClusterToken::from_bytes(TOKEN));
         cfg.cache_dir = Some(cache.path().to_owned());
         let agent = NodeAgent::new(cfg, Arc::new(Cat(NodeId("n1".into()))), None);
         tokio::spawn(agent.run(|_| {}));
@@ -179,6 +208,11 @@ fn files_that_do_not_match_their_digest_are_refused() {
             v.extend_from_slice(p);
             v
         };
+        let (kind, _, _) =
+            common::gateway_auth(&mut s, |nn, ng| common::proof(&TOKEN, "gateway", nn, ng))
+                .await
+                .unwrap();
+        assert_eq!(kind, 0x08, "AuthProof");
         assert_eq!(read(&mut s).await.0, 0x01, "Hello");
         s.write_all(&frame(0x81, 0, br#"{"heartbeat_ms":60000}"#))
             .await

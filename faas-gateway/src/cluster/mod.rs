@@ -99,10 +99,12 @@
 //! and the method are in BENCHMARKS.md.
 
 mod agent;
+mod auth;
 mod frame;
 mod remote;
 
 pub use agent::{AgentConfig, AgentError, AgentEvent, NodeAgent};
+pub use auth::{ClusterToken, TOKEN_LEN, TokenError};
 pub use frame::{FrameError, NodeView};
 pub use remote::{ClusterConfig, ClusterGateway, NodeEntry, NodeTable, RemoteNodeGateway, Tracked};
 
