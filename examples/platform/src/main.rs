@@ -504,25 +504,27 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| faas_platform::cluster::default_node_listen(a.listen));
         let (listener, addr) = Platform::bind(a.listen).await?;
         let (nodes, node_addr) = faas_platform::cluster::Gateway::bind_nodes(node_addr).await?;
-        println!(
-            "faas: listening on http://{addr} (state in {}); nodes join on {node_addr}",
-            state_dir.display()
-        );
         let join = if node_addr.ip().is_unspecified() {
             format!("GATEWAY-HOST:{}", node_addr.port())
         } else {
             node_addr.to_string()
         };
-        println!(
-            "faas: cluster token in {} ({}); copy it to each node (mode 0600) and run there:\n  faas node --join {join} --name NAME --cluster-token-file {}",
+        // One write: a reader that stops after the first line does not
+        // make a later line fail.
+        let banner = format!(
+            "faas: listening on http://{addr} (state in {}); nodes join on {node_addr}\n\
+             faas: cluster token in {} ({}); copy it to each node (mode 0600) and run there:\n  \
+             faas node --join {join} --name NAME --cluster-token-file {}\n\
+             faas: node traffic is authenticated, not encrypted: keep the node port on a private network or a tunnel\n",
+            state_dir.display(),
             token_file.display(),
             if created { "created now" } else { "existing" },
             token_file.display()
         );
-        println!(
-            "faas: node traffic is authenticated, not encrypted: keep the node port on a private network or a tunnel"
-        );
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
+        drop(out);
         gw.serve(listener, nodes, shutdown_signal()).await?;
         eprintln!("faas: stopped");
         return Ok(());

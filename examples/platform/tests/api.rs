@@ -519,7 +519,10 @@ fn deleting_a_function_stops_its_warm_instances() {
     // Deployed again under the same name: a fresh instance.
     s.deploy("warm", &ex.join("hello"), "hello", &[]);
     let r = call(&s, Method::POST, "/invoke/warm", "hi");
-    assert_eq!((r.status.as_u16(), header(&r, "x-faas-start")), (200, "cold"));
+    assert_eq!(
+        (r.status.as_u16(), header(&r, "x-faas-start")),
+        (200, "cold")
+    );
 }
 
 #[test]

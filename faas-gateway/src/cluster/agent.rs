@@ -419,7 +419,6 @@ impl NodeAgent {
             .write_all(&frame::encode_raw(Kind::AuthProof, &[&mine]))
             .await;
         if !believed {
-            tracing::warn!(gateway = %self.config.gateway, "the gateway could not prove the cluster token: bad cluster token");
             return Err(Session::Unauthenticated);
         }
         sent.map_err(|e| Session::Failed(format!("sending AuthProof: {e}")))
