@@ -136,8 +136,11 @@ pub struct NodeAgent {
     seen: Mutex<HashSet<(String, u32, PathBuf)>>,
     /// Versions fetched into the cache, by their directory on the gateway;
     /// the first invocation fetches, concurrent ones wait for it.
-    fetched: Mutex<HashMap<(String, PathBuf), Arc<tokio::sync::Mutex<Option<PathBuf>>>>>,
+    fetched: Mutex<HashMap<(String, PathBuf), FetchSlot>>,
 }
+
+/// Where a version fetched from the gateway went (`None` until it is).
+type FetchSlot = Arc<tokio::sync::Mutex<Option<PathBuf>>>;
 
 /// The current connection, as the tasks of its requests see it.
 struct Link {
