@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::frame;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +20,6 @@ use faas_gateway::cluster::{
     AgentConfig, ClusterConfig, ClusterGateway, ClusterToken, NodeAgent, NodeTable,
 };
 use faas_gateway::{FunctionGateway, GatewayConfig, Registry};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Answers with the path of the function's files and its `data.txt`.
 struct Cat(NodeId);
@@ -177,14 +178,6 @@ fn a_node_fetches_a_version_once_into_its_cache() {
     });
 }
 
-async fn read(s: &mut tokio::net::TcpStream) -> (u8, u64, Vec<u8>) {
-    let mut h = [0u8; 16];
-    s.read_exact(&mut h).await.unwrap();
-    let mut p = vec![0; u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize];
-    s.read_exact(&mut p).await.unwrap();
-    (h[2], u64::from_le_bytes(h[8..16].try_into().unwrap()), p)
-}
-
 #[test]
 fn files_that_do_not_match_their_digest_are_refused() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -201,22 +194,12 @@ fn files_that_do_not_match_their_digest_are_refused() {
         let agent = NodeAgent::new(cfg, Arc::new(Cat(NodeId("n1".into()))), None);
         tokio::spawn(agent.run(|_| {}));
         let (mut s, _) = l.accept().await.unwrap();
-        let frame = |kind: u8, id: u64, p: &[u8]| {
-            let mut v = vec![0x5C, 0xFA, kind, 0];
-            v.extend_from_slice(&(p.len() as u32).to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-            v.extend_from_slice(p);
-            v
-        };
-        let (kind, _, _) =
-            common::gateway_auth(&mut s, |nn, ng| common::proof(&TOKEN, "gateway", nn, ng))
-                .await
-                .unwrap();
-        assert_eq!(kind, 0x08, "AuthProof");
-        assert_eq!(read(&mut s).await.0, 0x01, "Hello");
-        s.write_all(&frame(0x81, 0, br#"{"heartbeat_ms":60000}"#))
-            .await
-            .unwrap();
+        let (next, nn, ng) =
+            common::gateway_auth(&mut s, |nn, ng| common::proof(&TOKEN, "gateway", nn, ng)).await;
+        assert_eq!(next.unwrap().0, 0x08, "AuthProof");
+        let mut s = common::Raw::new(s, &TOKEN, "gateway", &nn, &ng);
+        assert_eq!(s.recv().await.unwrap().0, 0x01, "Hello");
+        s.send(&frame(0x81, 0, br#"{"heartbeat_ms":60000}"#)).await;
         let spec = FunctionSpec::new(
             "f",
             RuntimeKind::Exec,
@@ -229,20 +212,20 @@ fn files_that_do_not_match_their_digest_are_refused() {
         .unwrap();
         let mut p = (meta.len() as u32).to_le_bytes().to_vec();
         p.extend_from_slice(&meta);
-        s.write_all(&frame(0x83, 1, &p)).await.unwrap();
+        s.send(&frame(0x83, 1, &p)).await;
         let (kind, fid, _) = loop {
-            let f = read(&mut s).await;
+            let f = s.recv().await.unwrap();
             if f.0 != 0x02 {
                 break f;
             }
         };
         assert_eq!(kind, 0x06, "Fetch");
-        s.write_all(&frame(0x86, fid, b"not a tar")).await.unwrap();
+        s.send(&frame(0x86, fid, b"not a tar")).await;
         let end =
             serde_json::to_vec(&serde_json::json!({"ok": {"digest": "00", "bytes": 9}})).unwrap();
-        s.write_all(&frame(0x87, fid, &end)).await.unwrap();
+        s.send(&frame(0x87, fid, &end)).await;
         let (kind, id, p) = loop {
-            let f = read(&mut s).await;
+            let f = s.recv().await.unwrap();
             if f.0 != 0x02 {
                 break f;
             }

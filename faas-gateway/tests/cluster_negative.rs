@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{frame, gateway_auth, node_auth, proof, read};
+use common::{Raw, frame, gateway_auth, node_auth, proof, read};
 use faas_core::{
     BoxFuture, FunctionSpec, ImageRef, Invocation, InvocationId, InvocationResult, InvokeError,
     NodeGateway, NodeId, Placement, RuntimeKind, Scheduler, Timings, UnixMillis,
@@ -75,13 +75,13 @@ fn hello(name: &str) -> Vec<u8> {
 }
 
 /// A raw peer that authenticated with the right token.
-async fn authed(gw: &Gw) -> TcpStream {
+async fn authed(gw: &Gw) -> Raw {
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    node_auth(&mut s, &gw.token, |nn, ng| {
+    let (nn, ng) = node_auth(&mut s, &gw.token, |nn, ng| {
         proof(&gw.token, "node", nn, ng).to_vec()
     })
     .await;
-    s
+    Raw::new(s, &gw.token, "node", &nn, &ng)
 }
 
 /// Whether the gateway closes `s` (reads EOF) within a few seconds.
@@ -100,10 +100,10 @@ async fn closed(s: &mut TcpStream) -> bool {
 }
 
 /// A raw node that joined as `name` (Welcome read).
-async fn raw_node(gw: &Gw, name: &str) -> TcpStream {
+async fn raw_node(gw: &Gw, name: &str) -> Raw {
     let mut s = authed(gw).await;
-    s.write_all(&hello(name)).await.unwrap();
-    let (kind, _, _) = read(&mut s).await.unwrap();
+    s.send(&hello(name)).await;
+    let (kind, _, _) = s.recv().await.unwrap();
     assert_eq!(kind, 0x81, "Welcome");
     s
 }
@@ -233,31 +233,30 @@ fn garbage_and_bad_hellos_are_disconnected_and_real_nodes_still_join() {
         let mut s = authed(&gw).await;
         let mut f = hello("big");
         f[4..8].copy_from_slice(&(1u32 << 20).to_le_bytes());
-        s.write_all(&f).await.unwrap();
-        assert!(closed(&mut s).await);
+        s.send(&f).await;
+        assert!(closed(&mut s.s).await);
         // A gateway-only kind as the first frame.
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
         s.write_all(&frame(0x83, 1, b"")).await.unwrap();
         assert!(closed(&mut s).await);
         // A bad name is refused with the reason.
         let mut s = authed(&gw).await;
-        s.write_all(&hello("Bad Name")).await.unwrap();
-        let (kind, _, p) = read(&mut s).await.unwrap();
+        s.send(&hello("Bad Name")).await;
+        let (kind, _, p) = s.recv().await.unwrap();
         assert_eq!(kind, 0x82, "Reject");
         let msg: serde_json::Value = serde_json::from_slice(&p).unwrap();
         let msg = msg["message"].as_str().unwrap();
         assert!(msg.contains("node name \"Bad Name\" is invalid"), "{msg}");
-        assert!(closed(&mut s).await);
+        assert!(closed(&mut s.s).await);
         // Zero slots too.
         let mut s = authed(&gw).await;
-        s.write_all(&frame(
+        s.send(&frame(
             0x01,
             0,
             br#"{"protocol":2,"name":"z","slots":0,"memory_mb":1}"#,
         ))
-        .await
-        .unwrap();
-        assert_eq!(read(&mut s).await.unwrap().0, 0x82);
+        .await;
+        assert_eq!(s.recv().await.unwrap().0, 0x82);
         assert!(gw.cluster.connected().is_empty());
 
         // A real agent joins and serves, many requests in flight at once on
@@ -298,8 +297,8 @@ fn a_dropped_connection_fails_every_request_in_flight_at_once() {
         let a = invoke(g.clone(), "n1");
         let b = invoke(g.clone(), "n1");
         // Both requests reach the node, with distinct ids.
-        let (k1, id1, _) = read(&mut s).await.unwrap();
-        let (k2, id2, _) = read(&mut s).await.unwrap();
+        let (k1, id1, _) = s.recv().await.unwrap();
+        let (k2, id2, _) = s.recv().await.unwrap();
         assert_eq!((k1, k2), (0x83, 0x83));
         assert_ne!(id1, id2);
         drop(s);
@@ -325,16 +324,15 @@ fn answers_to_requests_never_sent_are_a_protocol_violation() {
         let mut s = raw_node(&gw, "liar").await;
         let g = node_gateway(&gw, "liar").await;
         let a = invoke(g, "liar");
-        let (_, id, _) = read(&mut s).await.unwrap();
-        s.write_all(&frame(
+        let (_, id, _) = s.recv().await.unwrap();
+        s.send(&frame(
             0x04,
             id + 100,
             br#"{"status":500,"code":"x","message":"m"}"#,
         ))
-        .await
-        .unwrap();
+        .await;
         assert_lost(a.await.unwrap(), "liar", "protocol violation");
-        assert!(closed(&mut s).await);
+        assert!(closed(&mut s.s).await);
     });
 }
 
@@ -361,11 +359,11 @@ fn malformed_answers_and_wrong_kinds_disconnect_the_node() {
             let mut s = raw_node(&gw, name).await;
             let g = node_gateway(&gw, name).await;
             let a = invoke(g, name);
-            let (_, id, _) = read(&mut s).await.unwrap();
+            let (_, id, _) = s.recv().await.unwrap();
             assert_eq!(id, 1);
-            s.write_all(&bad).await.unwrap();
+            s.send(&bad).await;
             assert_lost(a.await.unwrap(), name, "protocol violation");
-            assert!(closed(&mut s).await, "{name}");
+            assert!(closed(&mut s.s).await, "{name}");
         }
     });
 }
@@ -378,7 +376,7 @@ fn a_silent_node_is_disconnected_after_the_heartbeat_timeout() {
         let g = node_gateway(&gw, "mute").await;
         let a = invoke(g, "mute");
         assert_lost(a.await.unwrap(), "mute", "no heartbeat");
-        assert!(closed(&mut s).await);
+        assert!(closed(&mut s.s).await);
         // A node that sends heartbeats stays.
         agent(&gw, "alive", Duration::ZERO);
         let g = node_gateway(&gw, "alive").await;
@@ -395,10 +393,10 @@ fn a_node_that_joins_again_replaces_its_old_connection() {
         let mut old = raw_node(&gw, "n1").await;
         let g_old = node_gateway(&gw, "n1").await;
         let a = invoke(g_old, "n1");
-        read(&mut old).await.unwrap();
+        old.recv().await.unwrap();
         agent(&gw, "n1", Duration::ZERO);
         assert_lost(a.await.unwrap(), "n1", "replaced by a new connection");
-        assert!(closed(&mut old).await);
+        assert!(closed(&mut old.s).await);
         let g = node_gateway(&gw, "n1").await;
         let r = g.invoke(spec(), &placement("n1"), inv(b"again")).await;
         assert_eq!(r.unwrap().body, b"again");
@@ -448,16 +446,15 @@ fn an_agent_reconnects_when_the_gateway_goes_silent() {
         let task = tokio::spawn(a.run(move |e| e2.lock().push(format!("{e:?}"))));
         let (mut first, _) = l.accept().await.unwrap();
         let good = |nn: &[u8; 32], ng: &[u8; 32]| proof(&TOKEN, "gateway", nn, ng);
-        let (kind, _, p) = gateway_auth(&mut first, good).await.unwrap();
+        let (next, nn, ng) = gateway_auth(&mut first, good).await;
+        let (kind, _, p) = next.unwrap();
         assert_eq!(kind, 0x08, "AuthProof");
         assert_eq!(p.len(), 32);
-        assert_eq!(read(&mut first).await.unwrap().0, 0x01, "Hello");
-        first
-            .write_all(&frame(0x81, 0, br#"{"heartbeat_ms":50}"#))
-            .await
-            .unwrap();
+        let mut first = Raw::new(first, &TOKEN, "gateway", &nn, &ng);
+        assert_eq!(first.recv().await.unwrap().0, 0x01, "Hello");
+        first.send(&frame(0x81, 0, br#"{"heartbeat_ms":50}"#)).await;
         // Heartbeats arrive, unanswered; the node gives up and joins again.
-        assert_eq!(read(&mut first).await.unwrap().0, 0x02, "Heartbeat");
+        assert_eq!(first.recv().await.unwrap().0, 0x02, "Heartbeat");
         let (mut second, _) = tokio::time::timeout(Duration::from_secs(10), l.accept())
             .await
             .expect("the node reconnects")
@@ -624,7 +621,7 @@ fn a_fake_gateway_cannot_make_a_node_join() {
             .unwrap()
             .unwrap();
         let other = [7u8; 32];
-        let next = gateway_auth(&mut s, |nn, ng| proof(&other, "gateway", nn, ng)).await;
+        let (next, _, _) = gateway_auth(&mut s, |nn, ng| proof(&other, "gateway", nn, ng)).await;
         // Its proof (useless for any other session), then nothing: no Hello.
         let (kind, _, _) = next.unwrap();
         assert_eq!(kind, 0x08, "AuthProof");
@@ -645,5 +642,96 @@ fn a_fake_gateway_cannot_make_a_node_join() {
         }
         let ev = events.lock();
         assert!(!ev.iter().any(|e| e.contains("Joined")), "{ev:?}");
+    });
+}
+
+#[test]
+fn frames_with_a_wrong_missing_or_replayed_mac_disconnect_the_node() {
+    rt().block_on(async {
+        let gw = gateway(Duration::from_secs(30)).await;
+        let answer = br#"{"status":500,"code":"x","message":"m"}"#;
+        // An answer whose MAC was altered (as by someone on the path).
+        let mut s = raw_node(&gw, "t1").await;
+        let a = invoke(node_gateway(&gw, "t1").await, "t1");
+        let (_, id, _) = s.recv().await.unwrap();
+        let f = frame(0x04, id, answer);
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&blake3::hash(&f).as_bytes()[..16]);
+        s.s.write_all(&[&f[..], &t[..]].concat()).await.unwrap();
+        assert_lost(a.await.unwrap(), "t1", "does not match its MAC");
+        assert!(closed(&mut s.s).await);
+        // Frames without a MAC (as injected by someone who cannot compute one).
+        let mut s = raw_node(&gw, "t2").await;
+        let a = invoke(node_gateway(&gw, "t2").await, "t2");
+        let (_, id, _) = s.recv().await.unwrap();
+        let f = frame(0x04, id, answer);
+        s.s.write_all(&[&f[..], &f[..]].concat()).await.unwrap();
+        assert_lost(a.await.unwrap(), "t2", "does not match its MAC");
+        // A frame and its MAC sent twice (a replay).
+        let mut s = raw_node(&gw, "t3").await;
+        let a = invoke(node_gateway(&gw, "t3").await, "t3");
+        let (_, id, _) = s.recv().await.unwrap();
+        let hb = s.seal(&frame(0x02, 0, b""));
+        s.s.write_all(&hb).await.unwrap();
+        s.s.write_all(&hb).await.unwrap();
+        assert_lost(
+            a.await.unwrap(),
+            "t3",
+            "Heartbeat frame does not match its MAC",
+        );
+        assert!(id > 0);
+        // The real node was never affected.
+        agent(&gw, "good", Duration::ZERO);
+        let g = node_gateway(&gw, "good").await;
+        assert_eq!(
+            g.invoke(spec(), &placement("good"), inv(b"ok"))
+                .await
+                .unwrap()
+                .body,
+            b"ok"
+        );
+    });
+}
+
+/// A node believes only frames with the MAC of its session: one altered
+/// on the way ends the connection and is not run.
+#[test]
+fn a_node_drops_a_gateway_frame_whose_mac_does_not_match() {
+    rt().block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let e2 = events.clone();
+        let a = NodeAgent::new(
+            AgentConfig::new(addr.to_string(), "n1", ClusterToken::from_bytes(TOKEN)),
+            Arc::new(Echo(NodeId("n1".into()), Duration::ZERO)),
+            None,
+        );
+        let task = tokio::spawn(a.run(move |e| e2.lock().push(format!("{e:?}"))));
+        let (mut s, _) = l.accept().await.unwrap();
+        let (next, nn, ng) = gateway_auth(&mut s, |nn, ng| proof(&TOKEN, "gateway", nn, ng)).await;
+        assert_eq!(next.unwrap().0, 0x08);
+        let mut g = Raw::new(s, &TOKEN, "gateway", &nn, &ng);
+        assert_eq!(g.recv().await.unwrap().0, 0x01, "Hello");
+        g.send(&frame(0x81, 0, br#"{"heartbeat_ms":60000}"#)).await;
+        // An Invoke whose MAC is wrong.
+        let meta = serde_json::to_vec(&serde_json::json!({
+            "spec": *spec(), "invocation": 1, "headers": [], "trace_id": "t", "timeout_ms": 5000,
+        }))
+        .unwrap();
+        let mut p = (meta.len() as u32).to_le_bytes().to_vec();
+        p.extend_from_slice(&meta);
+        let mut bad = g.seal(&frame(0x83, 1, &p));
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        g.s.write_all(&bad).await.unwrap();
+        assert!(closed(&mut g.s).await, "the node hung up");
+        task.abort();
+        let ev = events.lock();
+        assert!(
+            ev.iter()
+                .any(|e| e.contains("Invoke frame does not match its MAC")),
+            "{ev:?}"
+        );
     });
 }

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use super::auth::{self, ClusterToken, Role, TOKEN_LEN};
+use super::auth::{self, ClusterToken, Role, Seal, TOKEN_LEN};
 use super::frame::{
     self, ErrorMeta, FetchEnd, FetchMeta, ForgetMeta, FrameError, Hello, InvokeMeta, Kind,
     PrepareMeta, PreparedMeta, Reject, ResultMeta, Side, Welcome,
@@ -253,20 +253,23 @@ impl NodeAgent {
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(64 * 1024, rd);
-        self.authenticate(&mut rd, &mut wr).await?;
+        let (mut seal_out, mut seal_in) = self.authenticate(&mut rd, &mut wr).await?;
         let hello = Hello {
             protocol: frame::PROTOCOL,
             name: self.config.name.clone(),
             slots: self.config.slots,
             memory_mb: self.config.memory_mb,
         };
-        wr.write_all(&frame::encode_json(Kind::Hello, 0, &hello))
+        let mut f = frame::encode_json(Kind::Hello, 0, &hello).to_vec();
+        let t = frame::tag(&mut seal_out, &f);
+        f.extend_from_slice(&t);
+        wr.write_all(&f)
             .await
             .map_err(|e| Session::Failed(format!("sending Hello: {e}")))?;
         let max = self.config.max_frame;
         let first = tokio::time::timeout(
             Duration::from_secs(5),
-            frame::read_frame(&mut rd, Side::Gateway, 64 * 1024),
+            frame::read_sealed(&mut rd, Side::Gateway, 64 * 1024, &mut seal_in),
         )
         .await
         .map_err(|_| Session::Failed("the gateway did not answer Hello in time".into()))?
@@ -300,11 +303,13 @@ impl NodeAgent {
         let writer = tokio::spawn(async move {
             let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
             while let Some(f) = queue.recv().await {
-                if w.write_all(&f).await.is_err() {
+                let t = frame::tag(&mut seal_out, &f);
+                if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
                     return;
                 }
                 while let Ok(f) = queue.try_recv() {
-                    if w.write_all(&f).await.is_err() {
+                    let t = frame::tag(&mut seal_out, &f);
+                    if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
                         return;
                     }
                 }
@@ -331,17 +336,19 @@ impl NodeAgent {
         // from it, it is gone even if the connection still looks open.
         let silence = (heartbeat * 4).max(Duration::from_secs(2));
         let reason = loop {
-            let f =
-                match tokio::time::timeout(silence, frame::read_frame(&mut rd, Side::Gateway, max))
-                    .await
-                {
-                    Err(_) => {
-                        let why = format!("no answer from the gateway for {silence:?}");
-                        tracing::warn!(gateway = %self.config.gateway, "{why}; reconnecting");
-                        break why;
-                    }
-                    Ok(r) => r,
-                };
+            let f = match tokio::time::timeout(
+                silence,
+                frame::read_sealed(&mut rd, Side::Gateway, max, &mut seal_in),
+            )
+            .await
+            {
+                Err(_) => {
+                    let why = format!("no answer from the gateway for {silence:?}");
+                    tracing::warn!(gateway = %self.config.gateway, "{why}; reconnecting");
+                    break why;
+                }
+                Ok(r) => r,
+            };
             let f = match f {
                 Ok(f) => f,
                 Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -376,7 +383,7 @@ impl NodeAgent {
         &self,
         rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
         wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    ) -> Result<(), Session> {
+    ) -> Result<(Seal, Seal), Session> {
         let nn = auth::nonce().map_err(|e| Session::Failed(format!("cannot draw a nonce: {e}")))?;
         let auth = frame::encode_raw(Kind::Auth, &[&frame::PROTOCOL.to_le_bytes(), &nn]);
         wr.write_all(&auth)
@@ -424,7 +431,13 @@ impl NodeAgent {
         if !believed {
             return Err(Session::Unauthenticated);
         }
-        sent.map_err(|e| Session::Failed(format!("sending AuthProof: {e}")))
+        sent.map_err(|e| Session::Failed(format!("sending AuthProof: {e}")))?;
+        // From here on every frame carries its MAC.
+        let token = &self.config.token;
+        Ok((
+            Seal::new(token, Role::Node, &nn, &ng),
+            Seal::new(token, Role::Gateway, &nn, &ng),
+        ))
     }
 
     /// Drops what this node keeps of `function` (deleted on the gateway):

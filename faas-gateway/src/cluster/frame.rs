@@ -9,6 +9,10 @@
 //! └──────┴─────┴──────┴──────────┴─────────────────┘
 //! ```
 //!
+//! After the handshake (`Auth`, `AuthReply`, `AuthProof`) every frame is
+//! followed by a 16-byte MAC (see [`super::auth::Seal`]), not counted in
+//! `length`.
+//!
 //! Payloads of `Invoke` and `Result` are `u32 meta length | meta (JSON) |
 //! body (raw bytes)`, so bodies are never escaped; every other payload is
 //! JSON (or empty). The decoder trusts nothing: the magic, the kind (and
@@ -20,6 +24,8 @@ use faas_core::{FunctionSpec, StartMode, Timings};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::auth::{Seal, TAG_LEN};
 
 /// First two bytes of every frame.
 pub(crate) const MAGIC: u16 = 0xFA5C;
@@ -169,6 +175,12 @@ pub enum FrameError {
         /// The id.
         id: u64,
     },
+    /// The MAC after a frame does not match (see the module docs of
+    /// [`crate::cluster`]).
+    #[error(
+        "{0} frame does not match its MAC (altered, injected or replayed on the way, or not from the authenticated peer)"
+    )]
+    Mac(&'static str),
     /// The payload does not parse.
     #[error("{kind} payload is malformed: {why}")]
     Payload {
@@ -282,12 +294,45 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     })
 }
 
+/// Reads one frame sent by `from` and the MAC after it, checked with
+/// `seal` (the peer's direction of the session).
+///
+/// # Errors
+///
+/// As [`read_frame`], or [`FrameError::Mac`].
+pub(crate) async fn read_sealed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    from: Side,
+    max: u32,
+    seal: &mut Seal,
+) -> Result<Frame, FrameError> {
+    let f = read_frame(r, from, max).await?;
+    let mut tag = [0u8; TAG_LEN];
+    r.read_exact(&mut tag).await?;
+    // The header as sent: `read_frame` checked its magic and flags.
+    let h = header_bytes(f.kind, f.id, f.payload.len());
+    if !seal.check(&[&h, &f.payload], &tag) {
+        return Err(FrameError::Mac(kind_name(f.kind)));
+    }
+    Ok(f)
+}
+
+/// The MAC to send after `frame` (an encoded frame).
+pub(crate) fn tag(seal: &mut Seal, frame: &[u8]) -> [u8; TAG_LEN] {
+    seal.tag(&[frame])
+}
+
+fn header_bytes(kind: Kind, id: u64, len: usize) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..2].copy_from_slice(&MAGIC.to_le_bytes());
+    h[2] = kind as u8;
+    h[4..8].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    h[8..].copy_from_slice(&id.to_le_bytes());
+    h
+}
+
 fn header(buf: &mut BytesMut, kind: Kind, id: u64, len: usize) {
-    buf.put_u16_le(MAGIC);
-    buf.put_u8(kind as u8);
-    buf.put_u8(0);
-    buf.put_u32_le(u32::try_from(len).unwrap_or(u32::MAX));
-    buf.put_u64_le(id);
+    buf.put_slice(&header_bytes(kind, id, len));
 }
 
 /// Encodes a frame with a JSON payload.

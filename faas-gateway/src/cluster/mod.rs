@@ -55,6 +55,7 @@
 //! node ── Auth {protocol, Nn} ──────────────────────▶ gateway   (Nn, Ng: 32 random bytes each)
 //!      ◀── AuthReply {Ng, MAC(token, "gateway", Nn, Ng)}
 //!      ── AuthProof {MAC(token, "node", Nn, Ng)}, Hello ▶
+//!      ◀── Welcome …   (from Hello on: each frame + MAC(K_dir, seq ‖ frame)[..16])
 //! MAC = blake3 keyed hash, compared in constant time
 //! ```
 //!
@@ -75,11 +76,17 @@
 //!   [`AgentError::Unauthenticated`] (it still sends its own proof, useless
 //!   for any other session, so a real gateway with another token logs the
 //!   node's address). A `Reject` stops it with [`AgentError::Rejected`].
-//! - **Not encrypted, and authenticated once per connection**: frames
-//!   after the handshake carry no MAC, so someone who can read or alter the
-//!   traffic on the path sees function code, requests and answers and
-//!   could tamper with them. Keep the node port on a private network or in
-//!   a tunnel (WireGuard, SSH, a TLS proxy).
+//! - **Every frame after the handshake is followed by a 16-byte MAC**:
+//!   `blake3::keyed_hash(K, seq ‖ frame)`, `K` derived from the token, the
+//!   direction and both nonces, `seq` counting that direction's frames. A
+//!   frame altered, injected, dropped, replayed or reordered on the path,
+//!   or copied from another connection, fails its check and ends the
+//!   connection ("… frame does not match its MAC") — so someone on the
+//!   path cannot make a node run code (e.g. by answering its `Fetch`) nor
+//!   feed the gateway answers.
+//! - **Not encrypted**: whoever can read the traffic sees function code,
+//!   requests and answers. Keep the node port on a private network or in a
+//!   tunnel (WireGuard, SSH, a TLS proxy).
 //!
 //! ## Deleted functions
 //!

@@ -21,7 +21,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::auth::{self, ClusterToken, Role, TOKEN_LEN};
+use super::auth::{self, ClusterToken, Role, Seal, TOKEN_LEN};
 use super::frame::{
     self, ErrorMeta, FetchEnd, FetchMeta, ForgetMeta, FrameError, Hello, Kind, NodeView,
     PrepareMeta, PreparedMeta, Reject, ResultMeta, Side, Welcome,
@@ -630,14 +630,14 @@ impl ClusterGateway {
             }
             Ok(Err(Refused { log, answer })) => {
                 tracing::warn!("node connection from {peer} refused: {log}");
-                if let Some(message) = answer {
-                    let f = frame::encode_json(Kind::Reject, 0, &Reject { message });
+                if let Some(f) = answer {
                     let _ = wr.write_all(&f).await;
                 }
                 return;
             }
             Ok(Ok(h)) => h,
         };
+        let (hello, mut seal_out, mut seal_in) = hello;
         drop(permit);
         let node = NodeId(hello.name.clone());
         let entry = Arc::new(NodeEntry::new(
@@ -672,12 +672,14 @@ impl ClusterGateway {
         let writer = tokio::spawn(async move {
             let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
             while let Some(f) = queue.recv().await {
-                if w.write_all(&f).await.is_err() {
+                let t = frame::tag(&mut seal_out, &f);
+                if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
                     return;
                 }
                 // Write whatever else is queued before one flush.
                 while let Ok(f) = queue.try_recv() {
-                    if w.write_all(&f).await.is_err() {
+                    let t = frame::tag(&mut seal_out, &f);
+                    if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
                         return;
                     }
                 }
@@ -702,7 +704,9 @@ impl ClusterGateway {
         gateway.add_node(Arc::new(RemoteNodeGateway { conn: conn.clone() }));
         tracing::info!(node = %node, %peer, slots = hello.slots, memory_mb = hello.memory_mb, "node joined");
 
-        let reason = self.read_loop(&conn, &mut rd, gateway.registry()).await;
+        let reason = self
+            .read_loop(&conn, &mut rd, &mut seal_in, gateway.registry())
+            .await;
         conn.close(reason.clone());
         *entry.lost.lock() = Some(conn.reason());
         let current = {
@@ -729,7 +733,7 @@ impl ClusterGateway {
         &self,
         rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
         wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    ) -> Result<Hello, Refused> {
+    ) -> Result<(Hello, Seal, Seal), Refused> {
         let read = |what: &'static str, f: Result<frame::Frame, FrameError>| {
             f.map_err(|e| Refused::silent(format!("{what}: {e}")))
         };
@@ -784,14 +788,14 @@ impl ClusterGateway {
         )?;
         if f.kind != Kind::AuthProof || !self.config.token.verify(Role::Node, &nn, &ng, &f.payload)
         {
-            return Err(Refused {
-                log: "bad cluster token".into(),
-                answer: Some("bad cluster token".into()),
-            });
+            return Err(Refused::answered("bad cluster token".into()));
         }
+        // From here on every frame carries its MAC.
+        let mut seal_out = Seal::new(&self.config.token, Role::Gateway, &nn, &ng);
+        let mut seal_in = Seal::new(&self.config.token, Role::Node, &nn, &ng);
         let f = read(
             "waiting for Hello",
-            frame::read_frame(rd, Side::Node, HANDSHAKE_MAX).await,
+            frame::read_sealed(rd, Side::Node, HANDSHAKE_MAX, &mut seal_in).await,
         )?;
         if f.kind != Kind::Hello {
             return Err(Refused::silent(format!(
@@ -799,10 +803,29 @@ impl ClusterGateway {
                 f.kind
             )));
         }
-        f.json::<Hello>()
+        match f
+            .json::<Hello>()
             .map_err(|e| e.to_string())
             .and_then(check_hello)
-            .map_err(Refused::answered)
+        {
+            Ok(h) => Ok((h, seal_out, seal_in)),
+            Err(message) => {
+                let mut f = frame::encode_json(
+                    Kind::Reject,
+                    0,
+                    &Reject {
+                        message: message.clone(),
+                    },
+                )
+                .to_vec();
+                let t = frame::tag(&mut seal_out, &f);
+                f.extend_from_slice(&t);
+                Err(Refused {
+                    log: message,
+                    answer: Some(f.into()),
+                })
+            }
+        }
     }
 
     /// Reads the node's frames until the connection ends; returns why.
@@ -810,12 +833,13 @@ impl ClusterGateway {
         &self,
         conn: &Arc<Conn>,
         rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        seal: &mut Seal,
         registry: &Arc<Registry>,
     ) -> String {
         let max = self.config.max_frame;
         loop {
             let f = tokio::select! {
-                r = tokio::time::timeout(self.config.heartbeat_timeout, frame::read_frame(rd, Side::Node, max)) => r,
+                r = tokio::time::timeout(self.config.heartbeat_timeout, frame::read_sealed(rd, Side::Node, max, seal)) => r,
                 () = conn.stop.notified() => return conn.reason(),
             };
             let f = match f {
@@ -868,10 +892,10 @@ impl ClusterGateway {
 const HANDSHAKE_MAX: u32 = 64 * 1024;
 
 /// Why a connection was refused during its handshake: what the log says,
-/// and what the peer is told (`Reject`), if anything.
+/// and the frame the peer is told it with (`Reject`), if any.
 struct Refused {
     log: String,
-    answer: Option<String>,
+    answer: Option<Bytes>,
 }
 
 impl Refused {
@@ -879,10 +903,17 @@ impl Refused {
         Refused { log, answer: None }
     }
 
+    /// Refused before the session is authenticated: a plain `Reject`.
     fn answered(message: String) -> Self {
         Refused {
-            log: message.clone(),
-            answer: Some(message),
+            answer: Some(frame::encode_json(
+                Kind::Reject,
+                0,
+                &Reject {
+                    message: message.clone(),
+                },
+            )),
+            log: message,
         }
     }
 }

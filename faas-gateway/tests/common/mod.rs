@@ -92,11 +92,12 @@ pub(crate) async fn node_auth(
 
 /// The gateway's side, by hand, for a node that connected to `s`: reads
 /// `Auth`, answers with `AuthReply` carrying `gateway_proof(nn, ng)`, and
-/// returns what the node sends next (its `AuthProof`, or nothing).
+/// returns what the node sends next (its `AuthProof`, or nothing) and the
+/// nonces.
 pub(crate) async fn gateway_auth(
     s: &mut TcpStream,
     gateway_proof: impl FnOnce(&[u8; 32], &[u8; 32]) -> [u8; 32],
-) -> Option<(u8, u64, Vec<u8>)> {
+) -> (Option<(u8, u64, Vec<u8>)>, [u8; 32], [u8; 32]) {
     let (kind, _, p) = read(s).await.expect("Auth");
     assert_eq!(kind, 0x07, "Auth first");
     assert_eq!(p.len(), 36);
@@ -106,5 +107,79 @@ pub(crate) async fn gateway_auth(
     let mut reply = ng.to_vec();
     reply.extend_from_slice(&gateway_proof(&nn, &ng));
     s.write_all(&frame(0x89, 0, &reply)).await.unwrap();
-    read(s).await
+    (read(s).await, nn, ng)
+}
+
+/// One direction of an authenticated session: the MAC after each frame.
+pub(crate) struct Seal {
+    key: [u8; 32],
+    seq: u64,
+}
+
+impl Seal {
+    /// The frames `from` ("node" or "gateway") sends.
+    pub(crate) fn new(token: &[u8; 32], from: &str, nn: &[u8], ng: &[u8]) -> Seal {
+        let mut h = blake3::Hasher::new_keyed(token);
+        h.update(format!("faas-cluster/2 frames from the {from}\0").as_bytes());
+        h.update(nn);
+        h.update(ng);
+        Seal {
+            key: *h.finalize().as_bytes(),
+            seq: 0,
+        }
+    }
+
+    /// The tag of the next frame.
+    pub(crate) fn tag(&mut self, frame: &[u8]) -> [u8; 16] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(&self.seq.to_le_bytes());
+        h.update(frame);
+        self.seq += 1;
+        h.finalize().as_bytes()[..16].try_into().unwrap()
+    }
+}
+
+/// A raw peer past the handshake: frames go out with their MAC, frames in
+/// are checked against theirs.
+pub(crate) struct Raw {
+    pub(crate) s: TcpStream,
+    out: Seal,
+    inn: Seal,
+}
+
+impl Raw {
+    /// A raw node (`me` = "node") or gateway (`me` = "gateway").
+    pub(crate) fn new(s: TcpStream, token: &[u8; 32], me: &str, nn: &[u8], ng: &[u8]) -> Raw {
+        let other = if me == "node" { "gateway" } else { "node" };
+        Raw {
+            s,
+            out: Seal::new(token, me, nn, ng),
+            inn: Seal::new(token, other, nn, ng),
+        }
+    }
+
+    /// An encoded frame and its MAC, as the next frame sent.
+    pub(crate) fn seal(&mut self, f: &[u8]) -> Vec<u8> {
+        let t = self.out.tag(f);
+        [f, &t[..]].concat()
+    }
+
+    /// Sends an encoded frame and its MAC.
+    pub(crate) async fn send(&mut self, f: &[u8]) {
+        let sealed = self.seal(f);
+        self.s.write_all(&sealed).await.unwrap();
+    }
+
+    /// Reads one frame and checks its MAC; `None` when the connection ends.
+    pub(crate) async fn recv(&mut self) -> Option<(u8, u64, Vec<u8>)> {
+        let (kind, id, p) = read(&mut self.s).await?;
+        let mut t = [0u8; 16];
+        self.s.read_exact(&mut t).await.ok()?;
+        assert_eq!(
+            t,
+            self.inn.tag(&frame(kind, id, &p)),
+            "MAC of a {kind:#04x} frame"
+        );
+        Some((kind, id, p))
+    }
 }
