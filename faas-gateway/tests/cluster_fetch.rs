@@ -1,6 +1,7 @@
 //! Nodes without shared storage fetch a version's files from the gateway
 //! over their connection, once, checked against its digest; a gateway
-//! that sends files that do not match is not believed.
+//! that sends files that do not match is not believed. Deleting a
+//! function removes the copies (at once, or when the node joins again).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -113,6 +114,8 @@ fn a_node_fetches_a_version_once_into_its_cache() {
         let mut cfg = AgentConfig::new(addr.to_string(), "n1", ClusterToken::from_bytes(TOKEN));
         cfg.cache_dir = Some(cache.path().to_owned());
         cfg.always_fetch = true;
+        // A copy of a function deleted while the node was away.
+        std::fs::create_dir_all(cache.path().join("gone/1-ab/root")).unwrap();
         let agent = NodeAgent::new(cfg, Arc::new(Cat(NodeId("n1".into()))), None);
         tokio::spawn(agent.run(|_| {}));
         let g = loop {
@@ -121,6 +124,16 @@ fn a_node_fetches_a_version_once_into_its_cache() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
+        // Welcome lists the functions that exist: the node drops the rest.
+        let mut dropped = false;
+        for _ in 0..500 {
+            if !cache.path().join("gone").exists() {
+                dropped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(dropped, "the node kept a copy of a deleted function");
         let p = Placement {
             node: NodeId("n1".into()),
             slot: 0,
