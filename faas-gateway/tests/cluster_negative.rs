@@ -37,6 +37,10 @@ struct Gw {
 const TOKEN: [u8; 32] = *b"a test cluster token, 32 bytes!!";
 
 async fn gateway(heartbeat_timeout: Duration) -> Gw {
+    gateway_with(heartbeat_timeout, 256).await
+}
+
+async fn gateway_with(heartbeat_timeout: Duration, max_handshakes: usize) -> Gw {
     let state = tempfile::tempdir().unwrap();
     let scheduler = Arc::new(faas_sched::PoolScheduler::new(Default::default()));
     let table = Arc::new(NodeTable::new());
@@ -46,6 +50,7 @@ async fn gateway(heartbeat_timeout: Duration) -> Gw {
         ClusterConfig {
             heartbeat: Duration::from_millis(50),
             heartbeat_timeout,
+            max_handshakes,
             ..ClusterConfig::new(ClusterToken::from_bytes(TOKEN))
         },
     );
@@ -733,5 +738,33 @@ fn a_node_drops_a_gateway_frame_whose_mac_does_not_match() {
                 .any(|e| e.contains("Invoke frame does not match its MAC")),
             "{ev:?}"
         );
+    });
+}
+
+/// Peers that have not authenticated hold at most `max_handshakes` slots:
+/// more are closed at once, and the slots free up when they are dropped.
+#[test]
+fn connections_authenticating_at_once_are_bounded() {
+    rt().block_on(async {
+        let gw = gateway_with(Duration::from_secs(30), 2).await;
+        let mut mute: Vec<TcpStream> = Vec::new();
+        for _ in 0..2 {
+            mute.push(TcpStream::connect(gw.addr).await.unwrap());
+        }
+        // Both are waiting in their handshake: the third is turned away.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = TcpStream::connect(gw.addr).await.unwrap();
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(1500), third.read(&mut b)).await;
+        assert!(matches!(r, Ok(Ok(0) | Err(_))), "not closed at once: {r:?}");
+        for m in &mut mute {
+            assert!(still_open(m).await);
+        }
+        // Once the silent ones are dropped (2 s), a node joins.
+        for m in &mut mute {
+            assert!(closed(m).await);
+        }
+        agent(&gw, "later", Duration::ZERO);
+        node_gateway(&gw, "later").await;
     });
 }
