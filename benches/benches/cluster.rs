@@ -25,7 +25,8 @@ use faas_core::{
     NodeGateway, NodeId, Placement, RuntimeKind, Scheduler, Timings, UnixMillis,
 };
 use faas_gateway::cluster::{
-    AgentConfig, ClusterConfig, ClusterGateway, NodeAgent, NodeTable, RemoteNodeGateway,
+    AgentConfig, ClusterConfig, ClusterGateway, ClusterToken, NodeAgent, NodeTable,
+    RemoteNodeGateway,
 };
 use faas_gateway::{FunctionGateway, GatewayConfig, Registry};
 use http_body_util::{BodyExt, Full};
@@ -84,7 +85,8 @@ fn invocation(i: u64) -> Invocation {
 async fn framed(state: &std::path::Path) -> (RemoteNodeGateway, Placement) {
     let scheduler = Arc::new(faas_sched::LocalScheduler::new());
     let table = Arc::new(NodeTable::new());
-    let cluster = ClusterGateway::new(scheduler.clone(), table, ClusterConfig::default());
+    let token = ClusterToken::generate().unwrap();
+    let cluster = ClusterGateway::new(scheduler.clone(), table, ClusterConfig::new(token.clone()));
     let gateway = Arc::new(FunctionGateway::new(
         Arc::new(Registry::open(state).unwrap()),
         scheduler.clone() as Arc<dyn Scheduler>,
@@ -95,7 +97,7 @@ async fn framed(state: &std::path::Path) -> (RemoteNodeGateway, Placement) {
     tokio::spawn(cluster.clone().serve(gateway, l, std::future::pending()));
     let node = NodeId("n1".into());
     let agent = NodeAgent::new(
-        AgentConfig::new(addr.to_string(), "n1"),
+        AgentConfig::new(addr.to_string(), "n1", token),
         Arc::new(Echo(node.clone())),
         None,
     );

@@ -221,6 +221,13 @@ pub trait NodeGateway: Send + Sync {
         placement: &'a Placement,
         invocation: Invocation,
     ) -> BoxFuture<'a, Result<InvocationResult, InvokeError>>;
+
+    /// `function` was deleted: drop what this node keeps of it (idle
+    /// instances, copies of its versions). Requests running now finish.
+    /// The default keeps nothing, so does nothing.
+    fn remove_function(&self, function: &str) {
+        let _ = function;
+    }
 }
 
 #[cfg(test)]

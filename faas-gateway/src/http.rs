@@ -10,10 +10,11 @@
 //! | `POST /functions` | deploy a [`FunctionSpec`] (JSON) as a new version, prepared by the [`Preparer`] (a snapshot) → `201` + the spec (its `version`, `start` mode) and any `warnings` |
 //! | `PUT /functions/{name}` | the same, the name from the path (a different `name` in the body is `400`) |
 //! | `GET /functions/{name}` | its latest version |
-//! | `DELETE /functions/{name}` | delete every version and alias → `204` |
+//! | `DELETE /functions/{name}` | delete every version and alias → `204`; every node drops its instances and copies of it |
 //! | `GET /functions/{name}/versions` | every version, oldest first |
 //! | `GET /functions/{name}/aliases` | `{"ALIAS": VERSION, ...}` |
 //! | `POST /functions/{name}/aliases/{alias}` | `{"version": N}`: point the alias at version N |
+//! | `DELETE /functions/{name}/aliases/{alias}` | delete the alias → `204` (`404` if there is none) |
 //! | `POST /invoke/{name}[@version\|@alias]` | run it: the function's status, headers and body, plus `x-faas-invocation-id`, `x-faas-function-version`, `x-faas-start` (`cold`, `restore`, `fork`, or `warm` for a reused instance) and `server-timing` |
 //! | `POST /invoke-async/{name}[@version\|@alias]` | run it in the background → `202` `{"id"}` + `Location` |
 //! | `GET /invocations/{id}` | an invocation's state and (asynchronous) result |
@@ -93,6 +94,7 @@ enum Op {
     ListVersions,
     ListAliases,
     SetAlias,
+    DeleteAlias,
     Invoke,
     InvokeAsync,
     GetInvocation,
@@ -117,7 +119,7 @@ const fn route(method: &'static str, path: &'static str, op: Op) -> Route {
 
 /// Every route of the gateway: what the router serves and what
 /// [`OPENAPI`] documents.
-pub static ROUTES: [Route; 16] = [
+pub static ROUTES: [Route; 17] = [
     route("GET", "/healthz", Op::Healthz),
     route("GET", "/openapi.json", Op::OpenApi),
     route("GET", "/metrics", Op::Metrics),
@@ -129,6 +131,11 @@ pub static ROUTES: [Route; 16] = [
     route("GET", "/functions/{name}/versions", Op::ListVersions),
     route("GET", "/functions/{name}/aliases", Op::ListAliases),
     route("POST", "/functions/{name}/aliases/{alias}", Op::SetAlias),
+    route(
+        "DELETE",
+        "/functions/{name}/aliases/{alias}",
+        Op::DeleteAlias,
+    ),
     route("POST", "/invoke/{function}", Op::Invoke),
     route("POST", "/invoke-async/{function}", Op::InvokeAsync),
     route("GET", "/invocations/{id}", Op::GetInvocation),
@@ -498,6 +505,25 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     r
 }
 
+/// `204 No Content`.
+fn no_content() -> Response<ResponseBody> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// The answer to a failed alias update.
+fn alias_error(e: &AliasError) -> Response<ResponseBody> {
+    let (status, code) = match e {
+        AliasError::Name(_) => (StatusCode::BAD_REQUEST, "bad_alias"),
+        AliasError::NoFunction(_) => (StatusCode::NOT_FOUND, "function_not_found"),
+        AliasError::NoVersion { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
+        AliasError::NoAlias { .. } => (StatusCode::NOT_FOUND, "alias_not_found"),
+        AliasError::State { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "state_error"),
+    };
+    error(status, code, e.to_string())
+}
+
 /// Releases a placement exactly once, also when the request is dropped
 /// half-way (client gone).
 struct Release<'a> {
@@ -676,6 +702,7 @@ impl FunctionGateway {
                 None => not_deployed(p(0)),
             },
             Op::SetAlias => self.set_alias(p(0), p(1), req).await,
+            Op::DeleteAlias => self.delete_alias(p(0), p(1)).await,
             Op::Invoke => self.invoke(p(0), req, trace).await,
             Op::InvokeAsync => self.invoke_async(p(0), req, trace).await,
             Op::GetInvocation => match parse_id(p(0)) {
@@ -815,9 +842,12 @@ impl FunctionGateway {
         match tokio::task::spawn_blocking(move || registry.remove(&n)).await {
             Ok(Ok(true)) => {
                 tracing::info!(function = %name, "deleted");
-                let mut r = Response::new(Full::new(Bytes::new()));
-                *r.status_mut() = StatusCode::NO_CONTENT;
-                r
+                // Every node drops its instances and copies of it.
+                let nodes: Vec<_> = self.dispatcher.nodes.read().values().cloned().collect();
+                for n in nodes {
+                    n.remove_function(name);
+                }
+                no_content()
             }
             Ok(Ok(false)) => not_deployed(name),
             Ok(Err(e)) => error(
@@ -862,15 +892,20 @@ impl FunctionGateway {
                     },
                 )
             }
-            Ok(Err(e)) => {
-                let (status, code) = match &e {
-                    AliasError::Name(_) => (StatusCode::BAD_REQUEST, "bad_alias"),
-                    AliasError::NoFunction(_) => (StatusCode::NOT_FOUND, "function_not_found"),
-                    AliasError::NoVersion { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
-                    AliasError::State { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "state_error"),
-                };
-                error(status, code, e.to_string())
+            Ok(Err(e)) => alias_error(&e),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        }
+    }
+
+    async fn delete_alias(&self, name: &str, alias: &str) -> Response<ResponseBody> {
+        let registry = self.registry.clone();
+        let (n, a) = (name.to_owned(), alias.to_owned());
+        match tokio::task::spawn_blocking(move || registry.remove_alias(&n, &a)).await {
+            Ok(Ok(())) => {
+                tracing::info!(function = %name, alias, "alias deleted");
+                no_content()
             }
+            Ok(Err(e)) => alias_error(&e),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }

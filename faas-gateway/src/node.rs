@@ -109,6 +109,8 @@ struct FnState {
     restore_failed: AtomicBool,
     /// A fork of the function's template failed: restore from now on.
     fork_failed: AtomicBool,
+    /// The function was deleted: instances do not park idle any more.
+    removed: AtomicBool,
 }
 
 impl FnState {
@@ -225,11 +227,6 @@ impl LocalNodeGateway {
         &self.inner.stats
     }
 
-    /// Forgets a function: idle instances of it exit; running ones finish.
-    pub fn remove_function(&self, name: &str) {
-        self.inner.functions.lock().retain(|(n, _), _| n != name);
-    }
-
     /// The queue of this exact spec (a redeployed version with the same
     /// number but other contents gets a fresh one).
     fn state(&self, spec: &Arc<FunctionSpec>) -> Arc<FnState> {
@@ -243,6 +240,7 @@ impl LocalNodeGateway {
                     queue: Mutex::new(Queue::default()),
                     restore_failed: AtomicBool::new(false),
                     fork_failed: AtomicBool::new(false),
+                    removed: AtomicBool::new(false),
                 });
                 fns.insert(key, st.clone());
                 st
@@ -317,6 +315,22 @@ impl NodeGateway for LocalNodeGateway {
             }
             self.run(function, invocation).await
         })
+    }
+
+    /// Forgets every version of `function`: its idle keep-alive instances
+    /// exit now, running ones after their request; its requests still
+    /// queued are served.
+    fn remove_function(&self, function: &str) {
+        let removed: Vec<Arc<FnState>> = {
+            let mut fns = self.inner.functions.lock();
+            let keys: Vec<_> = fns.keys().filter(|(n, _)| n == function).cloned().collect();
+            keys.iter().filter_map(|k| fns.remove(k)).collect()
+        };
+        for st in removed {
+            st.removed.store(true, Ordering::Relaxed);
+            // Dropping their senders wakes the idle instances: they exit.
+            st.queue.lock().idle.clear();
+        }
     }
 }
 
@@ -479,12 +493,12 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             }
             match (q.pop_live(), keep_alive) {
                 (Some(p), _) => (Some(p), None),
-                (None, Some(_)) => {
+                (None, Some(_)) if !st.removed.load(Ordering::Relaxed) => {
                     let (tx, rx) = oneshot::channel();
                     q.idle.push_back(tx);
                     (None, Some(rx))
                 }
-                (None, None) => (None, None),
+                (None, _) => (None, None),
             }
         };
         let p = match (next, parked, keep_alive) {

@@ -98,7 +98,7 @@ pub enum OpenError {
     },
 }
 
-/// Why an alias cannot be set.
+/// Why an alias cannot be set or deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum AliasError {
     /// The alias name is not acceptable.
@@ -116,6 +116,14 @@ pub enum AliasError {
         function: String,
         /// The version asked for.
         version: u32,
+    },
+    /// The function has no such alias (to delete).
+    #[error("function {function:?} has no alias {alias:?}")]
+    NoAlias {
+        /// The function.
+        function: String,
+        /// The alias.
+        alias: String,
     },
     /// The aliases cannot be written.
     #[error("state directory {path}: {source}")]
@@ -359,21 +367,55 @@ impl Registry {
         if !valid_alias(alias) {
             return Err(AliasError::Name(alias.to_owned()));
         }
-        let _w = self.write.lock();
-        let mut aliases = {
-            let fns = self.functions.read();
-            let e = fns
-                .get(name)
-                .ok_or_else(|| AliasError::NoFunction(name.to_owned()))?;
+        self.update_aliases(name, |e, aliases| {
             if !e.versions.contains_key(&version) {
                 return Err(AliasError::NoVersion {
                     function: name.to_owned(),
                     version,
                 });
             }
-            e.aliases.clone()
+            aliases.insert(alias.to_owned(), version);
+            Ok(())
+        })
+    }
+
+    /// Deletes `alias` of `name` and writes the function's aliases
+    /// atomically. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`AliasError::NoFunction`], [`AliasError::NoAlias`] or
+    /// [`AliasError::State`]; nothing changes on error.
+    pub fn remove_alias(&self, name: &str, alias: &str) -> Result<(), AliasError> {
+        self.update_aliases(name, |_, aliases| {
+            aliases
+                .remove(alias)
+                .map(|_| ())
+                .ok_or_else(|| AliasError::NoAlias {
+                    function: name.to_owned(),
+                    alias: alias.to_owned(),
+                })
+        })
+    }
+
+    /// Applies `change` to a copy of the aliases of `name`, writes the
+    /// result (a temporary file renamed over `aliases.json`), then makes
+    /// it current.
+    fn update_aliases(
+        &self,
+        name: &str,
+        change: impl FnOnce(&Entry, &mut BTreeMap<String, u32>) -> Result<(), AliasError>,
+    ) -> Result<(), AliasError> {
+        let _w = self.write.lock();
+        let aliases = {
+            let fns = self.functions.read();
+            let e = fns
+                .get(name)
+                .ok_or_else(|| AliasError::NoFunction(name.to_owned()))?;
+            let mut aliases = e.aliases.clone();
+            change(e, &mut aliases)?;
+            aliases
         };
-        aliases.insert(alias.to_owned(), version);
         let fdir = self.dir.join(name);
         let path = fdir.join(ALIASES);
         let tmp = fdir.join(format!(".{ALIASES}.{}", random_hex(4)));
@@ -1010,6 +1052,27 @@ mod tests {
         assert_eq!(r.versions("f").unwrap().len(), 2);
         // A third deploy is numbered past the alias file.
         assert_eq!(r.deploy(spec("f", src.path())).unwrap().version, 3);
+        // Deleting an alias persists; a missing one is named.
+        r.remove_alias("f", "canary").unwrap();
+        assert!(matches!(
+            r.remove_alias("f", "canary"),
+            Err(AliasError::NoAlias { ref alias, .. }) if alias == "canary"
+        ));
+        assert!(matches!(
+            r.remove_alias("g", "prod"),
+            Err(AliasError::NoFunction(_))
+        ));
+        drop(r);
+        let r = Registry::open(state.path()).unwrap();
+        let aliases = r.aliases("f").unwrap();
+        assert_eq!(aliases.keys().collect::<Vec<_>>(), ["prod"]);
+        assert_eq!(
+            r.resolve("f", &Target::Alias("canary".into())),
+            Err(ResolveError::NoAlias {
+                function: "f".into(),
+                alias: "canary".into()
+            })
+        );
         assert!(r.remove("f").unwrap());
         r.deploy(spec("f", src.path())).unwrap();
         assert!(r.aliases("f").unwrap().is_empty());

@@ -1,7 +1,12 @@
 //! Nodes without shared storage fetch a version's files from the gateway
 //! over their connection, once, checked against its digest; a gateway
-//! that sends files that do not match is not believed.
+//! that sends files that do not match is not believed. Deleting a
+//! function removes the copies (at once, or when the node joins again).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::frame;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,9 +17,10 @@ use faas_core::{
     BoxFuture, FunctionSpec, ImageRef, Invocation, InvocationId, InvocationResult, InvokeError,
     NodeGateway, NodeId, Placement, RuntimeKind, Scheduler, Timings, UnixMillis,
 };
-use faas_gateway::cluster::{AgentConfig, ClusterConfig, ClusterGateway, NodeAgent, NodeTable};
+use faas_gateway::cluster::{
+    AgentConfig, ClusterConfig, ClusterGateway, ClusterToken, NodeAgent, NodeTable,
+};
 use faas_gateway::{FunctionGateway, GatewayConfig, Registry};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Answers with the path of the function's files and its `data.txt`.
 struct Cat(NodeId);
@@ -43,6 +49,8 @@ impl NodeGateway for Cat {
         })
     }
 }
+
+const TOKEN: [u8; 32] = [42; 32];
 
 fn inv() -> Invocation {
     Invocation {
@@ -89,7 +97,7 @@ fn a_node_fetches_a_version_once_into_its_cache() {
         let cluster = ClusterGateway::new(
             scheduler.clone(),
             Arc::new(NodeTable::new()),
-            ClusterConfig::default(),
+            ClusterConfig::new(ClusterToken::from_bytes(TOKEN)),
         );
         let gateway = Arc::new(FunctionGateway::new(
             registry.clone(),
@@ -98,10 +106,16 @@ fn a_node_fetches_a_version_once_into_its_cache() {
         ));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(cluster.clone().serve(gateway, l, std::future::pending()));
-        let mut cfg = AgentConfig::new(addr.to_string(), "n1");
+        tokio::spawn(
+            cluster
+                .clone()
+                .serve(gateway.clone(), l, std::future::pending()),
+        );
+        let mut cfg = AgentConfig::new(addr.to_string(), "n1", ClusterToken::from_bytes(TOKEN));
         cfg.cache_dir = Some(cache.path().to_owned());
         cfg.always_fetch = true;
+        // A copy of a function deleted while the node was away.
+        std::fs::create_dir_all(cache.path().join("gone/1-ab/root")).unwrap();
         let agent = NodeAgent::new(cfg, Arc::new(Cat(NodeId("n1".into()))), None);
         tokio::spawn(agent.run(|_| {}));
         let g = loop {
@@ -110,6 +124,16 @@ fn a_node_fetches_a_version_once_into_its_cache() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
+        // Welcome lists the functions that exist: the node drops the rest.
+        let mut dropped = false;
+        for _ in 0..500 {
+            if !cache.path().join("gone").exists() {
+                dropped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(dropped, "the node kept a copy of a deleted function");
         let p = Placement {
             node: NodeId("n1".into()),
             slot: 0,
@@ -145,15 +169,26 @@ fn a_node_fetches_a_version_once_into_its_cache() {
         let e = g.invoke(Arc::new(gone), &p, inv()).await.unwrap_err();
         assert_eq!(e.http_status(), 503);
         assert!(e.to_string().contains("version 7 is not deployed"), "{e}");
-    });
-}
 
-async fn read(s: &mut tokio::net::TcpStream) -> (u8, u64, Vec<u8>) {
-    let mut h = [0u8; 16];
-    s.read_exact(&mut h).await.unwrap();
-    let mut p = vec![0; u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize];
-    s.read_exact(&mut p).await.unwrap();
-    (h[2], u64::from_le_bytes(h[8..16].try_into().unwrap()), p)
+        // Deleting the function on the gateway reaches the node: its copy
+        // goes (the gateway does not wait for that).
+        let del = |path: &str| {
+            http::Request::delete(path)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        assert_eq!(gateway.handle(del("/functions/f")).await.status(), 204);
+        let mut gone = false;
+        for _ in 0..500 {
+            if !cache.path().join("f").exists() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "the node still has its copy of f");
+        assert_eq!(gateway.handle(del("/functions/f")).await.status(), 404);
+    });
 }
 
 #[test]
@@ -167,22 +202,17 @@ fn files_that_do_not_match_their_digest_are_refused() {
         // A gateway that lies about the files it sends.
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let mut cfg = AgentConfig::new(addr.to_string(), "n1");
+        let mut cfg = AgentConfig::new(addr.to_string(), "n1", ClusterToken::from_bytes(TOKEN));
         cfg.cache_dir = Some(cache.path().to_owned());
         let agent = NodeAgent::new(cfg, Arc::new(Cat(NodeId("n1".into()))), None);
         tokio::spawn(agent.run(|_| {}));
         let (mut s, _) = l.accept().await.unwrap();
-        let frame = |kind: u8, id: u64, p: &[u8]| {
-            let mut v = vec![0x5C, 0xFA, kind, 0];
-            v.extend_from_slice(&(p.len() as u32).to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-            v.extend_from_slice(p);
-            v
-        };
-        assert_eq!(read(&mut s).await.0, 0x01, "Hello");
-        s.write_all(&frame(0x81, 0, br#"{"heartbeat_ms":60000}"#))
-            .await
-            .unwrap();
+        let (next, nn, ng) =
+            common::gateway_auth(&mut s, |nn, ng| common::proof(&TOKEN, "gateway", nn, ng)).await;
+        assert_eq!(next.unwrap().0, 0x08, "AuthProof");
+        let mut s = common::Raw::new(s, &TOKEN, "gateway", &nn, &ng);
+        assert_eq!(s.recv().await.unwrap().0, 0x01, "Hello");
+        s.send(&frame(0x81, 0, br#"{"heartbeat_ms":60000}"#)).await;
         let spec = FunctionSpec::new(
             "f",
             RuntimeKind::Exec,
@@ -195,20 +225,20 @@ fn files_that_do_not_match_their_digest_are_refused() {
         .unwrap();
         let mut p = (meta.len() as u32).to_le_bytes().to_vec();
         p.extend_from_slice(&meta);
-        s.write_all(&frame(0x83, 1, &p)).await.unwrap();
+        s.send(&frame(0x83, 1, &p)).await;
         let (kind, fid, _) = loop {
-            let f = read(&mut s).await;
+            let f = s.recv().await.unwrap();
             if f.0 != 0x02 {
                 break f;
             }
         };
         assert_eq!(kind, 0x06, "Fetch");
-        s.write_all(&frame(0x86, fid, b"not a tar")).await.unwrap();
+        s.send(&frame(0x86, fid, b"not a tar")).await;
         let end =
             serde_json::to_vec(&serde_json::json!({"ok": {"digest": "00", "bytes": 9}})).unwrap();
-        s.write_all(&frame(0x87, fid, &end)).await.unwrap();
+        s.send(&frame(0x87, fid, &end)).await;
         let (kind, id, p) = loop {
-            let f = read(&mut s).await;
+            let f = s.recv().await.unwrap();
             if f.0 != 0x02 {
                 break f;
             }

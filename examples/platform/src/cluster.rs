@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use faas_core::NodeId;
 use faas_gateway::cluster::{
-    AgentConfig, AgentEvent, ClusterConfig, ClusterGateway, NodeAgent, NodeTable,
+    AgentConfig, AgentEvent, ClusterConfig, ClusterGateway, ClusterToken, NodeAgent, NodeTable,
 };
 use faas_gateway::{FunctionGateway, GatewayConfig, Registry};
 use faas_sched::PoolScheduler;
@@ -41,13 +41,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Opens the registry in `state_dir` and wires the components; deploys
-    /// are prepared by a connected node.
+    /// Opens the registry in `state_dir` and wires the components; nodes
+    /// must prove they know `token`; deploys are prepared by a connected
+    /// node.
     ///
     /// # Errors
     ///
     /// The state directory cannot be opened.
-    pub fn new(state_dir: &Path, max_body: usize) -> anyhow::Result<Self> {
+    pub fn new(state_dir: &Path, max_body: usize, token: ClusterToken) -> anyhow::Result<Self> {
         let registry = Arc::new(
             Registry::open(state_dir)
                 .with_context(|| format!("opening state directory {}", state_dir.display()))?,
@@ -59,7 +60,7 @@ impl Gateway {
             nodes.clone(),
             ClusterConfig {
                 heartbeat_timeout: HEARTBEAT_TIMEOUT,
-                ..ClusterConfig::default()
+                ..ClusterConfig::new(token)
             },
         );
         let gateway = Arc::new(
@@ -127,6 +128,23 @@ impl Gateway {
     }
 }
 
+/// The cluster token of a gateway: read from `file` when given (created
+/// there if it does not exist), else from `STATE/cluster.token` (created on
+/// first start). Returns the token, its file, and whether it was created.
+///
+/// # Errors
+///
+/// The file cannot be read or created, is not a token, or others may read
+/// it.
+pub fn gateway_token(
+    state_dir: &Path,
+    file: Option<&Path>,
+) -> anyhow::Result<(ClusterToken, std::path::PathBuf, bool)> {
+    let path = file.map_or_else(|| state_dir.join("cluster.token"), Path::to_path_buf);
+    let (token, created) = ClusterToken::load_or_create(&path)?;
+    Ok((token, path, created))
+}
+
 /// The default node address: the HTTP address with the next port.
 pub fn default_node_listen(http: SocketAddr) -> SocketAddr {
     let mut a = http;
@@ -145,6 +163,8 @@ pub struct NodeSettings {
     pub join: String,
     /// The node's name.
     pub name: String,
+    /// The cluster token (the gateway's `cluster.token`).
+    pub token: ClusterToken,
     /// Memory offered, in MiB.
     pub memory_mb: u64,
     /// Fetch every version from the gateway into `STATE/cache`, even one
@@ -175,7 +195,11 @@ pub async fn run_node(
             "faas node: WARNING: instances run as plain processes (ProcessRuntime): not isolated, for development only"
         );
     }
-    let mut agent_cfg = AgentConfig::new(settings.join.clone(), settings.name.clone());
+    let mut agent_cfg = AgentConfig::new(
+        settings.join.clone(),
+        settings.name.clone(),
+        settings.token.clone(),
+    );
     agent_cfg.slots = cfg.slots;
     agent_cfg.memory_mb = settings.memory_mb;
     agent_cfg.cache_dir = Some(cfg.state_dir.join("cache"));

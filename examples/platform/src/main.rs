@@ -67,15 +67,21 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Point an alias of a function at one of its versions.
+    /// Point an alias of a function at one of its versions (`faas alias
+    /// NAME ALIAS VERSION`), or delete one (`faas alias rm NAME ALIAS`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Alias {
         /// Function name.
-        name: String,
+        #[arg(required = true)]
+        name: Option<String>,
         /// Alias (a-z, 0-9, '-', '_'; not a number, not `latest`).
-        alias: String,
+        #[arg(required = true)]
+        alias: Option<String>,
         /// Version number.
-        #[arg(value_name = "VERSION")]
-        to_version: u32,
+        #[arg(value_name = "VERSION", required = true)]
+        to_version: Option<u32>,
+        #[command(subcommand)]
+        action: Option<AliasAction>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -111,6 +117,19 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AliasAction {
+    /// Delete an alias of a function (its versions stay).
+    Rm {
+        /// Function name.
+        name: String,
+        /// Alias.
+        alias: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
 #[derive(Args)]
 struct ServerArg {
     /// URL of the faas server.
@@ -131,6 +150,11 @@ struct ServeArgs {
     /// the --listen address with the next port, e.g. 127.0.0.1:8081].
     #[arg(long)]
     node_listen: Option<SocketAddr>,
+    /// With --role gateway: the file of the cluster token that nodes must
+    /// prove they know (created, mode 0600, if it does not exist) [default:
+    /// STATE/cluster.token].
+    #[arg(long, env = "FAAS_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: Option<PathBuf>,
     /// Where deployed functions are kept [default: $XDG_STATE_HOME/faas or ~/.local/state/faas].
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -167,6 +191,10 @@ struct NodeArgs {
     /// The gateway's node address (its --node-listen), HOST:PORT.
     #[arg(long)]
     join: String,
+    /// The gateway's cluster token (a copy of its STATE/cluster.token,
+    /// mode 0600): node and gateway each prove they know it.
+    #[arg(long, env = "FAAS_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: PathBuf,
     /// This node's name (a-z, 0-9, '-', '_'); joining again under the same
     /// name replaces the old connection.
     #[arg(long)]
@@ -390,10 +418,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Alias {
-            name,
-            alias,
-            to_version: version,
+            action:
+                Some(AliasAction::Rm {
+                    name,
+                    alias,
+                    server,
+                }),
+            ..
+        } => {
+            Client::new(&server.server)
+                .expect_ok(
+                    Method::DELETE,
+                    &format!("/functions/{name}/aliases/{alias}"),
+                    Bytes::new(),
+                )
+                .await?;
+            println!("deleted {name}@{alias}");
+            Ok(())
+        }
+        Command::Alias {
+            name: Some(name),
+            alias: Some(alias),
+            to_version: Some(version),
             server,
+            action: None,
         } => {
             Client::new(&server.server)
                 .expect_ok(
@@ -405,6 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{name}@{alias} -> version {version}");
             Ok(())
         }
+        Command::Alias { .. } => bail!("give NAME ALIAS VERSION, or rm NAME ALIAS"),
         Command::Rm { name, server } => {
             Client::new(&server.server)
                 .expect_ok(Method::DELETE, &format!("/functions/{name}"), Bytes::new())
@@ -463,23 +512,44 @@ async fn shutdown_signal() {
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let state_dir = a.state_dir.unwrap_or_else(default_state_dir);
     if a.role == "gateway" {
-        let gw = faas_platform::cluster::Gateway::new(&state_dir, a.max_body)?;
+        let (token, token_file, created) =
+            faas_platform::cluster::gateway_token(&state_dir, a.cluster_token_file.as_deref())?;
+        let gw = faas_platform::cluster::Gateway::new(&state_dir, a.max_body, token)?;
         let node_addr = a
             .node_listen
             .unwrap_or_else(|| faas_platform::cluster::default_node_listen(a.listen));
         let (listener, addr) = Platform::bind(a.listen).await?;
         let (nodes, node_addr) = faas_platform::cluster::Gateway::bind_nodes(node_addr).await?;
-        println!(
-            "faas: listening on http://{addr} (state in {}); nodes join on {node_addr}",
-            state_dir.display()
+        let join = if node_addr.ip().is_unspecified() {
+            format!("GATEWAY-HOST:{}", node_addr.port())
+        } else {
+            node_addr.to_string()
+        };
+        // One write: a reader that stops after the first line does not
+        // make a later line fail.
+        let banner = format!(
+            "faas: listening on http://{addr} (state in {}); nodes join on {node_addr}\n\
+             faas: cluster token in {} ({}); copy it to each node (mode 0600) and run there:\n  \
+             faas node --join {join} --name NAME --cluster-token-file {}\n\
+             faas: node traffic is authenticated, not encrypted: keep the node port on a private network or a tunnel\n",
+            state_dir.display(),
+            token_file.display(),
+            if created { "created now" } else { "existing" },
+            token_file.display()
         );
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
+        drop(out);
         gw.serve(listener, nodes, shutdown_signal()).await?;
         eprintln!("faas: stopped");
         return Ok(());
     }
     if a.node_listen.is_some() {
         bail!("--node-listen needs --role gateway");
+    }
+    if a.cluster_token_file.is_some() && std::env::var_os("FAAS_CLUSTER_TOKEN_FILE").is_none() {
+        bail!("--cluster-token-file needs --role gateway");
     }
     let mut config = PlatformConfig::new(state_dir.clone());
     config.slots = a.slots;
@@ -523,9 +593,11 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
     platform.python = a.python;
     platform.node = a.node;
     platform.snapshots = !a.no_snapshots;
+    let token = faas_gateway::cluster::ClusterToken::load(&a.cluster_token_file)?;
     let settings = faas_platform::cluster::NodeSettings {
         join: a.join,
         name: a.name,
+        token,
         memory_mb: a.memory_mb.unwrap_or_else(faas_platform::machine_memory_mb),
         always_fetch: a.always_fetch,
         platform,

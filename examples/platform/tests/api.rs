@@ -228,8 +228,45 @@ fn versions_and_aliases_choose_what_runs_and_survive_a_restart() {
     let (body, v) = invoke(&s, "greet");
     assert!(body.contains("answer of v1") && v == "3", "{body} {v}");
 
-    // After a restart: the same versions and aliases.
+    // Deleting an alias: 204, it no longer resolves, the versions stay;
+    // a missing alias or function is a 404 that names it.
+    cli_ok(&s, &["alias", "greet", "tmp", "1"]);
+    let out = cli_ok(&s, &["alias", "rm", "greet", "tmp"]);
+    assert!(out.contains("deleted greet@tmp"), "{out}");
+    let r = call(&s, Method::POST, "/invoke/greet@tmp", "");
+    assert_eq!(
+        (r.status.as_u16(), json(&r)["error"].as_str()),
+        (404, Some("alias_not_found"))
+    );
+    let (_, v) = invoke(&s, "greet@1");
+    assert_eq!(v, "1");
+    for (path, code, named) in [
+        ("/functions/greet/aliases/tmp", "alias_not_found", "\"tmp\""),
+        (
+            "/functions/nosuch/aliases/prod",
+            "function_not_found",
+            "\"nosuch\"",
+        ),
+    ] {
+        let r = call(&s, Method::DELETE, path, "");
+        assert_eq!(r.status, 404, "{path}");
+        let e = json(&r);
+        assert_eq!(e["error"], code, "{e}");
+        assert!(e["message"].as_str().unwrap().contains(named), "{e}");
+    }
+    let o = s.cli(&["alias", "rm", "greet", "tmp"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("has no alias \"tmp\""), "{err}");
+    let r = call(&s, Method::DELETE, "/functions/greet/aliases/prod", "");
+    assert_eq!((r.status.as_u16(), r.body.len()), (204, 0));
+    cli_ok(&s, &["alias", "greet", "prod", "2"]);
+
+    // After a restart: the same versions and aliases (the deleted one
+    // stays deleted).
     s.restart();
+    let aliases = json(&call(&s, Method::GET, "/functions/greet/aliases", ""));
+    assert_eq!(aliases, serde_json::json!({"old": 1, "prod": 2}));
     let (body, v) = invoke(&s, "greet@prod");
     assert!(body.contains("answer of v2") && v == "2", "{body} {v}");
     let (body, v) = invoke(&s, "greet@old");
@@ -438,6 +475,54 @@ fn python_prints_are_the_logs_of_their_invocation_with_the_trace_id() {
     for l in lines {
         assert!(l.contains("trace-aaaa-1"), "{l}");
     }
+}
+
+/// `faas_live_instances` of the local node.
+fn live_instances(s: &Server) -> f64 {
+    let m = text(&call(s, Method::GET, "/metrics", ""));
+    m.lines()
+        .find_map(|l| l.strip_prefix("faas_live_instances{node=\"local\"} "))
+        .unwrap_or_else(|| panic!("no faas_live_instances in\n{m}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Deleting a function stops its warm (kept-alive) instances at once,
+/// not when their idle time (here 10 minutes) runs out.
+#[test]
+fn deleting_a_function_stops_its_warm_instances() {
+    let s = Server::start(PLAIN);
+    let ex = s.examples();
+    s.deploy(
+        "warm",
+        &ex.join("hello"),
+        "hello",
+        &["--keep-alive-ms", "600000"],
+    );
+    let r = call(&s, Method::POST, "/invoke/warm", "hi");
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let r = call(&s, Method::POST, "/invoke/warm", "hi");
+    assert_eq!(header(&r, "x-faas-start"), "warm");
+    assert_eq!(live_instances(&s), 1.0);
+    cli_ok(&s, &["rm", "warm"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    while live_instances(&s) != 0.0 {
+        assert!(
+            Instant::now() < until,
+            "the warm instance of a deleted function is still alive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = call(&s, Method::POST, "/invoke/warm", "hi");
+    assert_eq!(r.status, 404);
+    // Deployed again under the same name: a fresh instance.
+    s.deploy("warm", &ex.join("hello"), "hello", &[]);
+    let r = call(&s, Method::POST, "/invoke/warm", "hi");
+    assert_eq!(
+        (r.status.as_u16(), header(&r, "x-faas-start")),
+        (200, "cold")
+    );
 }
 
 #[test]

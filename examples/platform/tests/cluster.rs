@@ -10,7 +10,9 @@
 //! files from the gateway (n3, `--always-fetch`) serves them too; when a node is killed
 //! (SIGKILL) while it runs a slow request, that request fails at once
 //! with `502 node_lost` naming the node (not after its timeout), and the
-//! following requests all succeed on the other two.
+//! following requests all succeed on the other two. Nodes join with the
+//! cluster token the gateway created; deleting a function reaches the
+//! nodes (n3's fetched copy goes, at once or when it joins again).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -134,11 +136,21 @@ impl Cluster {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         assert!(line.contains("nodes join on 0.0.0.0:8081"), "{line:?}");
+        let mut how = String::new();
+        out.read_line(&mut how).unwrap();
+        out.read_line(&mut how).unwrap();
+        let token = state.join("cluster.token");
+        assert!(
+            how.contains(&format!(
+                "faas node --join GATEWAY-HOST:8081 --name NAME --cluster-token-file {}",
+                token.display()
+            )),
+            "{how:?}"
+        );
         self.gateway = Some(child);
     }
 
@@ -149,6 +161,8 @@ impl Cluster {
             .args(["node", "--join", &format!("{GW_IP}:8081"), "--name", name])
             .args(["--slots", "4", "--quiet-instances", "--state-dir"])
             .arg(&state)
+            .arg("--cluster-token-file")
+            .arg(self.dir.path().join("gw/cluster.token"))
             // n3 does not use the shared state directory: it fetches each
             // version from the gateway over its connection.
             .args(if name == "n3" {
@@ -368,6 +382,33 @@ fn three_nodes_share_the_load_and_a_killed_node_fails_only_its_requests() {
     let v = n.iter().find(|n| n["name"] == victim.as_str()).unwrap();
     assert_eq!(v["state"], "lost", "{n:?}");
     assert_eq!(n.iter().filter(|n| n["state"] == "up").count(), 2, "{n:?}");
+
+    // Deleting a function reaches the nodes: n3 drops its fetched copy at
+    // once if it is up, or when it joins again (the killed node is
+    // restarted after the delete); the gateway answers 404.
+    let n3_copy = c.dir.path().join("n3/cache/slow");
+    assert!(n3_copy.is_dir(), "n3 fetched slow");
+    let o = c.cli(&["rm", "slow"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.start_node(&victim);
+    c.wait_for("the killed node to join again", |n| {
+        n.iter().filter(|n| n["state"] == "up").count() == 3
+    });
+    let start = Instant::now();
+    while n3_copy.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "n3 still has its copy of a deleted function"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a = answer(&c.cli(&["invoke", "slow", "-i", "--data", "{}"]));
+    assert_eq!(a.status, 404, "{a:?}");
+    assert!(a.text.contains("is not deployed"), "{a:?}");
+    for i in 0..6 {
+        let a = answer(&c.cli(&["invoke", "hello", "-i", "--data", &format!("back {i}")]));
+        assert_eq!(a.status, 200, "{a:?}");
+    }
 }
 
 /// `faas serve` (role all) lists its one in-process node, counts its

@@ -17,9 +17,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use super::auth::{self, ClusterToken, Role, Seal, TOKEN_LEN};
 use super::frame::{
-    self, ErrorMeta, FetchEnd, FetchMeta, FrameError, Hello, InvokeMeta, Kind, PrepareMeta,
-    PreparedMeta, Reject, ResultMeta, Side, Welcome,
+    self, ErrorMeta, FetchEnd, FetchMeta, ForgetMeta, FrameError, Hello, InvokeMeta, Kind,
+    PrepareMeta, PreparedMeta, Reject, ResultMeta, Side, Welcome,
 };
 use crate::prepare::{PrepareError, Preparer};
 
@@ -31,6 +32,9 @@ pub struct AgentConfig {
     /// This node's name (`[a-z0-9][a-z0-9_-]{0,62}`); a node that joins
     /// again under the same name replaces its old connection.
     pub name: String,
+    /// The cluster's secret: the node proves it knows it and accepts only
+    /// a gateway that proves the same.
+    pub token: ClusterToken,
     /// Instance slots offered.
     pub slots: u32,
     /// Memory offered for instances, in MiB.
@@ -49,11 +53,12 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults for `name` joining `gateway`: 64 slots, 8 GiB.
-    pub fn new(gateway: impl Into<String>, name: impl Into<String>) -> Self {
+    /// Defaults for `name` joining `gateway` with `token`: 64 slots, 8 GiB.
+    pub fn new(gateway: impl Into<String>, name: impl Into<String>, token: ClusterToken) -> Self {
         AgentConfig {
             gateway: gateway.into(),
             name: name.into(),
+            token,
             slots: 64,
             memory_mb: 8192,
             max_frame: super::DEFAULT_MAX_FRAME,
@@ -101,6 +106,17 @@ pub enum AgentError {
         /// Its reason.
         message: String,
     },
+    /// The gateway could not prove that it knows the cluster token: one of
+    /// the two has another token, or it is not the gateway.
+    #[error(
+        "gateway {gateway} could not prove the cluster token (bad cluster token: the gateway and node {name} have different tokens, or it is not your gateway); not joining"
+    )]
+    Unauthenticated {
+        /// The gateway.
+        gateway: String,
+        /// This node.
+        name: String,
+    },
 }
 
 /// A node agent: joins the gateway at [`AgentConfig::gateway`], registers
@@ -120,8 +136,11 @@ pub struct NodeAgent {
     seen: Mutex<HashSet<(String, u32, PathBuf)>>,
     /// Versions fetched into the cache, by their directory on the gateway;
     /// the first invocation fetches, concurrent ones wait for it.
-    fetched: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<PathBuf>>>>>,
+    fetched: Mutex<HashMap<(String, PathBuf), FetchSlot>>,
 }
+
+/// Where a version fetched from the gateway went (`None` until it is).
+type FetchSlot = Arc<tokio::sync::Mutex<Option<PathBuf>>>;
 
 /// The current connection, as the tasks of its requests see it.
 struct Link {
@@ -206,6 +225,12 @@ impl NodeAgent {
                         message,
                     });
                 }
+                Err(Session::Unauthenticated) => {
+                    return Err(AgentError::Unauthenticated {
+                        gateway: gw.clone(),
+                        name: self.config.name.clone(),
+                    });
+                }
                 Err(Session::Failed(error)) => {
                     events(AgentEvent::Unreachable {
                         gateway: gw.clone(),
@@ -228,19 +253,23 @@ impl NodeAgent {
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(64 * 1024, rd);
+        let (mut seal_out, mut seal_in) = self.authenticate(&mut rd, &mut wr).await?;
         let hello = Hello {
             protocol: frame::PROTOCOL,
             name: self.config.name.clone(),
             slots: self.config.slots,
             memory_mb: self.config.memory_mb,
         };
-        wr.write_all(&frame::encode_json(Kind::Hello, 0, &hello))
+        let mut f = frame::encode_json(Kind::Hello, 0, &hello).to_vec();
+        let t = frame::tag(&mut seal_out, &f);
+        f.extend_from_slice(&t);
+        wr.write_all(&f)
             .await
             .map_err(|e| Session::Failed(format!("sending Hello: {e}")))?;
         let max = self.config.max_frame;
         let first = tokio::time::timeout(
             Duration::from_secs(5),
-            frame::read_frame(&mut rd, Side::Gateway, 64 * 1024),
+            frame::read_sealed(&mut rd, Side::Gateway, 64 * 1024, &mut seal_in),
         )
         .await
         .map_err(|_| Session::Failed("the gateway did not answer Hello in time".into()))?
@@ -248,6 +277,7 @@ impl NodeAgent {
         let heartbeat = match first.kind {
             Kind::Welcome => {
                 let w: Welcome = first.json().map_err(|e| Session::Failed(e.to_string()))?;
+                self.forget_all_but(&w.functions);
                 Duration::from_millis(w.heartbeat_ms.clamp(10, 60_000))
             }
             Kind::Reject => {
@@ -273,11 +303,13 @@ impl NodeAgent {
         let writer = tokio::spawn(async move {
             let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
             while let Some(f) = queue.recv().await {
-                if w.write_all(&f).await.is_err() {
+                let t = frame::tag(&mut seal_out, &f);
+                if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
                     return;
                 }
                 while let Ok(f) = queue.try_recv() {
-                    if w.write_all(&f).await.is_err() {
+                    let t = frame::tag(&mut seal_out, &f);
+                    if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
                         return;
                     }
                 }
@@ -304,17 +336,19 @@ impl NodeAgent {
         // from it, it is gone even if the connection still looks open.
         let silence = (heartbeat * 4).max(Duration::from_secs(2));
         let reason = loop {
-            let f =
-                match tokio::time::timeout(silence, frame::read_frame(&mut rd, Side::Gateway, max))
-                    .await
-                {
-                    Err(_) => {
-                        let why = format!("no answer from the gateway for {silence:?}");
-                        tracing::warn!(gateway = %self.config.gateway, "{why}; reconnecting");
-                        break why;
-                    }
-                    Ok(r) => r,
-                };
+            let f = match tokio::time::timeout(
+                silence,
+                frame::read_sealed(&mut rd, Side::Gateway, max, &mut seal_in),
+            )
+            .await
+            {
+                Err(_) => {
+                    let why = format!("no answer from the gateway for {silence:?}");
+                    tracing::warn!(gateway = %self.config.gateway, "{why}; reconnecting");
+                    break why;
+                }
+                Ok(r) => r,
+            };
             let f = match f {
                 Ok(f) => f,
                 Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -341,6 +375,100 @@ impl NodeAgent {
         drop(out);
         writer.abort();
         Ok(reason)
+    }
+
+    /// The node's side of the handshake (see [`super::auth`]): `Auth`, the
+    /// gateway's `AuthReply` (its proof checked), then our `AuthProof`.
+    async fn authenticate(
+        &self,
+        rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Result<(Seal, Seal), Session> {
+        let nn = auth::nonce().map_err(|e| Session::Failed(format!("cannot draw a nonce: {e}")))?;
+        let auth = frame::encode_raw(Kind::Auth, &[&frame::PROTOCOL.to_le_bytes(), &nn]);
+        wr.write_all(&auth)
+            .await
+            .map_err(|e| Session::Failed(format!("sending Auth: {e}")))?;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            frame::read_frame(rd, Side::Gateway, 64 * 1024),
+        )
+        .await
+        .map_err(|_| Session::Failed("the gateway did not answer Auth in time".into()))?
+        .map_err(|e| match e {
+            FrameError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Session::Failed(
+                "the gateway closed the connection during authentication (is it the same faas version?)"
+                    .into(),
+            ),
+            e => Session::Failed(format!("waiting for AuthReply: {e}")),
+        })?;
+        match reply.kind {
+            Kind::AuthReply => {}
+            Kind::Reject => {
+                let r: Reject = reply.json().map_err(|e| Session::Failed(e.to_string()))?;
+                return Err(Session::Rejected(r.message));
+            }
+            k => {
+                return Err(Session::Failed(format!(
+                    "gateway sent {k:?} before AuthReply"
+                )));
+            }
+        }
+        let p = &reply.payload;
+        let ng: [u8; TOKEN_LEN] = p
+            .get(..TOKEN_LEN)
+            .and_then(|n| n.try_into().ok())
+            .ok_or(Session::Unauthenticated)?;
+        let proof = p.get(TOKEN_LEN..).unwrap_or_default();
+        let believed = self.config.token.verify(Role::Gateway, &nn, &ng, proof);
+        // Our proof goes out either way: it is useless to anyone but the
+        // gateway of this session, and a real gateway with another token
+        // then logs this node's address as a bad cluster token.
+        let mine = self.config.token.proof(Role::Node, &nn, &ng);
+        let sent = wr
+            .write_all(&frame::encode_raw(Kind::AuthProof, &[&mine]))
+            .await;
+        if !believed {
+            return Err(Session::Unauthenticated);
+        }
+        sent.map_err(|e| Session::Failed(format!("sending AuthProof: {e}")))?;
+        // From here on every frame carries its MAC.
+        let token = &self.config.token;
+        Ok((
+            Seal::new(token, Role::Node, &nn, &ng),
+            Seal::new(token, Role::Gateway, &nn, &ng),
+        ))
+    }
+
+    /// Drops what this node keeps of `function` (deleted on the gateway):
+    /// its instances, the versions it checked, and its fetched copies.
+    fn forget(&self, function: &str) {
+        self.node.remove_function(function);
+        self.seen.lock().retain(|(n, _, _)| n != function);
+        self.fetched.lock().retain(|(n, _), _| n != function);
+        if let Some(cache) = &self.config.cache_dir {
+            remove_cached(cache, function);
+        }
+        tracing::info!(function, "function deleted on the gateway: dropped here");
+    }
+
+    /// Drops the copies of every function not in `functions` (deleted
+    /// while this node was away).
+    fn forget_all_but(&self, functions: &[String]) {
+        let Some(cache) = &self.config.cache_dir else {
+            return;
+        };
+        let Ok(dir) = std::fs::read_dir(cache) else {
+            return;
+        };
+        for e in dir.flatten() {
+            if let Some(name) = e.file_name().to_str()
+                && faas_core::types::valid_name(name)
+                && !functions.iter().any(|f| f == name)
+            {
+                self.forget(name);
+            }
+        }
     }
 
     fn dispatch(
@@ -405,6 +533,14 @@ impl NodeAgent {
                 Ok(())
             }
             Kind::HeartbeatAck => Ok(()),
+            Kind::Forget => {
+                let m: ForgetMeta = f.json().map_err(|e| e.to_string())?;
+                if !faas_core::types::valid_name(&m.name) {
+                    return Err(format!("Forget of the invalid function name {:?}", m.name));
+                }
+                self.forget(&m.name);
+                Ok(())
+            }
             Kind::Cancel => {
                 if let Some(h) = running.lock().remove(&f.id) {
                     h.abort();
@@ -518,7 +654,12 @@ impl NodeAgent {
         let Some(vdir) = path.parent().map(Path::to_path_buf) else {
             return Err(format!("{} has no version directory", path.display()));
         };
-        let slot = self.fetched.lock().entry(vdir.clone()).or_default().clone();
+        let slot = self
+            .fetched
+            .lock()
+            .entry((spec.name.clone(), vdir.clone()))
+            .or_default()
+            .clone();
         let mut local = slot.lock().await;
         let local_dir = match &*local {
             Some(d) => d.clone(),
@@ -688,7 +829,33 @@ fn unpack(tar: &[u8], dest: &Path) -> Result<(), String> {
 
 enum Session {
     Rejected(String),
+    Unauthenticated,
     Failed(String),
+}
+
+/// Removes `cache/function`: renamed aside at once (so a fetch that starts
+/// next unpacks into a fresh directory), deleted in the background.
+fn remove_cached(cache: &Path, function: &str) {
+    let dir = cache.join(function);
+    if !dir.exists() {
+        return;
+    }
+    let trash = cache.join(format!(
+        ".deleted-{function}-{}",
+        crate::registry::random_hex(4)
+    ));
+    match std::fs::rename(&dir, &trash) {
+        Ok(()) => {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = std::fs::remove_dir_all(&trash) {
+                    tracing::warn!(dir = %trash.display(), "cannot remove a deleted function's files: {e}");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "cannot remove a deleted function's files: {e}");
+        }
+    }
 }
 
 /// An invocation error as it crosses to the gateway.

@@ -9,6 +9,10 @@
 //! └──────┴─────┴──────┴──────────┴─────────────────┘
 //! ```
 //!
+//! After the handshake (`Auth`, `AuthReply`, `AuthProof`) every frame is
+//! followed by a 16-byte MAC (see [`super::auth::Seal`]), not counted in
+//! `length`.
+//!
 //! Payloads of `Invoke` and `Result` are `u32 meta length | meta (JSON) |
 //! body (raw bytes)`, so bodies are never escaped; every other payload is
 //! JSON (or empty). The decoder trusts nothing: the magic, the kind (and
@@ -21,10 +25,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::auth::{Seal, TAG_LEN};
+
 /// First two bytes of every frame.
 pub(crate) const MAGIC: u16 = 0xFA5C;
-/// Version of the protocol, exchanged in `Hello`.
-pub(crate) const PROTOCOL: u32 = 1;
+/// Version of the protocol, sent first in `Auth` (and again in `Hello`).
+/// 2: cluster-token authentication before any other frame; `Forget`.
+pub(crate) const PROTOCOL: u32 = 2;
 /// Header length.
 pub(crate) const HEADER: usize = 16;
 
@@ -32,7 +39,8 @@ pub(crate) const HEADER: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Kind {
-    /// node → gateway: name and capacity (first frame).
+    /// node → gateway: name and capacity (first frame after the
+    /// authentication).
     Hello = 0x01,
     /// node → gateway: alive.
     Heartbeat = 0x02,
@@ -44,6 +52,11 @@ pub(crate) enum Kind {
     Prepared = 0x05,
     /// node → gateway: send me a version's files (id chosen by the node).
     Fetch = 0x06,
+    /// node → gateway, the first frame: protocol version and the node's
+    /// nonce (raw bytes, see [`super::auth`]).
+    Auth = 0x07,
+    /// node → gateway: the node's proof of the token (raw bytes).
+    AuthProof = 0x08,
     /// gateway → node: accepted, with the heartbeat interval.
     Welcome = 0x81,
     /// gateway → node: refused (the message says why); the gateway closes.
@@ -61,6 +74,12 @@ pub(crate) enum Kind {
     /// gateway → node: the answer to each `Heartbeat`, so a node notices a
     /// gateway that went away without closing the connection.
     HeartbeatAck = 0x88,
+    /// gateway → node: the gateway's nonce and its proof of the token
+    /// (raw bytes), the answer to `Auth`.
+    AuthReply = 0x89,
+    /// gateway → node: a function was deleted: drop its instances and the
+    /// copies of its versions.
+    Forget = 0x8a,
 }
 
 /// Which side sent a frame.
@@ -81,6 +100,8 @@ impl Kind {
             0x04 => Kind::Error,
             0x05 => Kind::Prepared,
             0x06 => Kind::Fetch,
+            0x07 => Kind::Auth,
+            0x08 => Kind::AuthProof,
             0x81 => Kind::Welcome,
             0x82 => Kind::Reject,
             0x83 => Kind::Invoke,
@@ -89,6 +110,8 @@ impl Kind {
             0x86 => Kind::FetchData,
             0x87 => Kind::FetchEnd,
             0x88 => Kind::HeartbeatAck,
+            0x89 => Kind::AuthReply,
+            0x8a => Kind::Forget,
             _ => return None,
         })
     }
@@ -105,7 +128,15 @@ impl Kind {
     fn has_id(self) -> bool {
         !matches!(
             self,
-            Kind::Hello | Kind::Heartbeat | Kind::Welcome | Kind::Reject | Kind::HeartbeatAck
+            Kind::Hello
+                | Kind::Heartbeat
+                | Kind::Welcome
+                | Kind::Reject
+                | Kind::HeartbeatAck
+                | Kind::Auth
+                | Kind::AuthProof
+                | Kind::AuthReply
+                | Kind::Forget
         )
     }
 }
@@ -144,6 +175,12 @@ pub enum FrameError {
         /// The id.
         id: u64,
     },
+    /// The MAC after a frame does not match (see the module docs of
+    /// [`crate::cluster`]).
+    #[error(
+        "{0} frame does not match its MAC (altered, injected or replayed on the way, or not from the authenticated peer)"
+    )]
+    Mac(&'static str),
     /// The payload does not parse.
     #[error("{kind} payload is malformed: {why}")]
     Payload {
@@ -170,6 +207,10 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::FetchData => "FetchData",
         Kind::FetchEnd => "FetchEnd",
         Kind::HeartbeatAck => "HeartbeatAck",
+        Kind::Auth => "Auth",
+        Kind::AuthProof => "AuthProof",
+        Kind::AuthReply => "AuthReply",
+        Kind::Forget => "Forget",
     }
 }
 
@@ -253,12 +294,45 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     })
 }
 
+/// Reads one frame sent by `from` and the MAC after it, checked with
+/// `seal` (the peer's direction of the session).
+///
+/// # Errors
+///
+/// As [`read_frame`], or [`FrameError::Mac`].
+pub(crate) async fn read_sealed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    from: Side,
+    max: u32,
+    seal: &mut Seal,
+) -> Result<Frame, FrameError> {
+    let f = read_frame(r, from, max).await?;
+    let mut tag = [0u8; TAG_LEN];
+    r.read_exact(&mut tag).await?;
+    // The header as sent: `read_frame` checked its magic and flags.
+    let h = header_bytes(f.kind, f.id, f.payload.len());
+    if !seal.check(&[&h, &f.payload], &tag) {
+        return Err(FrameError::Mac(kind_name(f.kind)));
+    }
+    Ok(f)
+}
+
+/// The MAC to send after `frame` (an encoded frame).
+pub(crate) fn tag(seal: &mut Seal, frame: &[u8]) -> [u8; TAG_LEN] {
+    seal.tag(&[frame])
+}
+
+fn header_bytes(kind: Kind, id: u64, len: usize) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..2].copy_from_slice(&MAGIC.to_le_bytes());
+    h[2] = kind as u8;
+    h[4..8].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    h[8..].copy_from_slice(&id.to_le_bytes());
+    h
+}
+
 fn header(buf: &mut BytesMut, kind: Kind, id: u64, len: usize) {
-    buf.put_u16_le(MAGIC);
-    buf.put_u8(kind as u8);
-    buf.put_u8(0);
-    buf.put_u32_le(u32::try_from(len).unwrap_or(u32::MAX));
-    buf.put_u64_le(id);
+    buf.put_slice(&header_bytes(kind, id, len));
 }
 
 /// Encodes a frame with a JSON payload.
@@ -290,6 +364,17 @@ pub(crate) fn encode_split_raw(kind: Kind, id: u64, raw: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Encodes a frame whose payload is the concatenation of `parts`.
+pub(crate) fn encode_raw(kind: Kind, parts: &[&[u8]]) -> Bytes {
+    let len = parts.iter().map(|p| p.len()).sum();
+    let mut buf = BytesMut::with_capacity(HEADER + len);
+    header(&mut buf, kind, 0, len);
+    for p in parts {
+        buf.put_slice(p);
+    }
+    buf.freeze()
+}
+
 /// Encodes a frame with an empty payload.
 pub(crate) fn encode_empty(kind: Kind, id: u64) -> Bytes {
     let mut buf = BytesMut::with_capacity(HEADER);
@@ -306,10 +391,20 @@ pub(crate) struct Hello {
     pub(crate) memory_mb: u64,
 }
 
+/// `Forget`: the function that was deleted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ForgetMeta {
+    pub(crate) name: String,
+}
+
 /// `Welcome`: how often to send heartbeats.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Welcome {
     pub(crate) heartbeat_ms: u64,
+    /// Every function deployed now: a node drops its copies of others
+    /// (deleted while it was away).
+    #[serde(default)]
+    pub(crate) functions: Vec<String>,
 }
 
 /// `Reject`: why not.

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //!  faas serve --role gateway                       faas node --join GW:8081 --name n1
-//!  ┌────────────────────────────────┐              ┌───────────────────────────────┐
+//!  ┌────────────────────────────────┐  Auth ◀──    ┌───────────────────────────────┐
+//!  │                                │ ──▶ AuthReply│   (cluster token, see below)  │
+//!  │                                │ AuthProof ◀──│                               │
 //!  │ FunctionGateway ─ Scheduler    │   Hello ◀──  │ NodeAgent                     │
 //!  │   │ RemoteNodeGateway (per node)│  ──▶ Welcome │   │ LocalNodeGateway          │
 //!  │   │  Invoke(id) ───────────────┼──────────────┼─▶ │  sandboxes, snapshots     │
@@ -12,8 +14,9 @@
 //!  └────────────────────────────────┘  (one TCP connection per node, multiplexed)
 //! ```
 //!
-//! - [`NodeAgent`] (node side) connects, says `Hello` (name, slots,
-//!   memory), gets `Welcome` (heartbeat interval), sends `Heartbeat`s
+//! - [`NodeAgent`] (node side) connects, authenticates (below), says
+//!   `Hello` (name, slots, memory), gets `Welcome` (heartbeat interval,
+//!   the functions that exist), sends `Heartbeat`s
 //!   (each answered by `HeartbeatAck`: a node that hears nothing from the
 //!   gateway for four intervals, at least 2 s, reconnects), and
 //!   runs each `Invoke` on its [`crate::LocalNodeGateway`] as a task of its
@@ -39,6 +42,61 @@
 //! - Every frame from the peer is checked (magic, kind and which side may
 //!   send it, reserved flags, length limit, request ids, JSON); a broken or
 //!   hostile peer is disconnected with one log line naming it.
+//!
+//! ## Authentication: the cluster token
+//!
+//! The node port trusts no peer: anyone who could join would receive
+//! function code and requests, and a fake gateway could make a node run
+//! code. Gateway and nodes share a [`ClusterToken`] (32 random bytes; the
+//! platform keeps it in the gateway's `STATE/cluster.token`, mode 0600, and
+//! gives nodes a copy). Before any other frame (protocol 2):
+//!
+//! ```text
+//! node ── Auth {protocol, Nn} ──────────────────────▶ gateway   (Nn, Ng: 32 random bytes each)
+//!      ◀── AuthReply {Ng, MAC(token, "gateway", Nn, Ng)}
+//!      ── AuthProof {MAC(token, "node", Nn, Ng)}, Hello ▶
+//!      ◀── Welcome …   (from Hello on: each frame + MAC(K_dir, seq ‖ frame)[..16])
+//! MAC = blake3 keyed hash, compared in constant time
+//! ```
+//!
+//! - The token never crosses the wire; both nonces make every proof good
+//!   for one session only (no replay); the role in the MAC keeps a peer's
+//!   proof from passing as one's own (no reflection).
+//! - The gateway reads nothing but these frames (64 KiB at most each) from
+//!   a peer that has not proved the token, for at most
+//!   [`ClusterConfig::handshake_timeout`] (2 s; each connection is its own
+//!   task, so a silent peer holds up no one), and at most
+//!   [`ClusterConfig::max_handshakes`] peers at once. A bad proof gets
+//!   `Reject("bad cluster token")`, the connection is closed and the log
+//!   says `node connection from ADDR refused: bad cluster token`. A node of
+//!   protocol 1 (which starts with `Hello`) or another protocol version is
+//!   told which versions differ.
+//! - A node does not send `Hello` (nor run anything) until the gateway has
+//!   proved the token; if it cannot, the agent stops with
+//!   [`AgentError::Unauthenticated`] (it still sends its own proof, useless
+//!   for any other session, so a real gateway with another token logs the
+//!   node's address). A `Reject` stops it with [`AgentError::Rejected`].
+//! - **Every frame after the handshake is followed by a 16-byte MAC**:
+//!   `blake3::keyed_hash(K, seq ‖ frame)`, `K` derived from the token, the
+//!   direction and both nonces, `seq` counting that direction's frames. A
+//!   frame altered, injected, dropped, replayed or reordered on the path,
+//!   or copied from another connection, fails its check and ends the
+//!   connection ("… frame does not match its MAC") — so someone on the
+//!   path cannot make a node run code (e.g. by answering its `Fetch`) nor
+//!   feed the gateway answers.
+//! - **Not encrypted**: whoever can read the traffic sees function code,
+//!   requests and answers. Keep the node port on a private network or in a
+//!   tunnel (WireGuard, SSH, a TLS proxy).
+//!
+//! ## Deleted functions
+//!
+//! When a function is deleted (`DELETE /functions/{name}`), the function
+//! gateway tells every node gateway (`NodeGateway::remove_function`):
+//! [`RemoteNodeGateway`] sends `Forget {name}`, and the node drops the
+//! function's idle instances (running ones finish), the versions it
+//! checked, and its fetched copies under [`AgentConfig::cache_dir`]. A node
+//! that was not connected learns it from the next `Welcome`, which lists
+//! the functions that exist: it drops the cached copies of the others.
 //!
 //! ## Function files on nodes
 //!
@@ -99,10 +157,12 @@
 //! and the method are in BENCHMARKS.md.
 
 mod agent;
+mod auth;
 mod frame;
 mod remote;
 
 pub use agent::{AgentConfig, AgentError, AgentEvent, NodeAgent};
+pub use auth::{ClusterToken, TOKEN_LEN, TokenError};
 pub use frame::{FrameError, NodeView};
 pub use remote::{ClusterConfig, ClusterGateway, NodeEntry, NodeTable, RemoteNodeGateway, Tracked};
 

@@ -21,9 +21,10 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::auth::{self, ClusterToken, Role, Seal, TOKEN_LEN};
 use super::frame::{
-    self, ErrorMeta, FetchEnd, FetchMeta, FrameError, Hello, Kind, NodeView, PrepareMeta,
-    PreparedMeta, Reject, ResultMeta, Side, Welcome,
+    self, ErrorMeta, FetchEnd, FetchMeta, ForgetMeta, FrameError, Hello, Kind, NodeView,
+    PrepareMeta, PreparedMeta, Reject, ResultMeta, Side, Welcome,
 };
 use crate::http::FunctionGateway;
 use crate::prepare::{PrepareError, Prepared, Preparer};
@@ -33,6 +34,9 @@ use crate::runtimes::RuntimeUnavailable;
 /// Settings of the gateway's side of node connections.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
+    /// The secret every node must prove it knows (and the gateway proves
+    /// to each node) before anything else crosses the connection.
+    pub token: ClusterToken,
     /// How often nodes send a heartbeat (told to each node in `Welcome`).
     pub heartbeat: Duration,
     /// A node silent for this long is disconnected and its requests fail
@@ -40,19 +44,27 @@ pub struct ClusterConfig {
     pub heartbeat_timeout: Duration,
     /// Largest frame accepted from a node, in bytes.
     pub max_frame: u32,
-    /// How long a new connection may take to say `Hello`.
-    pub hello_timeout: Duration,
+    /// How long a new connection may take to authenticate and say
+    /// `Hello`; a peer that says nothing is dropped after it.
+    pub handshake_timeout: Duration,
+    /// Most connections authenticating at once; more are closed at once
+    /// (so a flood of idle peers cannot exhaust the gateway).
+    pub max_handshakes: usize,
     /// How long a node may take to prepare a version at deploy.
     pub prepare_timeout: Duration,
 }
 
-impl Default for ClusterConfig {
-    fn default() -> Self {
+impl ClusterConfig {
+    /// Defaults for a cluster authenticated by `token`: heartbeats every
+    /// 500 ms, lost after 2 s of silence, 2 s to authenticate.
+    pub fn new(token: ClusterToken) -> Self {
         ClusterConfig {
+            token,
             heartbeat: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(2),
             max_frame: super::DEFAULT_MAX_FRAME,
-            hello_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(2),
+            max_handshakes: 256,
             prepare_timeout: Duration::from_secs(120),
         }
     }
@@ -200,6 +212,10 @@ impl<G: NodeGateway> NodeGateway for Tracked<G> {
             self.entry.finish(&r);
             r
         })
+    }
+
+    fn remove_function(&self, function: &str) {
+        self.inner.remove_function(function);
     }
 }
 
@@ -392,6 +408,14 @@ impl NodeGateway for RemoteNodeGateway {
             r
         })
     }
+
+    /// Tells the node (`Forget`); a node that is not connected now learns
+    /// it when it joins again (`Welcome` lists the functions that exist).
+    fn remove_function(&self, function: &str) {
+        let name = function.to_owned();
+        self.conn
+            .send(frame::encode_json(Kind::Forget, 0, &ForgetMeta { name }));
+    }
 }
 
 async fn forward(
@@ -483,6 +507,8 @@ pub struct ClusterGateway {
     table: Arc<NodeTable>,
     config: ClusterConfig,
     conns: Mutex<BTreeMap<String, Arc<Conn>>>,
+    /// Slots for connections that have not authenticated yet.
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl ClusterGateway {
@@ -496,6 +522,7 @@ impl ClusterGateway {
         Arc::new(ClusterGateway {
             scheduler,
             table,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
             config,
             conns: Mutex::new(BTreeMap::new()),
         })
@@ -577,43 +604,41 @@ impl ClusterGateway {
         stream: TcpStream,
         peer: SocketAddr,
     ) {
+        let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "node connection from {peer} closed: too many connections authenticating at once"
+            );
+            return;
+        };
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(64 * 1024, rd);
-        // A peer that has not said who it is gets no large buffer.
+        // Nothing but the handshake is read from a peer that has not proved
+        // it knows the token, and it gets no large buffer.
         let hello = match tokio::time::timeout(
-            self.config.hello_timeout,
-            frame::read_frame(&mut rd, Side::Node, HANDSHAKE_MAX),
+            self.config.handshake_timeout,
+            self.handshake(&mut rd, &mut wr),
         )
         .await
         {
             Err(_) => {
-                tracing::warn!(%peer, "node connection sent no Hello in time; closed");
+                tracing::warn!(
+                    "node connection from {peer} closed: it did not authenticate within {:?}",
+                    self.config.handshake_timeout
+                );
                 return;
             }
-            Ok(Err(e)) => {
-                tracing::warn!(%peer, "node connection closed: {e}");
+            Ok(Err(Refused { log, answer })) => {
+                tracing::warn!("node connection from {peer} refused: {log}");
+                if let Some(f) = answer {
+                    let _ = wr.write_all(&f).await;
+                }
                 return;
             }
-            Ok(Ok(f)) if f.kind != Kind::Hello => {
-                tracing::warn!(%peer, kind = ?f.kind, "node connection did not start with Hello; closed");
-                return;
-            }
-            Ok(Ok(f)) => f,
+            Ok(Ok(h)) => h,
         };
-        let hello: Hello = match hello
-            .json::<Hello>()
-            .map_err(|e| e.to_string())
-            .and_then(check_hello)
-        {
-            Ok(h) => h,
-            Err(message) => {
-                tracing::warn!(%peer, "node refused: {message}");
-                let f = frame::encode_json(Kind::Reject, 0, &Reject { message });
-                let _ = wr.write_all(&f).await;
-                return;
-            }
-        };
+        let (hello, mut seal_out, mut seal_in) = hello;
+        drop(permit);
         let node = NodeId(hello.name.clone());
         let entry = Arc::new(NodeEntry::new(
             &hello.name,
@@ -635,18 +660,26 @@ impl ClusterGateway {
         });
         let welcome = Welcome {
             heartbeat_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(500),
+            functions: gateway
+                .registry()
+                .list()
+                .iter()
+                .map(|s| s.name.clone())
+                .collect(),
         };
         let _ = out.send(frame::encode_json(Kind::Welcome, 0, &welcome));
         drop(out);
         let writer = tokio::spawn(async move {
             let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
             while let Some(f) = queue.recv().await {
-                if w.write_all(&f).await.is_err() {
+                let t = frame::tag(&mut seal_out, &f);
+                if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
                     return;
                 }
                 // Write whatever else is queued before one flush.
                 while let Ok(f) = queue.try_recv() {
-                    if w.write_all(&f).await.is_err() {
+                    let t = frame::tag(&mut seal_out, &f);
+                    if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
                         return;
                     }
                 }
@@ -671,7 +704,9 @@ impl ClusterGateway {
         gateway.add_node(Arc::new(RemoteNodeGateway { conn: conn.clone() }));
         tracing::info!(node = %node, %peer, slots = hello.slots, memory_mb = hello.memory_mb, "node joined");
 
-        let reason = self.read_loop(&conn, &mut rd, gateway.registry()).await;
+        let reason = self
+            .read_loop(&conn, &mut rd, &mut seal_in, gateway.registry())
+            .await;
         conn.close(reason.clone());
         *entry.lost.lock() = Some(conn.reason());
         let current = {
@@ -691,17 +726,120 @@ impl ClusterGateway {
         let _ = writer.await;
     }
 
+    /// The gateway's side of the handshake (see [`super::auth`]): the
+    /// node's `Auth`, our `AuthReply`, its `AuthProof`, then its `Hello`
+    /// (checked).
+    async fn handshake(
+        &self,
+        rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Result<(Hello, Seal, Seal), Refused> {
+        let read = |what: &'static str, f: Result<frame::Frame, FrameError>| {
+            f.map_err(|e| Refused::silent(format!("{what}: {e}")))
+        };
+        let first = read(
+            "waiting for Auth",
+            frame::read_frame(rd, Side::Node, HANDSHAKE_MAX).await,
+        )?;
+        let nn: [u8; TOKEN_LEN] = match first.kind {
+            Kind::Auth => {
+                let p = &first.payload;
+                let protocol = p
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                if protocol != Some(frame::PROTOCOL) {
+                    let m = format!(
+                        "node speaks protocol {}, this gateway {}: run the same faas version on both",
+                        protocol.map_or_else(|| "?".into(), |v| v.to_string()),
+                        frame::PROTOCOL
+                    );
+                    return Err(Refused::answered(m));
+                }
+                p.get(4..)
+                    .and_then(|n| n.try_into().ok())
+                    .ok_or_else(|| Refused::silent(format!("Auth of {} bytes", p.len())))?
+            }
+            Kind::Hello => {
+                // A node of protocol 1 (no cluster token) starts with Hello.
+                let m = match first.json::<Hello>() {
+                    Ok(h) if h.protocol != frame::PROTOCOL => format!(
+                        "node speaks protocol {}, this gateway {} (which needs the cluster token): upgrade faas on the node and give it --cluster-token-file",
+                        h.protocol,
+                        frame::PROTOCOL
+                    ),
+                    _ => "Hello before authenticating: give the node the cluster token (--cluster-token-file)".into(),
+                };
+                return Err(Refused::answered(m));
+            }
+            k => {
+                return Err(Refused::silent(format!(
+                    "{k:?} frame before authenticating"
+                )));
+            }
+        };
+        let ng = auth::nonce().map_err(|e| Refused::silent(format!("cannot draw a nonce: {e}")))?;
+        let proof = self.config.token.proof(Role::Gateway, &nn, &ng);
+        wr.write_all(&frame::encode_raw(Kind::AuthReply, &[&ng, &proof]))
+            .await
+            .map_err(|e| Refused::silent(format!("sending AuthReply: {e}")))?;
+        let f = read(
+            "waiting for AuthProof",
+            frame::read_frame(rd, Side::Node, HANDSHAKE_MAX).await,
+        )?;
+        if f.kind != Kind::AuthProof || !self.config.token.verify(Role::Node, &nn, &ng, &f.payload)
+        {
+            return Err(Refused::answered("bad cluster token".into()));
+        }
+        // From here on every frame carries its MAC.
+        let mut seal_out = Seal::new(&self.config.token, Role::Gateway, &nn, &ng);
+        let mut seal_in = Seal::new(&self.config.token, Role::Node, &nn, &ng);
+        let f = read(
+            "waiting for Hello",
+            frame::read_sealed(rd, Side::Node, HANDSHAKE_MAX, &mut seal_in).await,
+        )?;
+        if f.kind != Kind::Hello {
+            return Err(Refused::silent(format!(
+                "{:?} frame instead of Hello",
+                f.kind
+            )));
+        }
+        match f
+            .json::<Hello>()
+            .map_err(|e| e.to_string())
+            .and_then(check_hello)
+        {
+            Ok(h) => Ok((h, seal_out, seal_in)),
+            Err(message) => {
+                let mut f = frame::encode_json(
+                    Kind::Reject,
+                    0,
+                    &Reject {
+                        message: message.clone(),
+                    },
+                )
+                .to_vec();
+                let t = frame::tag(&mut seal_out, &f);
+                f.extend_from_slice(&t);
+                Err(Refused {
+                    log: message,
+                    answer: Some(f.into()),
+                })
+            }
+        }
+    }
+
     /// Reads the node's frames until the connection ends; returns why.
     async fn read_loop(
         &self,
         conn: &Arc<Conn>,
         rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        seal: &mut Seal,
         registry: &Arc<Registry>,
     ) -> String {
         let max = self.config.max_frame;
         loop {
             let f = tokio::select! {
-                r = tokio::time::timeout(self.config.heartbeat_timeout, frame::read_frame(rd, Side::Node, max)) => r,
+                r = tokio::time::timeout(self.config.heartbeat_timeout, frame::read_sealed(rd, Side::Node, max, seal)) => r,
                 () = conn.stop.notified() => return conn.reason(),
             };
             let f = match f {
@@ -750,8 +888,35 @@ impl ClusterGateway {
     }
 }
 
-/// Largest `Hello`.
+/// Largest frame before a node has joined (`Auth`, `AuthProof`, `Hello`).
 const HANDSHAKE_MAX: u32 = 64 * 1024;
+
+/// Why a connection was refused during its handshake: what the log says,
+/// and the frame the peer is told it with (`Reject`), if any.
+struct Refused {
+    log: String,
+    answer: Option<Bytes>,
+}
+
+impl Refused {
+    fn silent(log: String) -> Self {
+        Refused { log, answer: None }
+    }
+
+    /// Refused before the session is authenticated: a plain `Reject`.
+    fn answered(message: String) -> Self {
+        Refused {
+            answer: Some(frame::encode_json(
+                Kind::Reject,
+                0,
+                &Reject {
+                    message: message.clone(),
+                },
+            )),
+            log: message,
+        }
+    }
+}
 
 /// Pieces of a fetched version's tar, per `FetchData` frame.
 const FETCH_CHUNK: usize = 1 << 20;
