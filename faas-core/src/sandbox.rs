@@ -238,6 +238,16 @@ pub trait SandboxRuntime: Send + Sync {
     /// Launches an instance: it runs `spec.program` with `spec.channel` as
     /// fd 3 and the given standard streams.
     fn launch(&self, spec: SandboxSpec) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>>;
+
+    /// Forgets what the runtime keeps for files that are going away (a
+    /// deleted function version's image, code and snapshot, named by
+    /// `paths` or directories above them): whatever it prepared ahead for
+    /// them ends, its mounts of them go. Running instances are not
+    /// touched. A later launch naming them starts from nothing. The
+    /// default keeps nothing, so forgets nothing.
+    fn forget(&self, paths: &[&std::path::Path]) {
+        let _ = paths;
+    }
 }
 
 #[cfg(test)]

@@ -330,6 +330,11 @@ impl NodeGateway for LocalNodeGateway {
             st.removed.store(true, Ordering::Relaxed);
             // Dropping their senders wakes the idle instances: they exit.
             st.queue.lock().idle.clear();
+            // What the runtime prepared ahead for this version (instances
+            // restored ahead, templates, mounts of its image and code).
+            let mut paths: Vec<&std::path::Path> = vec![st.spec.image.path()];
+            paths.extend(st.spec.snapshot.as_deref());
+            self.inner.runtime.forget(&paths);
         }
     }
 }

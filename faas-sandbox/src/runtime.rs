@@ -506,6 +506,90 @@ impl Shared {
         drop(templates);
     }
 
+    /// See [`SandboxRuntime::forget`]: everything kept for kinds, snapshots
+    /// and mounts under `paths` is taken out now and ended on a thread of
+    /// its own (killing and reaping what was prepared ahead, removing
+    /// cgroups and mounts can take milliseconds).
+    fn forget(self: &Arc<Self>, paths: &[&Path]) {
+        let gone = |p: &Path| paths.iter().any(|g| p.starts_with(g));
+        let kind_gone = |k: &ParkKey| gone(&k.root) || k.binds.iter().any(|(src, _)| gone(src));
+        let snap_gone = |k: &SnapshotKey| gone(&k.0) || k.2.iter().any(|(src, _)| gone(src));
+        // First what the keeper checks before it keeps anything new for a
+        // kind or snapshot (see `live`), then what it kept.
+        let mounts: Vec<PathBuf> = self
+            .roots
+            .lock()
+            .extract_if(|k, _| gone(k))
+            .map(|(_, v)| v)
+            .collect();
+        let snapshots: Vec<Arc<Snapshot>> = self
+            .snapshots
+            .lock()
+            .extract_if(|k, _| snap_gone(k))
+            .map(|(_, v)| v)
+            .collect();
+        let parked: Vec<Parked> = self
+            .parked
+            .lock()
+            .extract_if(|k, _| kind_gone(k))
+            .flat_map(|(_, v)| v)
+            .collect();
+        let mut ready: Vec<ReadyRestorer> = self
+            .restorers
+            .lock()
+            .extract_if(|k, _| kind_gone(k))
+            .flat_map(|(_, v)| v)
+            .collect();
+        ready.extend(
+            self.restored
+                .lock()
+                .extract_if(|k, _| snap_gone(k))
+                .flat_map(|(_, v)| v),
+        );
+        let templates: Vec<Arc<Template>> = self
+            .templates
+            .lock()
+            .extract_if(|(k, dir), _| kind_gone(k) || gone(dir))
+            .map(|(_, v)| v)
+            .collect();
+        let netns: Vec<OwnedFd> = self
+            .netns_reuse
+            .lock()
+            .extract_if(|k, _| kind_gone(k))
+            .flat_map(|(_, v)| v)
+            .collect();
+        let cgroups: Vec<Cgroup> = self
+            .cgroup_reuse
+            .lock()
+            .extract_if(|k, _| kind_gone(k))
+            .flat_map(|(_, v)| v)
+            .collect();
+        let sh = self.clone();
+        let end = move || {
+            for p in parked {
+                p.discard(&sh);
+            }
+            // Killed and reaped as they drop; templates end with their
+            // last instance.
+            drop((ready, snapshots, templates, netns));
+            for c in cgroups {
+                let _ = c.remove();
+            }
+            for dir in mounts {
+                if let Ok(c) = spawn::cstring("mount point", dir.as_os_str().as_bytes()) {
+                    let _ = ns::umount_detach(&c);
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("faas-forget".into())
+            .spawn(end)
+        {
+            tracing::warn!(error = %e, "no thread to end what was kept for deleted files");
+        }
+    }
+
     /// A sandbox of `key` whose restorer runs, if one is ready and alive.
     fn take_restorer(&self, key: &ParkKey) -> Option<ReadyRestorer> {
         loop {
@@ -612,11 +696,14 @@ impl Shared {
                 tracing::warn!(error = %e, "restoring a snapshot ahead of time failed");
                 return;
             }
-            self.restored
-                .lock()
-                .entry(skey.clone())
-                .or_default()
-                .push(r);
+            {
+                let mut restored = self.restored.lock();
+                if !self.snapshots.lock().contains_key(&skey) {
+                    // Forgotten meanwhile: `r` ends as it drops.
+                    return;
+                }
+                restored.entry(skey.clone()).or_default().push(r);
+            }
             self.unless_closing();
         }
     }
@@ -632,11 +719,13 @@ impl Shared {
             }
             match ready_restorer(self, key, root, dir) {
                 Ok(r) => {
-                    self.restorers
-                        .lock()
-                        .entry(key.clone())
-                        .or_default()
-                        .push(r);
+                    {
+                        let mut restorers = self.restorers.lock();
+                        if !self.live(key) {
+                            return;
+                        }
+                        restorers.entry(key.clone()).or_default().push(r);
+                    }
                     self.unless_closing();
                 }
                 Err(e) => {
@@ -645,6 +734,14 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether the mounts of `key` are still in use: not forgotten (see
+    /// [`Shared::forget`]). What is made ahead for a kind is kept only
+    /// while this holds, checked under the lock of the list it goes to.
+    fn live(&self, key: &ParkKey) -> bool {
+        let roots = self.roots.lock();
+        roots.contains_key(&key.root) && key.binds.iter().all(|(src, _)| roots.contains_key(src))
     }
 
     fn take_parked(&self, key: &ParkKey) -> Option<Parked> {
@@ -673,6 +770,9 @@ impl Shared {
             return;
         }
         let mut reuse = self.netns_reuse.lock();
+        if !self.live(key) {
+            return;
+        }
         let list = reuse.entry(key.clone()).or_default();
         if list.len() < self.config.netns_pool.max(1) {
             list.push(fd);
@@ -693,6 +793,9 @@ impl Shared {
             return Err(cg);
         }
         let mut reuse = self.cgroup_reuse.lock();
+        if !self.live(key) {
+            return Err(cg);
+        }
         let list = reuse.entry(key.clone()).or_default();
         if list.len() >= self.config.cgroup_pool.max(1) {
             return Err(cg);
@@ -727,7 +830,15 @@ impl Shared {
                 p.discard(self);
                 return;
             }
-            self.parked.lock().entry(key.clone()).or_default().push(p);
+            {
+                let mut parked = self.parked.lock();
+                if !self.live(key) {
+                    drop(parked);
+                    p.discard(self);
+                    return;
+                }
+                parked.entry(key.clone()).or_default().push(p);
+            }
         }
     }
 
@@ -786,11 +897,10 @@ impl Shared {
         if let Some(d) = roots.get(&key) {
             return Ok(d.clone());
         }
-        let dir = self
-            .config
-            .work_dir
-            .join("roots")
-            .join(format!("{}", roots.len()));
+        // Numbered once per runtime: a forgotten root's number is not
+        // given again while its lazily detached mount may linger.
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let dir = self.config.work_dir.join("roots").join(format!("{n}"));
         std::fs::create_dir_all(&dir).map_err(sys_err(name, "creating a root mount point"))?;
         let c_src = spawn::cstring("root path", key.as_os_str().as_bytes())
             .map_err(sys_err(name, "root path"))?;
@@ -1919,6 +2029,10 @@ fn bpf_bytes(prog: &[seccompiler::sock_filter]) -> Vec<u8> {
 impl SandboxRuntime for PooledSandboxRuntime {
     fn name(&self) -> &'static str {
         "sandbox"
+    }
+
+    fn forget(&self, paths: &[&Path]) {
+        self.shared.forget(paths);
     }
 
     fn launch(&self, spec: SandboxSpec) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>> {

@@ -369,3 +369,52 @@ async fn a_restore_of_a_missing_snapshot_names_it() {
     let (status, out) = restore_once(&rt).await;
     assert_restored_inside(status, &out);
 }
+
+/// Mount points under `dir` in this process's mount table.
+fn mounts_under(dir: &Path) -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_deleted_version_ends_what_was_made_ahead_for_it() {
+    fixture();
+    let work = PathBuf::from(format!("/run/faas/forget-test-{}", std::process::id()));
+    let rt = PooledSandboxRuntime::new(SandboxConfig {
+        work_dir: work.clone(),
+        netns_pool: 2,
+        cgroup_pool: 2,
+        parked: 1,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox runtime");
+    restore_checked(&rt).await;
+    eventually("nothing was made ahead", || {
+        rt.restored_ahead() == 1 && rt.ready_restorers() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        mounts_under(&work.join("roots")),
+        1,
+        "the root is mounted once"
+    );
+    let f = fixture();
+    rt.forget(&[f.root.as_path(), f.snapshot.as_path()]);
+    eventually("the instances made ahead did not end", || {
+        rt.restored_ahead() == 0 && rt.ready_restorers() == 0
+    })
+    .await;
+    eventually("the root stayed mounted", || {
+        mounts_under(&work.join("roots")) == 0
+    })
+    .await;
+    // Other files: untouched; the same files again: prepared from nothing.
+    rt.forget(&[Path::new("/nonexistent/elsewhere")]);
+    restore_checked(&rt).await;
+    assert_eq!(mounts_under(&work.join("roots")), 1);
+}
