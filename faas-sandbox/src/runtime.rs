@@ -684,7 +684,7 @@ impl Shared {
             }
             let r = match self.take_restorer(key) {
                 Some(r) => r,
-                None => match ready_restorer(self, key, root, dir) {
+                None => match ready_restorer(self, key, root, dir, false) {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(error = %e, "starting a snapshot restorer ahead of time failed");
@@ -717,7 +717,7 @@ impl Shared {
             if have >= self.config.parked || self.closing.load(Ordering::Relaxed) {
                 return;
             }
-            match ready_restorer(self, key, root, dir) {
+            match ready_restorer(self, key, root, dir, false) {
                 Ok(r) => {
                     {
                         let mut restorers = self.restorers.lock();
@@ -1658,7 +1658,7 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
     while let Ok(payload) = &payload
         && let Some(parked) = sh.take_parked(&key)
     {
-        match hand_off(&parked, &borrowed, payload) {
+        match hand_off(&parked, &borrowed, payload, true) {
             Ok(()) => return finish(sh, name, &key, &p.target, parked.into_started()),
             Err(e) => {
                 tracing::debug!(error = %e, "a parked sandbox could not take its request");
@@ -1706,6 +1706,7 @@ fn restore_ready(
     fds: [BorrowedFd<'_>; 4],
 ) -> Option<Result<SandboxInstance, LaunchError>> {
     while let Some(mut ready) = sh.take_restorer(key) {
+        to_foreground(&ready.inst);
         let Err(e) = snap.send_restore(&ready.socket, fds) else {
             sh.restored_ready.fetch_add(1, Ordering::Relaxed);
             return Some(Ok(ready.inst));
@@ -1744,6 +1745,7 @@ fn launch_ready(sh: &Shared, spec: &SandboxSpec) -> Option<Result<SandboxInstanc
     // Restored ahead: the request's fds are all it needs. One that fails
     // to take them is gone (its restore failed): the next one.
     while let Some(r) = sh.take_restored(&skey) {
+        to_foreground(&r.inst);
         if Snapshot::resume_parked(&r.socket, fds).is_ok() {
             sh.resumed.fetch_add(1, Ordering::Relaxed);
             return Some(Ok(r.inst));
@@ -1839,7 +1841,7 @@ fn template(
     let p = prepare(sh, spec)?;
     let (key, dir) = tkey;
     let snap = sh.snapshot(name, dir, key, &p.root)?;
-    let r = ready_restorer(sh, key, &p.root, dir)?;
+    let r = ready_restorer(sh, key, &p.root, dir, true)?;
     if let Err(e) = snap.send_template_plan(&r.socket) {
         sh.forget_snapshot(key, &snap);
         return Err(LaunchError::Sys {
@@ -1862,6 +1864,7 @@ fn ready_restorer(
     key: &ParkKey,
     root: &Path,
     dir: &Path,
+    urgent: bool,
 ) -> Result<ReadyRestorer, LaunchError> {
     let name = "restorer";
     let exe = faas_snapshot::restorer_executable().map_err(|e| LaunchError::Sys {
@@ -1879,7 +1882,7 @@ fn ready_restorer(
             Some(parked) => (parked, false),
             None => (sh.park_one(name, key, root)?, true),
         };
-        match hand_off(&parked, &all, &payload) {
+        match hand_off(&parked, &all, &payload, urgent) {
             Ok(()) => {
                 let target = Target::Restore(dir.to_path_buf());
                 let inst = finish(sh, name, key, &target, parked.into_started())?;
@@ -1943,7 +1946,7 @@ fn restore_blocking(
             Some(parked) => (parked, false),
             None => (sh.park_one(name, key, &p.root)?, true),
         };
-        match hand_off(&parked, &all, payload) {
+        match hand_off(&parked, &all, payload, true) {
             Ok(()) => {
                 drop(theirs);
                 let inst = finish(sh, name, key, &p.target, parked.into_started());
@@ -1966,18 +1969,33 @@ fn restore_blocking(
     }
 }
 
-/// Sends a parked sandbox its fds and program (see [`spawn::send_request`]),
-/// at normal priority from now on (it was parked by a [`background`]
-/// thread).
-fn hand_off(parked: &Parked, fds: &[BorrowedFd<'_>], payload: &[u8]) -> io::Result<()> {
+/// Sends a parked sandbox its fds and program (see [`spawn::send_request`]).
+/// It was parked by a [`background`] thread: for a request (`urgent`) it
+/// runs at normal priority from now on; work ahead of the requests (a
+/// restorer made ready, an instance restored ahead) stays behind them
+/// until a request takes it (see [`to_foreground`]).
+fn hand_off(
+    parked: &Parked,
+    fds: &[BorrowedFd<'_>],
+    payload: &[u8],
+    urgent: bool,
+) -> io::Result<()> {
     if !matches!(
         ns::pidfd_try_reap(parked.pidfd.as_fd())?,
         ns::Reaped::Running
     ) {
         return Err(io::Error::other("the parked sandbox has exited"));
     }
-    normal_priority(parked.pid);
+    if urgent {
+        normal_priority(parked.pid);
+    }
     spawn::send_request(parked.ctl.as_fd(), fds, payload)
+}
+
+/// A sandbox made ahead at [`BACKGROUND_NICE`] now serves a request: back
+/// at normal priority.
+fn to_foreground(inst: &SandboxInstance) {
+    normal_priority(libc::pid_t::try_from(inst.pid).unwrap_or(0));
 }
 
 /// The nice value of the threads that refill the pools: on this kind of

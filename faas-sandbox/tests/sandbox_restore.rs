@@ -249,6 +249,9 @@ fn assert_restored_inside(status: ExitStatus, out: &str) {
     assert_eq!(m["NoNewPrivs"], "1", "{out}");
     // and only fds 0-3: the restorer's plan socket is closed.
     assert_eq!(m["fds"], "0,1,2,3", "{out}");
+    // It serves a request: at normal priority, even when it was restored
+    // ahead by the pool keeper (nice 10).
+    assert_eq!(m["nice"], "0", "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,21 @@ int main(int argc, char **argv)
 		close(s);
 	}
 	ifaces();
+	{
+		/* The nice value: field 19 of /proc/self/stat, after the ")". */
+		char st[1024];
+		int n = read_file("/proc/self/stat", st, sizeof(st));
+		char *p = n < 0 ? NULL : strrchr(st, ')');
+		int field = 2;
+		while (p && field < 19) {
+			p = strchr(p + 1, ' ');
+			field++;
+		}
+		if (p)
+			dprintf(1, "nice %d\n", atoi(p + 1));
+		else
+			dprintf(1, "nice %s\n", result(-1));
+	}
 	status_field("Seccomp");
 	status_field("Seccomp_filters");
 	status_field("NoNewPrivs");
