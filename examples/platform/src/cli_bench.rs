@@ -45,6 +45,12 @@ pub(crate) struct BenchArgs {
     /// Requests in flight at once (one connection each).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
+    /// Open loop: send requests at this rate (per second) on a fixed
+    /// schedule, at most --concurrency in flight, and count each one's
+    /// latency from when it was due, waiting included. Without it, each
+    /// connection sends its next request as soon as the last is answered.
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
     /// Same as `warm` (older spelling).
     #[arg(long, hide = true)]
     keep_alive: bool,
@@ -84,6 +90,14 @@ impl Mode {
     }
 }
 
+/// `--rate`: a finite number of requests per second above zero.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate above 0 (requests per second)")),
+    }
+}
+
 /// Runs `faas bench`.
 pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mode = match (a.mode, a.keep_alive) {
@@ -97,6 +111,9 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if mode == Mode::Compare {
         if a.server.is_some() {
             bail!("`faas bench compare` runs its own embedded platform: --server does not apply");
+        }
+        if a.rate.is_some() {
+            bail!("--rate applies to `faas bench cold` and `warm` only");
         }
         let requests = a.requests.unwrap_or(200);
         return compare::run(a.binary, requests, a.data.into(), a.json).await;
@@ -113,6 +130,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         requests: a.requests.unwrap_or(1000),
         concurrency: a.concurrency,
         warm_up: mode == Mode::Warm,
+        rate: a.rate,
     };
     let (summary, target) = match &a.server {
         Some(server) => {
@@ -214,6 +232,7 @@ fn report(a: &BenchArgs, mode: Mode, s: &Summary, target: &str) {
         let mut v = serde_json::json!({
             "function": a.function, "mode": mode.as_str(), "target": target,
             "requests": s.requests, "errors": s.errors, "concurrency": a.concurrency,
+            "rate": a.rate,
             "p50_us": us(s.p50), "p90_us": us(s.p90), "p99_us": us(s.p99),
             "max_us": us(s.max), "mean_us": us(s.mean), "rps": s.rps(),
             "start_modes": modes,
@@ -227,11 +246,14 @@ fn report(a: &BenchArgs, mode: Mode, s: &Summary, target: &str) {
         println!("{v}");
     } else {
         println!(
-            "{} {} ({target}), concurrency {}: {} requests, {} errors\n  \
+            "{} {} ({target}), concurrency {}{}: {} requests, {} errors\n  \
              p50 {}  p90 {}  p99 {}  max {}  mean {}  {:.0} req/s\n  start modes: {}",
             a.function,
             mode.as_str(),
             a.concurrency,
+            a.rate
+                .map(|r| format!(", open loop at {r} req/s"))
+                .unwrap_or_default(),
             s.requests,
             s.errors,
             fmt_ms(s.p50),

@@ -43,6 +43,12 @@ pub struct LoadPlan {
     /// leaves `concurrency` warm instances. Without it one request is sent
     /// first (not counted) to check that the function answers.
     pub warm_up: bool,
+    /// Open loop: requests are due at this many per second, on a fixed
+    /// schedule, whatever the answers do; each one's latency runs from when
+    /// it was due (so a request that waited for a free connection counts
+    /// its wait, not only its own round trip). `None`: closed loop, each
+    /// connection sends its next request when the last one is answered.
+    pub rate: Option<f64>,
 }
 
 /// Latency summary of a run.
@@ -306,14 +312,26 @@ pub async fn run_plan(
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    let period = plan.rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let mut workers = tokio::task::JoinSet::new();
     for mut conn in conns {
         let (next, done) = (next.clone(), done.clone());
         let (function, body, total) = (plan.function.clone(), plan.body.clone(), plan.requests);
         workers.spawn(async move {
             let mut samples = Vec::with_capacity(total / concurrency + 1);
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let t = match period {
+                    Some(p) => {
+                        let due = start + p.mul_f64(i as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let r = conn.invoke(&function, body.clone()).await;
                 let latency = t.elapsed();
                 samples.push(match r {
@@ -388,6 +406,7 @@ pub async fn run(
         requests,
         concurrency,
         warm_up: false,
+        rate: None,
     };
     run_plan(client.base(), &plan, progress).await
 }

@@ -135,6 +135,32 @@ fn bench_against_a_running_server_checks_the_function() {
     assert!(e.contains("\"nope\" is not deployed"), "{e}");
 }
 
+#[test]
+fn an_open_loop_bench_keeps_to_its_rate() {
+    // 30 requests due at 100/s: the last is due 0.29 s after the first,
+    // so however fast the answers, the run cannot go faster than the rate.
+    let v = bench_json(&[
+        "bench",
+        "cold",
+        "--rate",
+        "100",
+        "--requests",
+        "30",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
+    check_report(&v, "cold", 30, 2);
+    assert_eq!(v["rate"], 100.0, "{v}");
+    assert!(v["rps"].as_f64().unwrap() <= 30.0 / 0.29, "{v}");
+    for bad in ["0", "-5", "nan", "fast"] {
+        let e = bench_fails(&["bench", "cold", &format!("--rate={bad}")]);
+        assert!(e.contains("not a rate above 0"), "{bad}: {e}");
+    }
+    let e = bench_fails(&["bench", "compare", "--rate", "10"]);
+    assert!(e.contains("--rate applies to"), "{e}");
+}
+
 /// Whether `tool` is installed where `faas bench compare` looks for it.
 fn installed(tool: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
