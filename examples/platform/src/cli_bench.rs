@@ -46,9 +46,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
     /// Open loop: send requests at this rate (per second) on a fixed
-    /// schedule, at most --concurrency in flight, and count each one's
-    /// latency from when it was due, waiting included. Without it, each
-    /// connection sends its next request as soon as the last is answered.
+    /// schedule, at most --concurrency in flight; one that had to wait for
+    /// a free connection counts its latency from when it was due. Without
+    /// it, each connection sends its next request as soon as the last is
+    /// answered.
     #[arg(long, value_parser = positive_rate)]
     rate: Option<f64>,
     /// Same as `warm` (older spelling).

@@ -44,10 +44,11 @@ pub struct LoadPlan {
     /// first (not counted) to check that the function answers.
     pub warm_up: bool,
     /// Open loop: requests are due at this many per second, on a fixed
-    /// schedule, whatever the answers do; each one's latency runs from when
-    /// it was due (so a request that waited for a free connection counts
-    /// its wait, not only its own round trip). `None`: closed loop, each
-    /// connection sends its next request when the last one is answered.
+    /// schedule, whatever the answers do; a request that had to wait for a
+    /// free connection counts its latency from when it was due (its wait
+    /// included), the others from when they were sent. `None`: closed
+    /// loop, each connection sends its next request when the last one is
+    /// answered.
     pub rate: Option<f64>,
 }
 
@@ -325,10 +326,18 @@ pub async fn run_plan(
                     break;
                 }
                 let t = match period {
+                    // Free before it is due: sent when the timer fires (its
+                    // lateness, up to a millisecond, is ours, not the
+                    // server's). Still busy when it was due: it waited for
+                    // this connection, and that wait counts.
                     Some(p) => {
                         let due = start + p.mul_f64(i as f64);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
+                        if Instant::now() < due {
+                            tokio::time::sleep_until(due.into()).await;
+                            Instant::now()
+                        } else {
+                            due
+                        }
                     }
                     None => Instant::now(),
                 };
