@@ -248,6 +248,14 @@ pub trait SandboxRuntime: Send + Sync {
     fn forget(&self, paths: &[&std::path::Path]) {
         let _ = paths;
     }
+
+    /// Calls `each` with the runtime's counters, for metrics: monotonic
+    /// counts of how launches were served (from which pool) and of what
+    /// its pools did, by name (`launch_resumed`, `netns_reused`, ...).
+    /// The default has none.
+    fn counters(&self, each: &mut dyn FnMut(&'static str, u64)) {
+        let _ = each;
+    }
 }
 
 #[cfg(test)]

@@ -380,6 +380,9 @@ pub(crate) trait NodeSource: Send + Sync {
     fn live_instances(&self) -> u64;
     /// Calls `each` with every function's number of waiting requests.
     fn queue_depths(&self, each: &mut dyn FnMut(&str, u64));
+    /// Calls `each` with its sandbox runtime's counters
+    /// ([`faas_core::SandboxRuntime::counters`]).
+    fn sandbox_counters(&self, each: &mut dyn FnMut(&'static str, u64));
 }
 
 /// The metrics registry of a process: shared by its function gateway
@@ -712,8 +715,12 @@ impl Metrics {
             .collect();
         let mut live: BTreeMap<&str, u64> = BTreeMap::new();
         let mut queued: BTreeMap<String, u64> = BTreeMap::new();
+        let mut sandbox: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
         for (node, s) in &sources {
             *live.entry(node.0.as_str()).or_default() += s.live_instances();
+            s.sandbox_counters(&mut |event, n| {
+                *sandbox.entry((node.0.as_str(), event)).or_default() += n;
+            });
             s.queue_depths(&mut |f, n| match queued.get_mut(f) {
                 Some(q) => *q += n,
                 None => {
@@ -729,6 +736,22 @@ impl Metrics {
         );
         for (node, n) in live {
             sample(out, "faas_live_instances", "", &[("node", node)], None, n);
+        }
+        header(
+            out,
+            "faas_sandbox_events_total",
+            "counter",
+            "What the node's sandbox runtime did: launches by where their sandbox came from (launch_resumed: an instance restored ahead; launch_ready_restorer: a restorer started ahead; launch_parked: a sandbox parked ahead; launch_unpooled: set up on the request path; launch_forked: a template's fork) and what its pools did.",
+        );
+        for ((node, event), n) in sandbox {
+            sample(
+                out,
+                "faas_sandbox_events_total",
+                "",
+                &[("node", node), ("event", event)],
+                None,
+                n,
+            );
         }
         header(
             out,
@@ -1048,6 +1071,10 @@ mod tests {
                 each(f, *n);
             }
         }
+        fn sandbox_counters(&self, each: &mut dyn FnMut(&'static str, u64)) {
+            each("launch_resumed", self.0 * 10);
+            each("netns_reused", self.0);
+        }
     }
 
     #[test]
@@ -1070,6 +1097,15 @@ mod tests {
             [
                 r#"faas_queue_depth{function="f"} 4"#,
                 r#"faas_queue_depth{function="g"} 0"#,
+            ]
+        );
+        assert_eq!(
+            lines(&text, "faas_sandbox_events_total{"),
+            [
+                r#"faas_sandbox_events_total{node="n\"1",event="launch_resumed"} 20"#,
+                r#"faas_sandbox_events_total{node="n\"1",event="netns_reused"} 2"#,
+                r#"faas_sandbox_events_total{node="n2",event="launch_resumed"} 10"#,
+                r#"faas_sandbox_events_total{node="n2",event="netns_reused"} 1"#,
             ]
         );
         drop(b);

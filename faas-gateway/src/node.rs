@@ -1023,6 +1023,10 @@ impl NodeSource for Inner {
         self.stats.live.load(Ordering::Relaxed)
     }
 
+    fn sandbox_counters(&self, each: &mut dyn FnMut(&'static str, u64)) {
+        self.runtime.counters(each);
+    }
+
     fn queue_depths(&self, each: &mut dyn FnMut(&str, u64)) {
         let fns: Vec<Arc<FnState>> = self.functions.lock().values().cloned().collect();
         for st in fns {

@@ -211,6 +211,13 @@ struct Shared {
     restored: Mutex<HashMap<SnapshotKey, Vec<ReadyRestorer>>>,
     /// Launches that resumed an instance restored ahead.
     resumed: AtomicU64,
+    /// Launches handed to a sandbox parked ahead (its exec, or its restore,
+    /// on the request path).
+    from_parked: AtomicU64,
+    /// Launches that set a sandbox up on the request path (no pool had one).
+    unpooled: AtomicU64,
+    /// Launches that forked a template.
+    forked: AtomicU64,
     /// Fork templates, by kind of sandbox and snapshot directory (see
     /// [`crate::fork`]).
     templates: Mutex<HashMap<TemplateKey, Arc<Template>>>,
@@ -332,6 +339,9 @@ impl PooledSandboxRuntime {
                 restored_ready: AtomicU64::new(0),
                 restored: Mutex::new(HashMap::new()),
                 resumed: AtomicU64::new(0),
+                from_parked: AtomicU64::new(0),
+                unpooled: AtomicU64::new(0),
+                forked: AtomicU64::new(0),
                 templates: Mutex::new(HashMap::new()),
                 making_template: Mutex::new(()),
                 dev_null: OwnedFd::from(
@@ -1659,7 +1669,10 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
         && let Some(parked) = sh.take_parked(&key)
     {
         match hand_off(&parked, &borrowed, payload, true) {
-            Ok(()) => return finish(sh, name, &key, &p.target, parked.into_started()),
+            Ok(()) => {
+                sh.from_parked.fetch_add(1, Ordering::Relaxed);
+                return finish(sh, name, &key, &p.target, parked.into_started());
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "a parked sandbox could not take its request");
                 parked.discard(sh);
@@ -1672,6 +1685,7 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
         envp: &p.envp,
     };
     let st = start(sh, name, &key, &p.root, mode)?;
+    sh.unpooled.fetch_add(1, Ordering::Relaxed);
     finish(sh, name, &key, &p.target, st)
 }
 
@@ -1948,6 +1962,8 @@ fn restore_blocking(
         };
         match hand_off(&parked, &all, payload, true) {
             Ok(()) => {
+                let counter = if fresh { &sh.unpooled } else { &sh.from_parked };
+                counter.fetch_add(1, Ordering::Relaxed);
                 drop(theirs);
                 let inst = finish(sh, name, key, &p.target, parked.into_started());
                 drop(ours);
@@ -2053,11 +2069,26 @@ impl SandboxRuntime for PooledSandboxRuntime {
         self.shared.forget(paths);
     }
 
+    fn counters(&self, each: &mut dyn FnMut(&'static str, u64)) {
+        let sh = &self.shared;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        each("launch_resumed", n(&sh.resumed));
+        each("launch_ready_restorer", n(&sh.restored_ready));
+        each("launch_parked", n(&sh.from_parked));
+        each("launch_unpooled", n(&sh.unpooled));
+        each("launch_forked", n(&sh.forked));
+        each("netns_created", n(&sh.netns.made));
+        each("netns_reused", n(&sh.netns_reused));
+        each("cgroups_reused", n(&sh.cgroups_reused));
+    }
+
     fn launch(&self, spec: SandboxSpec) -> BoxFuture<'_, Result<Box<dyn Instance>, LaunchError>> {
         let sh = self.shared.clone();
         Box::pin(async move {
             if spec.start == StartMode::Fork {
-                return launch_fork(sh, spec).await;
+                let inst = launch_fork(sh.clone(), spec).await?;
+                sh.forked.fetch_add(1, Ordering::Relaxed);
+                return Ok(inst);
             }
             let name = spec.name.clone();
             let key = ParkKey::of(&spec);

@@ -563,4 +563,24 @@ fn metrics_show_python_instances_restored_from_the_snapshot() {
     assert_eq!(m.value("faas_instance_start_seconds_count", &fv), 3.0);
     assert_eq!(m.value("faas_request_duration_seconds_count", &fv), 3.0);
     assert_eq!(m.value("faas_queue_depth", &[("function", "py")]), 0.0);
+    // The sandbox runtime says where each launch's sandbox came from: the
+    // three restores (and the deploy's own start and trial restore), none
+    // forked.
+    let ev = |e: &str| {
+        m.value(
+            "faas_sandbox_events_total",
+            &[("node", "local"), ("event", e)],
+        )
+    };
+    let launches: f64 = [
+        "launch_resumed",
+        "launch_ready_restorer",
+        "launch_parked",
+        "launch_unpooled",
+    ]
+    .iter()
+    .map(|e| ev(e))
+    .sum();
+    assert!(launches >= 3.0, "{}", m.text);
+    assert_eq!(ev("launch_forked"), 0.0);
 }
