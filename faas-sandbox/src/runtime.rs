@@ -57,6 +57,11 @@ pub struct SandboxConfig {
     /// Sandboxes kept parked (set up up to their exec) per kind of sandbox
     /// (root, limits, seccomp profile, /proc) once that kind was launched.
     pub parked: usize,
+    /// Threads that refill the pools (at nice 10). More than one lets one
+    /// set a sandbox up while another restores into the last one, or waits
+    /// in the kernel (a cgroup v1 migration can wait for an RCU grace
+    /// period).
+    pub keepers: usize,
 }
 
 impl Default for SandboxConfig {
@@ -77,6 +82,7 @@ impl Default for SandboxConfig {
             nofile: 1024,
             cgroups: true,
             parked: 4,
+            keepers: 2,
         }
     }
 }
@@ -225,7 +231,7 @@ struct Shared {
     making_template: Mutex<()>,
     /// `/dev/null`, read-write: the fd of a `Stdio::Null`.
     dev_null: OwnedFd,
-    /// Pool refills asked for by launches, done by the keeper thread (see
+    /// Pool refills asked for by launches, done by the keeper threads (see
     /// [`Shared::keep`]).
     refills: Mutex<VecDeque<Refill>>,
     refill_wanted: parking_lot::Condvar,
@@ -270,7 +276,7 @@ struct Shared {
 /// 3. a parked sandbox (parked on the spot when none is ready) that
 ///    executes the restorer.
 ///
-/// Each serves once. After a restore, one keeper thread (nice 10) tops all
+/// Each serves once. After a restore, the keeper threads (nice 10) top all
 /// three pools up to [`SandboxConfig::parked`]. The restorer rebuilds the
 /// process and installs the sandbox's seccomp filters as its very last
 /// step, so the guest never runs unfiltered. A restorer that fails exits
@@ -360,11 +366,13 @@ impl PooledSandboxRuntime {
             }),
         };
         rt.shared.refill_cgroups();
-        let weak = Arc::downgrade(&rt.shared);
-        std::thread::Builder::new()
-            .name("faas-pool-keeper".into())
-            .spawn(move || Shared::keep(&weak))
-            .map_err(io_err("starting the pool keeper thread".into()))?;
+        for _ in 0..rt.shared.config.keepers.max(1) {
+            let weak = Arc::downgrade(&rt.shared);
+            std::thread::Builder::new()
+                .name("faas-pool-keeper".into())
+                .spawn(move || Shared::keep(&weak))
+                .map_err(io_err("starting the pool keeper thread".into()))?;
+        }
         Ok(rt)
     }
 
@@ -619,7 +627,7 @@ impl Shared {
         }
     }
 
-    /// Asks the keeper thread to top a pool up (a job already waiting is
+    /// Asks the keeper threads to top a pool up (a job already waiting is
     /// not added again).
     fn want(&self, job: Refill) {
         let mut q = self.refills.lock();
@@ -629,7 +637,7 @@ impl Shared {
         }
     }
 
-    /// The keeper thread: tops the pools up as launches ask, one job at a
+    /// A keeper thread: tops the pools up as launches ask, one job at a
     /// time, at [`BACKGROUND_NICE`] (the sandboxes it parks inherit it until
     /// their hand-off), until the runtime is gone.
     fn keep(shared: &std::sync::Weak<Shared>) {
@@ -1689,7 +1697,7 @@ fn launch_blocking(sh: &Arc<Shared>, spec: &SandboxSpec) -> Result<SandboxInstan
     finish(sh, name, &key, &p.target, st)
 }
 
-/// A pool refill for the keeper thread.
+/// A pool refill for the keeper threads.
 #[derive(Debug, PartialEq, Eq)]
 enum Refill {
     /// The cgroup pool.
