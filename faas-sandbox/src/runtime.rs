@@ -1001,6 +1001,9 @@ impl Shared {
             seccomp: filters.programs().iter().map(|p| bpf_bytes(p)).collect(),
             // The sandbox child set it before parking.
             no_new_privs: false,
+            // Off the request path when the profile allows what the
+            // restorer does after its filters.
+            filters_before_park: filters.allows_all(faas_snapshot::PARKED_SYSCALLS),
             path_map,
             images,
         };

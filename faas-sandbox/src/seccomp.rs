@@ -287,6 +287,8 @@ impl SeccompInstallError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeccompFilters {
     programs: Vec<BpfProgram>,
+    /// The syscalls allowed whatever their arguments.
+    allowed: BTreeSet<String>,
 }
 
 /// The profile document (version 1).
@@ -346,11 +348,22 @@ impl SeccompFilters {
                 profile: profile.clone(),
                 cause,
             })?;
+        let mut allowed: BTreeSet<String> = doc.allow.iter().cloned().collect();
+        allowed.extend(ALWAYS_ALLOWED.iter().map(|s| (*s).to_owned()));
         let linear = allowlist_program(profile, doc)?;
         let allowlist = binary_search_layout(&linear).unwrap_or(linear);
         Ok(SeccompFilters {
             programs: vec![guard_program(), allowlist],
+            allowed,
         })
+    }
+
+    /// Whether every one of `syscalls` is allowed whatever its arguments
+    /// (`clone` only without `CLONE_NEW*` flags: never "whatever").
+    pub fn allows_all(&self, syscalls: &[&str]) -> bool {
+        syscalls
+            .iter()
+            .all(|s| *s != "clone" && self.allowed.contains(*s))
     }
 
     /// The BPF programs, in the order they must be installed, each with
@@ -778,6 +791,23 @@ mod tests {
                 "{p}: {tree_steps} vs {linear_steps} steps"
             );
         }
+    }
+
+    #[test]
+    fn the_builtin_profiles_let_instances_restored_ahead_filter_before_they_wait() {
+        for p in [
+            SeccompProfile::Native,
+            SeccompProfile::Python,
+            SeccompProfile::Node,
+        ] {
+            let f = SeccompFilters::compile(&p).unwrap();
+            assert!(f.allows_all(faas_snapshot::PARKED_SYSCALLS), "{p}");
+            assert!(!f.allows_all(&["clone"]), "{p}: clone has a rule");
+        }
+        let (_f, user) = user_profile(r#"{"version": 1, "allow": ["read", "write"]}"#);
+        let f = SeccompFilters::compile(&user).unwrap();
+        assert!(!f.allows_all(faas_snapshot::PARKED_SYSCALLS));
+        assert!(f.allows_all(&["read", "execve"]));
     }
 
     #[test]

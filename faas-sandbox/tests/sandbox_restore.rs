@@ -298,6 +298,34 @@ async fn restores_ahead_of_the_request_get_their_fds_namespaces_and_filters() {
     // request's fds 0-3) and restorers of this kind started ahead.
     restore_checked(&rt).await;
     assert_eq!((rt.resumed(), rt.restores_from_ready()), (0, 0));
+    eventually("no instance was restored ahead", || rt.restored_ahead() > 0).await;
+    // Those waiting for a request already have the sandbox's filters (the
+    // native profile allows what the restorer does after them): a child of
+    // ours still holding its plan socket (fd 4; a guest that runs has only
+    // 0-3) under seccomp (a restorer that has not restored is not).
+    let waiting_filtered = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let p = e.path();
+            let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(str::trim)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            field("PPid:") == std::process::id().to_string()
+                && field("Seccomp:") == "2"
+                && p.join("fd/4").exists()
+        })
+        .count();
+    assert!(
+        waiting_filtered > 0,
+        "no instance restored ahead installed its filters before its request"
+    );
     for i in 1..=3 {
         eventually("no instance was restored ahead", || rt.restored_ahead() > 0).await;
         restore_checked(&rt).await;

@@ -67,7 +67,9 @@ mod template;
 pub use dump::{DumpOptions, dump};
 pub use meta::FORMAT_VERSION;
 pub use pool::set_restorer_pool_size;
-pub use restore::{RestoreIo, RestoreOptions, Restored, Snapshot, restorer_executable};
+pub use restore::{
+    PARKED_SYSCALLS, RestoreIo, RestoreOptions, Restored, Snapshot, restorer_executable,
+};
 pub use snapshotter::PtraceSnapshotter;
 pub use template::{FORK_NAMESPACES, ForkTemplate, template_fork, template_reap};
 

@@ -146,6 +146,23 @@ pub struct Snapshot {
     cwd: Option<CString>,
 }
 
+/// What an instance restored ahead does after installing its seccomp
+/// programs early ([`RestoreOptions::filters_before_park`]): wait for its
+/// fds 0–3 (`recvmsg`), move them into place (`fcntl`, `dup2`, `close`,
+/// `close_range`), report a failure (`write`, `exit_group`), unmap itself
+/// and return into the guest (`munmap`, `rt_sigreturn`).
+pub const PARKED_SYSCALLS: &[&str] = &[
+    "recvmsg",
+    "fcntl",
+    "dup2",
+    "close",
+    "close_range",
+    "write",
+    "exit_group",
+    "munmap",
+    "rt_sigreturn",
+];
+
 /// How restored processes are confined beyond what their snapshot holds.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -156,6 +173,12 @@ pub struct RestoreOptions {
     /// Set no_new_privs before installing the filter (needed without
     /// CAP_SYS_ADMIN).
     pub no_new_privs: bool,
+    /// An instance restored ahead ([`Snapshot::send_parked_plan`])
+    /// installs `seccomp` before it waits for its fds 0–3 instead of after,
+    /// taking that work off the request path. Set it only when the
+    /// programs allow every syscall of [`PARKED_SYSCALLS`], which the
+    /// restorer makes after them.
+    pub filters_before_park: bool,
     /// Where the mapped files are on this host when the checkpointed
     /// process saw them elsewhere: `(as the process saw it, on the host)`
     /// path prefixes, e.g. a sandbox's read-only bind `/var/task` of a
@@ -712,7 +735,15 @@ fn build_plan(
         scratch,
         mm: meta.mm.into(),
         auxv_len: meta.auxv.len() as u32,
-        no_new_privs: u32::from(options.no_new_privs),
+        no_new_privs: if options.no_new_privs {
+            plan::NO_NEW_PRIVS
+        } else {
+            0
+        } | if options.filters_before_park {
+            plan::FILTERS_BEFORE_PARK
+        } else {
+            0
+        },
         auxv,
         fs_base: meta.regs.fs_base,
         gs_base: meta.regs.gs_base,

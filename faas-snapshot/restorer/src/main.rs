@@ -174,7 +174,15 @@ pub(crate) fn run(vdso: u64) -> ! {
         serve_forks(&header, &plan[sig_at..filter_at], filter);
     }
     if parked {
-        // Restored ahead of its request: wait for the guest's fds 0-3.
+        // Restored ahead of its request. When the sandbox's profile allows
+        // what the restorer does from here on (the plan says so:
+        // FILTERS_BEFORE_PARK; see faas_snapshot::PARKED_SYSCALLS), its
+        // filters go in now, so a request does not wait for them.
+        let early = header.no_new_privs & plan::FILTERS_BEFORE_PARK != 0;
+        if early {
+            install_filters(&header, filter);
+        }
+        // Wait for the guest's fds 0-3.
         let (cmd, received, n) = match sys::recv_command() {
             Ok(Some(got)) => got,
             // The owner dropped it unused.
@@ -183,6 +191,9 @@ pub(crate) fn run(vdso: u64) -> ! {
         };
         sys::place_fds(cmd.fds, &received[..n]);
         check(sys::close_above(3), exit::STATE, "close_range");
+        if early {
+            sys::sigreturn(header.frame_addr + 8)
+        }
     }
     become_guest(&header, filter)
 }
@@ -190,6 +201,12 @@ pub(crate) fn run(vdso: u64) -> ! {
 /// The last steps of every guest: the sandbox's seccomp filter, then
 /// `rt_sigreturn` into the saved state.
 fn become_guest(header: &Header, filter: &[u8]) -> ! {
+    install_filters(header, filter);
+    sys::sigreturn(header.frame_addr + 8)
+}
+
+/// Installs the sandbox's seccomp programs, in order.
+fn install_filters(header: &Header, filter: &[u8]) {
     let mut rest = filter;
     while !rest.is_empty() {
         let Some(count) = sys::read::<u64>(rest, 0) else {
@@ -200,13 +217,16 @@ fn become_guest(header: &Header, filter: &[u8]) -> ! {
             fail(exit::BAD_PLAN, "truncated seccomp program", 0)
         };
         check(
-            sys::seccomp(program, count as u32, header.no_new_privs != 0),
+            sys::seccomp(
+                program,
+                count as u32,
+                header.no_new_privs & plan::NO_NEW_PRIVS != 0
+            ),
             exit::SECCOMP,
             "seccomp filter",
         );
         rest = &rest[8 + len..];
     }
-    sys::sigreturn(header.frame_addr + 8)
 }
 
 /// A template's life: fork a guest per command until the socket closes.

@@ -27,6 +27,15 @@ pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"FAASPLAN");
 /// sides always come from the same build.
 pub const PLAN_VERSION: u32 = 5;
 
+/// [`Header::no_new_privs`]: the restorer sets no_new_privs before the
+/// filters.
+pub const NO_NEW_PRIVS: u32 = 1;
+
+/// [`Header::no_new_privs`]: an instance restored ahead (`MODE_PARKED`)
+/// installs the filters before it waits for its guest's fds, not after;
+/// set only when they allow what the restorer does from then on.
+pub const FILTERS_BEFORE_PARK: u32 = 2;
+
 /// The largest plan the restorer accepts, in bytes.
 pub const PLAN_MAX: usize = 192 * 1024;
 
@@ -115,7 +124,7 @@ pub struct Header {
     pub mm: MmFields,
     /// Words of `auxv` in use (even).
     pub auxv_len: u32,
-    /// 1: the restorer sets no_new_privs before the filter.
+    /// Flags: [`NO_NEW_PRIVS`], [`FILTERS_BEFORE_PARK`].
     pub no_new_privs: u32,
     /// The saved auxv.
     pub auxv: [u64; AUXV_WORDS],
