@@ -25,6 +25,16 @@
 //!   restorer: plan ─▶ memory, registers, ... ─▶ the sandbox's seccomp filters ─▶ guest
 //! ```
 //!
+//! Most restored instances are restored *ahead* of their request: they
+//! wait with the guest rebuilt and the sandbox's filters installed, and a
+//! request only hands them fds 0-3. Two keeper threads at nice 10 refill
+//! the pools; what they make stays at nice 10 until a request takes it. A
+//! sandbox's network namespace and cgroups go, once all its processes have
+//! exited, to the next sandbox of the same kind (same root and limits: in
+//! the platform, the same function version), never to another kind.
+//! `faas_sandbox_events_total` (metrics) counts which pool served each
+//! launch.
+//!
 //! For [`faas_core::StartMode::Fork`] one such sandbox per snapshot and
 //! kind of sandbox runs the restorer as a *fork template*, and each launch
 //! is a fork of it (`fork` module): instances of one function then share
