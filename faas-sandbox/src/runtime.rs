@@ -1077,6 +1077,9 @@ fn raw_stdio(s: &Stdio, null: &OwnedFd, own: &mut Vec<OwnedFd>, which: i32) -> i
 /// seccomp profile, /proc).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ParkKey {
+    /// Its sandboxes execute a program (start mode cold), not the snapshot
+    /// restorer: they install their seccomp filters before they park.
+    cold: bool,
     root: PathBuf,
     memory_mb: u32,
     pids: u32,
@@ -1090,6 +1093,7 @@ struct ParkKey {
 impl ParkKey {
     fn of(spec: &SandboxSpec) -> Self {
         ParkKey {
+            cold: spec.start == StartMode::Cold,
             root: spec.root.path().to_path_buf(),
             memory_mb: spec.limits.memory_mb,
             pids: spec.limits.pids,
@@ -1493,6 +1497,9 @@ fn start(
                     .collect()
             })
             .collect(),
+        filter_before_park: key.cold
+            && park.is_some()
+            && filters.allows_all(spawn::PARKED_CHILD_SYSCALLS),
         park,
     };
     let uid_slot = sh.uids.lock().pop().ok_or_else(|| LaunchError::Sys {

@@ -534,3 +534,53 @@ async fn a_reused_cgroup_keeps_its_limits_and_counts_only_its_new_sandbox() {
     assert_eq!(again.exceeded, Some(LimitExceeded::Memory { limit_mb: 32 }));
     assert!(rt.cgroups_reused() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_parked_for_a_program_wait_with_their_filters_installed() {
+    let rt = runtime();
+    // A first launch of the kind: sandboxes of it get parked after it.
+    let r = run(&rt, "/bin/true", &[], false, "native", Limits::default()).await;
+    assert_eq!(r.status, ExitStatus::Code(0));
+    // Parked ones are children of ours that have not executed anything
+    // yet (the keeper thread's name): they already have both filters.
+    let parked_filtered = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                let field = |k: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(str::trim)
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                field("PPid:") == std::process::id().to_string()
+                    && field("Name:") == "faas-pool-keepe"
+                    && field("Seccomp:") == "2"
+                    && field("Seccomp_filters:") == "2"
+            })
+            .count()
+    };
+    for _ in 0..250 {
+        if parked_filtered() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(parked_filtered() > 0, "no parked sandbox had its filters");
+    // And a launch into one still runs under them: the native profile
+    // has no `socket`.
+    let r = run(
+        &rt,
+        &probe(),
+        &["lo-down"],
+        false,
+        "native",
+        Limits::default(),
+    )
+    .await;
+    assert_eq!(r.out.trim(), "lo_down socket:EPERM", "{}", r.out);
+}

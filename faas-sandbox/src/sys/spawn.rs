@@ -168,7 +168,27 @@ pub(crate) struct ChildPlan {
     /// and `envp`: 4 fds (0-3) to exec `argv[0]`, or [`RESTORE_FDS`] (0-3,
     /// the restorer's executable, the plan socket) to exec the restorer.
     pub park: Option<RawFd>,
+    /// Parked mode, for a program: install the seccomp programs before
+    /// waiting, so that a hand-off does not wait for them. They must allow
+    /// what the child does after them ([`PARKED_CHILD_SYSCALLS`]); a
+    /// restore request (whose restorer installs them itself) is refused.
+    pub filter_before_park: bool,
 }
+
+/// What a parked child does after installing its seccomp programs early
+/// ([`ChildPlan::filter_before_park`]): receive its request, move fds 0-3
+/// into place, close the rest at exec, execute the program, report a
+/// failure and exit.
+pub(crate) const PARKED_CHILD_SYSCALLS: &[&str] = &[
+    "recvmsg",
+    "fcntl",
+    "dup2",
+    "close",
+    "close_range",
+    "execve",
+    "write",
+    "exit_group",
+];
 
 /// The read-only binds of a sandbox, as paths under the base directory the
 /// new root is assembled on (all prepared by the parent):
@@ -902,6 +922,21 @@ unsafe fn child_main(
         let mut nfds = 4;
         let (mut program, mut argv, mut envp) =
             (plan.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
+        // Parked for a program: seccomp now (see `filter_before_park`).
+        let early = plan.park.is_some() && plan.filter_before_park;
+        if early {
+            for prog in &p.progs {
+                check!(
+                    libc::syscall(
+                        libc::SYS_seccomp,
+                        SECCOMP_SET_MODE_FILTER,
+                        0 as libc::c_ulong,
+                        prog as *const _
+                    ) as libc::c_int,
+                    Stage::Seccomp
+                );
+            }
+        }
         if let Some(ctl) = plan.park {
             match receive_request(ctl, p) {
                 Ok(r) => {
@@ -918,6 +953,12 @@ unsafe fn child_main(
             libc::close(ctl);
         }
         let restore = nfds == RESTORE_FDS;
+        if restore && early {
+            // The restorer needs what the filters deny; it installs them
+            // itself. Never asked of such a sandbox: say so, not a mystery.
+            *libc::__errno_location() = libc::EINVAL;
+            fail(err_w, Stage::Request)
+        }
         // 9. fds 0-3 (and the restorer's two): first out of the way (sources
         //    may be 0-4), then in place. The copies close at exec.
         let mut high = [0 as RawFd; RESTORE_FDS];
@@ -959,8 +1000,8 @@ unsafe fn child_main(
             );
             fail(err_w, Stage::ExecRestorer)
         }
-        // 11. Seccomp, last.
-        for prog in &p.progs {
+        // 11. Seccomp, last (unless it went in before the park).
+        for prog in p.progs.iter().filter(|_| !early) {
             check!(
                 libc::syscall(
                     libc::SYS_seccomp,
