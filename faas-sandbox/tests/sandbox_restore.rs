@@ -414,7 +414,9 @@ fn mounts_under(dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgetting_a_deleted_version_ends_what_was_made_ahead_for_it() {
     fixture();
-    let work = PathBuf::from(format!("/run/faas/forget-test-{}", std::process::id()));
+    // Named like the runtime's own work directories, so that a later
+    // runtime cleans it up if this process dies before its runtime does.
+    let work = PathBuf::from(format!("/run/faas/sandbox-{}-forget", std::process::id()));
     let rt = PooledSandboxRuntime::new(SandboxConfig {
         work_dir: work.clone(),
         netns_pool: 2,
@@ -448,4 +450,10 @@ async fn forgetting_a_deleted_version_ends_what_was_made_ahead_for_it() {
     rt.forget(&[Path::new("/nonexistent/elsewhere")]);
     restore_checked(&rt).await;
     assert_eq!(mounts_under(&work.join("roots")), 1);
+    // And a runtime that goes leaves no mount behind.
+    drop(rt);
+    eventually("the dropped runtime left its root mounted", || {
+        mounts_under(&work.join("roots")) == 0
+    })
+    .await;
 }
