@@ -15,8 +15,9 @@
 //! that create a process (`fork`) run in a forked child; their RESULT is the
 //! child's errno, `OK`, or `KILLED:SIGNAL`.
 
-use std::ffi::CStr;
 use std::io::Write;
+
+mod sys;
 
 fn errno_name(e: i32) -> String {
     let name = match e {
@@ -60,24 +61,10 @@ fn outcome(rc: libc::c_long) -> String {
 /// Runs `f` in a forked child and reports how the child ended: `f`'s
 /// result (an errno, 0 for OK) as exit code, or the signal that killed it.
 fn in_child(f: fn() -> i32) -> String {
-    // SAFETY: the probe is single-threaded, so the child may run any code;
-    // it leaves with _exit, never returning into the parent's stack frames.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return format!("FORK-FAILED:{}", errno_name(last_errno()));
-    }
-    if pid == 0 {
-        let code = f();
-        // SAFETY: _exit ends the child without running the parent's atexit
-        // handlers or flushing its buffers twice.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer; `pid` is our own child.
-    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-    if rc < 0 {
-        return format!("WAIT-FAILED:{}", errno_name(last_errno()));
-    }
+    let status = match sys::in_child(f) {
+        Ok(status) => status,
+        Err((what, e)) => return format!("{what}-FAILED:{}", errno_name(e)),
+    };
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         return if sig == libc::SIGSYS {
@@ -93,10 +80,7 @@ fn in_child(f: fn() -> i32) -> String {
 }
 
 fn x32_getpid() -> i32 {
-    let nr = 0x4000_0000 | libc::SYS_getpid;
-    // SAFETY: getpid takes no arguments and touches no memory; under the x32
-    // ABI number it is the same call.
-    let rc = unsafe { libc::syscall(nr) };
+    let rc = sys::x32_getpid();
     if rc < 0 { last_errno() } else { 0 }
 }
 
@@ -210,11 +194,7 @@ fn syscalls(out: &mut impl Write) -> std::io::Result<()> {
         ("fcntl", libc::SYS_fcntl, [BAD_FD, 0, 0, 0, 0, 0]),
     ];
     for (name, nr, a) in probes {
-        // SAFETY: every probe passes NULL pointers, fd -1 or unknown
-        // commands/flags (see the table), so an allowed call fails in the
-        // kernel's argument checks without reading or writing our memory.
-        let rc = unsafe { libc::syscall(*nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
-        writeln!(out, "{name} {}", outcome(rc))?;
+        writeln!(out, "{name} {}", outcome(sys::rejected_call(*nr, *a)))?;
     }
 
     // clone with one CLONE_NEW* flag at a time (and all of them), plus
@@ -232,12 +212,11 @@ fn syscalls(out: &mut impl Write) -> std::io::Result<()> {
         ("none", 0),
     ];
     for (label, flags) in news {
-        let flags = (flags | libc::CLONE_THREAD) as usize;
-        // SAFETY: CLONE_THREAD without CLONE_SIGHAND is rejected (EINVAL)
-        // before any process is created; the NULL stack and pointers are
-        // never used.
-        let rc = unsafe { libc::syscall(libc::SYS_clone, flags, NULL, NULL, NULL, 0usize) };
-        writeln!(out, "clone:{label} {}", outcome(rc))?;
+        writeln!(
+            out,
+            "clone:{label} {}",
+            outcome(sys::rejected_clone(*flags))
+        )?;
     }
 
     writeln!(out, "fork {}", in_child(child_exits))?;
@@ -255,8 +234,7 @@ fn read_or_err(path: &str) -> String {
 fn open_fds() -> String {
     // fcntl on every number: opening /proc/self/fd would list its own fd.
     let fds: Vec<String> = (0..4096)
-        // SAFETY: F_GETFD only reads the descriptor table.
-        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+        .filter(|&fd| sys::fd_is_open(fd))
         .map(|fd: i32| fd.to_string())
         .collect();
     fds.join(",")
@@ -289,19 +267,8 @@ fn status(out: &mut impl Write) -> std::io::Result<()> {
         map.split_whitespace().collect::<Vec<_>>().join(" ")
     )?;
     writeln!(out, "pid {}", std::process::id())?;
-    // SAFETY: getuid cannot fail and touches no memory.
-    writeln!(out, "uid {}", unsafe { libc::getuid() })?;
-    // SAFETY: `uts` is a valid out-pointer; nodename is NUL-terminated.
-    let host = unsafe {
-        let mut uts: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut uts) == 0 {
-            CStr::from_ptr(uts.nodename.as_ptr())
-                .to_string_lossy()
-                .into_owned()
-        } else {
-            format!("ERR:{}", errno_name(last_errno()))
-        }
-    };
+    writeln!(out, "uid {}", sys::uid())?;
+    let host = sys::hostname().unwrap_or_else(|e| format!("ERR:{}", errno_name(e)));
     writeln!(out, "hostname {host}")?;
     writeln!(out, "fds {}", open_fds())?;
     match std::env::current_dir() {
@@ -311,72 +278,24 @@ fn status(out: &mut impl Write) -> std::io::Result<()> {
     // An unnamed file (O_TMPFILE): on a writable root it vanishes when
     // closed, so probing outside a sandbox (or under a filter that denies
     // unlink) leaves nothing behind; on a read-only mount it fails with EROFS.
-    // SAFETY: a valid NUL-terminated path; O_TMPFILE creates no name.
-    let fd = unsafe {
-        libc::open(
-            c"/".as_ptr(),
-            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: we own `fd`.
-        unsafe {
-            libc::close(fd);
-        }
-        writeln!(out, "write_root OK")?;
-    } else {
-        writeln!(out, "write_root {}", errno_name(last_errno()))?;
+    match sys::unnamed_file_on_root() {
+        Ok(()) => writeln!(out, "write_root OK")?,
+        Err(e) => writeln!(out, "write_root {}", errno_name(e))?,
     }
     // Set the hostname to what it is already: no change even if allowed.
-    // SAFETY: `host` bytes are valid for their length.
-    let rc = unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) };
-    writeln!(out, "sethostname {}", outcome(rc.into()))?;
+    writeln!(out, "sethostname {}", outcome(sys::sethostname(&host)))?;
     // A tmpfs on a path that does not exist: ENOENT if mount is permitted.
-    let (src, target, fstype) = (c"none", c"/.faas-sandbox-probe-nonexistent", c"tmpfs");
-    // SAFETY: valid NUL-terminated strings and a NULL data pointer.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    writeln!(out, "mount {}", outcome(rc.into()))?;
+    writeln!(out, "mount {}", outcome(sys::mount_tmpfs_nowhere()))?;
     out.flush()
 }
 
 /// Tries to take the loopback interface down (SIOCSIFFLAGS without IFF_UP)
 /// and prints `lo_down OK` or `lo_down ERRNO`.
 fn lo_down(out: &mut impl Write) -> std::io::Result<()> {
-    // SAFETY: a plain socket(2) call; the fd is closed below.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return writeln!(out, "lo_down socket:{}", errno_name(last_errno()));
-    }
-    // SAFETY: ifreq is plain old data; zeroed is valid. The ioctls read and
-    // write only the ifreq we own.
-    let rc = unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (d, b) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *b as libc::c_char;
-        }
-        let mut rc = libc::ioctl(s, libc::SIOCGIFFLAGS, &raw mut ifr);
-        if rc == 0 {
-            ifr.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
-            rc = libc::ioctl(s, libc::SIOCSIFFLAGS, &raw mut ifr);
-        }
-        rc
-    };
-    let e = last_errno();
-    // SAFETY: closing the socket we opened.
-    unsafe { libc::close(s) };
-    if rc == 0 {
-        writeln!(out, "lo_down OK")
-    } else {
-        writeln!(out, "lo_down {}", errno_name(e))
+    match sys::loopback_down() {
+        Ok(()) => writeln!(out, "lo_down OK"),
+        Err(("socket", e)) => writeln!(out, "lo_down socket:{}", errno_name(e)),
+        Err((_, e)) => writeln!(out, "lo_down {}", errno_name(e)),
     }
 }
 
