@@ -104,6 +104,7 @@ async fn run_one(a: RunArgs) -> anyhow::Result<i32> {
         netns_pool: 0,
         cgroup_pool: 0,
         parked: 0,
+        keepers: 1,
         cgroups: !a.no_cgroups,
         ..SandboxConfig::default()
     })?;
