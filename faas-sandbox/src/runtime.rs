@@ -1612,7 +1612,20 @@ fn finish(
     target: &Target,
     st: Started,
 ) -> Result<SandboxInstance, LaunchError> {
-    if let Err((stage, e)) = spawn::exec_result(&st.err_r) {
+    let exec = spawn::exec_result(&st.err_r);
+    finish_with(sh, name, key, target, st, exec)
+}
+
+/// [`finish`] once the sandbox's exec result is known.
+fn finish_with(
+    sh: &Arc<Shared>,
+    name: &str,
+    key: &ParkKey,
+    target: &Target,
+    st: Started,
+    exec: Result<(), (spawn::Stage, io::Error)>,
+) -> Result<SandboxInstance, LaunchError> {
+    if let Err((stage, e)) = exec {
         if kill_and_reap(&st.pidfd) {
             st.mem.release();
         }
@@ -1889,6 +1902,59 @@ fn template(
     Ok(t)
 }
 
+/// A cold start into a sandbox parked for the spec's kind, on the caller's
+/// (async) thread: the hand-off is one message, and the program's exec is
+/// awaited on the sandbox's error pipe rather than on a blocking thread.
+/// `None` when none of the kind is parked (or the request does not fit
+/// one): the caller takes the blocking path.
+async fn launch_parked(
+    sh: &Arc<Shared>,
+    spec: &SandboxSpec,
+) -> Option<Result<SandboxInstance, LaunchError>> {
+    if spec.start != StartMode::Cold {
+        return None;
+    }
+    let key = ParkKey::of(spec);
+    if sh.parked.lock().get(&key).is_none_or(Vec::is_empty) {
+        return None;
+    }
+    let p = match prepare(sh, spec) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    let payload = spawn::encode_request(&p.argv, &p.envp).ok()?;
+    let fds = spec_fds(spec, &sh.dev_null);
+    let parked = loop {
+        let parked = sh.take_parked(&key)?;
+        match hand_off(&parked, &fds, &payload, true) {
+            Ok(()) => break parked,
+            Err(e) => {
+                tracing::debug!(error = %e, "a parked sandbox could not take its request");
+                parked.discard(sh);
+            }
+        }
+    };
+    sh.from_parked.fetch_add(1, Ordering::Relaxed);
+    let st = parked.into_started();
+    // The exec closes the error pipe (or the child writes why it failed
+    // first): readable means the answer is there.
+    let exec = match st.err_r.try_clone().and_then(ns::register) {
+        Ok(afd) => match afd.readable().await {
+            Ok(_ready) => spawn::exec_result(&st.err_r),
+            Err(e) => Err((spawn::Stage::Sync, e)),
+        },
+        Err(_) => spawn::exec_result(&st.err_r),
+    };
+    Some(finish_with(
+        sh,
+        spec.name.as_str(),
+        &key,
+        &p.target,
+        st,
+        exec,
+    ))
+}
+
 /// A parked sandbox of `key` (or a new one) executing the restorer with
 /// `/dev/null` as fds 0–3.
 fn ready_restorer(
@@ -2114,7 +2180,11 @@ impl SandboxRuntime for PooledSandboxRuntime {
                 .snapshot
                 .clone()
                 .filter(|_| spec.start == StartMode::Restore);
-            let inst = match launch_ready(&sh, &spec) {
+            let fast = match launch_ready(&sh, &spec) {
+                Some(r) => Some(r),
+                None => launch_parked(&sh, &spec).await,
+            };
+            let inst = match fast {
                 Some(r) => r?,
                 None => tokio::task::spawn_blocking(move || {
                     let r = launch_blocking(&sh, &spec);
