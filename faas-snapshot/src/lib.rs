@@ -74,7 +74,9 @@ pub use pool::set_restorer_pool_size;
 pub use restore::{RestoreIo, RestoreOptions, Restored, Snapshot, restorer_executable};
 pub use snapshotter::PtraceSnapshotter;
 pub use template::{FORK_NAMESPACES, ForkTemplate, template_fork, template_reap};
-pub use workingset::{WORKING_SET_FILE, WorkingSet, WorkingSetError, record_working_set};
+pub use workingset::{
+    WORKING_SET_FILE, WorkingSet, WorkingSetError, record_working_set, working_set_at_exit,
+};
 
 /// A summary of the snapshot in `dir` (areas, their sources and sizes),
 /// without checking it against this host.

@@ -200,21 +200,32 @@ impl WorkingSet {
         fs::rename(&tmp, &path)
     }
 
-    /// Keeps the ranges that lie inside one private writable area of
-    /// `meta`; the others are returned, described, for a warning.
+    /// Keeps the ranges that lie inside the private writable areas of
+    /// `meta` (one, or neighbours without a gap); the others are returned,
+    /// described, for a warning.
     pub(crate) fn keep_inside(&mut self, meta: &Meta) -> Vec<String> {
-        let mut dropped = Vec::new();
-        self.ranges.retain(|&(start, len)| {
-            let inside = meta.areas.iter().any(|a| {
+        let writable = |at: u64| {
+            meta.areas.iter().find(|a| {
                 !a.shared()
                     && a.prot() & libc::PROT_WRITE as u32 != 0
-                    && a.start <= start
-                    && start + len <= a.end
-            });
+                    && a.start <= at
+                    && at < a.end
+            })
+        };
+        let mut dropped = Vec::new();
+        self.ranges.retain(|&(start, len)| {
+            let end = start + len;
+            let mut at = start;
+            while at < end {
+                match writable(at) {
+                    Some(a) => at = a.end,
+                    None => break,
+                }
+            }
+            let inside = at >= end;
             if !inside {
                 dropped.push(format!(
-                    "{start:#x}-{:#x} is not inside one private writable area of the snapshot",
-                    start + len
+                    "{start:#x}-{end:#x} is not inside the private writable areas of the snapshot",
                 ));
             }
             inside
@@ -241,6 +252,53 @@ const PM_FILE: u64 = 1 << 61;
 /// file cannot be written.
 pub fn record_working_set(pid: u32, dir: &Path) -> Result<WorkingSet, SnapshotError> {
     let meta = crate::restore::read_meta(dir)?;
+    let ws = private_pages(pid, dir, &meta)?;
+    write(&ws, dir)?;
+    Ok(ws)
+}
+
+/// The working set of process `pid` at its end, not yet written: `pid` is
+/// a running instance restored from the snapshot in `dir` that is about to
+/// serve a request and exit (an instance serves one request; any instance
+/// exits when its channel closes). Attaches to it with ptrace (it keeps
+/// running), calls `attached`, then blocks until the process stops at its
+/// exit, with its memory still mapped, and reads the pages of the snapshot
+/// it wrote from its restore to its end (see [`record_working_set`]). The
+/// process then finishes exiting. Must run on a thread of its own, which
+/// is the process's tracer until then. [`WorkingSet::write`] stores it.
+///
+/// # Errors
+///
+/// The process cannot be traced (then `attached` is not called), it ended
+/// without stopping at its exit (killed), or its pagemap cannot be read.
+pub fn working_set_at_exit(
+    pid: u32,
+    dir: &Path,
+    attached: impl FnOnce(),
+) -> Result<WorkingSet, SnapshotError> {
+    let meta = crate::restore::read_meta(dir)?;
+    let watch = crate::sys::ptrace::ExitWatch::seize(pid).map_err(|source| SnapshotError::Sys {
+        op: "attach to a restored instance",
+        source,
+    })?;
+    attached();
+    watch.wait_exit().map_err(|source| SnapshotError::Sys {
+        op: "wait for a restored instance to exit",
+        source,
+    })?;
+    private_pages(pid, dir, &meta)
+}
+
+fn write(ws: &WorkingSet, dir: &Path) -> Result<(), SnapshotError> {
+    ws.write(dir).map_err(|source| SnapshotError::Sys {
+        op: "write the working set",
+        source,
+    })
+}
+
+/// The pages of `meta`'s private writable areas that are present and
+/// anonymous in process `pid`.
+fn private_pages(pid: u32, dir: &Path, meta: &Meta) -> Result<WorkingSet, SnapshotError> {
     let path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&path).map_err(|source| SnapshotError::Sys {
         op: "open the pagemap of a restored instance",
@@ -285,15 +343,10 @@ pub fn record_working_set(pid: u32, dir: &Path) -> Result<WorkingSet, SnapshotEr
         ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
         ranges.truncate(MAX_RANGES);
     }
-    let ws = WorkingSet::from_ranges(ranges).ok_or_else(|| SnapshotError::Invalid {
+    WorkingSet::from_ranges(ranges).ok_or_else(|| SnapshotError::Invalid {
         dir: dir.to_path_buf(),
         what: "the recorded working set is not page aligned".into(),
-    })?;
-    ws.write(dir).map_err(|source| SnapshotError::Sys {
-        op: "write the working set",
-        source,
-    })?;
-    Ok(ws)
+    })
 }
 
 #[cfg(test)]

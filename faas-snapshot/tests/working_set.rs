@@ -190,19 +190,27 @@ fn a_recorded_working_set_is_private_before_a_parked_instance_gets_its_fds() {
             .sum()
     };
     assert!(in_buf(&recorded) < 4, "recorded {recorded:?}");
+    // Watched to its end while it runs: stamp writes into every page of
+    // its buffer, and all of them are recorded.
+    let pid = plain.pid();
+    let (attached_tx, attached) = std::sync::mpsc::channel();
+    let dir2 = dir.clone();
+    let watcher = std::thread::spawn(move || {
+        faas_snapshot::working_set_at_exit(pid, &dir2, || attached_tx.send(()).unwrap())
+    });
+    attached.recv().expect("the recorder attached");
     let out = resume_passes("restored ahead, no working set", plain, &socket);
     assert!(private_dirty_kb(&out) < buf_pages * 4 / 2, "{out}");
+    let recorded = watcher.join().unwrap().unwrap();
+    assert_eq!(in_buf(&recorded), buf_pages, "recorded {recorded:?}");
 
-    // The buffer as the working set: the snapshot opened before it was
-    // written picks it up for its next instance restored ahead.
-    WorkingSet::from_ranges(vec![(buf.0, buf.1 - buf.0)])
-        .unwrap()
-        .write(&dir)
-        .unwrap();
+    // The recorded working set: the snapshot opened before it was written
+    // picks it up for its next instance restored ahead.
+    recorded.write(&dir).unwrap();
     let (warm, socket) = snap.restore_parked().unwrap();
     assert_eq!(
         snap.working_set_pages(),
-        buf_pages,
+        recorded.pages(),
         "{:?}\n{}",
         snap.working_set_issues(),
         snap.describe()
@@ -215,8 +223,8 @@ fn a_recorded_working_set_is_private_before_a_parked_instance_gets_its_fds() {
         "only {private} of {buf_pages} buffer pages private before the fds"
     );
     // The recorder sees them too.
-    let recorded = record_working_set(warm.pid(), &dir).unwrap();
-    assert_eq!(in_buf(&recorded), buf_pages, "recorded {recorded:?}");
+    let live = record_working_set(warm.pid(), &dir).unwrap();
+    assert_eq!(in_buf(&live), buf_pages, "recorded {live:?}");
     // Contents unchanged: stamp checks every page's pattern, and sees its
     // buffer already private before it writes anything.
     let out = resume_passes("restored ahead with the working set", warm, &socket);
