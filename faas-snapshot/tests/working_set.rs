@@ -5,7 +5,8 @@
 //! private; a damaged or out-of-range working-set file is refused with a
 //! message naming it, and the snapshot still restores. The target is
 //! `stamp` (see `tests/targets/`): a 4 MiB static buffer with a pattern,
-//! which it checks page by page after the restore. Needs root.
+//! which it checks page by page after the restore. A watched instance
+//! that is killed stays its owner's to reap. Needs root.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -311,4 +312,31 @@ fn a_damaged_or_out_of_range_working_set_is_refused_and_the_snapshot_still_resto
     let snap = Snapshot::open(&dir).unwrap();
     assert_eq!(snap.working_set_pages(), 0);
     assert!(snap.working_set_issues().is_empty());
+}
+
+#[test]
+fn an_instance_killed_while_watched_is_still_reaped_by_its_owner() {
+    assert_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("stamp");
+    let (buf, _) = stamp_snapshot(&dir);
+    let snap = Snapshot::open(&dir).unwrap();
+    let (mut r, _socket) = snap.restore_parked().unwrap();
+    wait_parked(r.pid(), buf);
+    let pid = r.pid();
+    let (attached_tx, attached) = std::sync::mpsc::channel();
+    let dir2 = dir.clone();
+    let watcher = std::thread::spawn(move || {
+        faas_snapshot::working_set_at_exit(pid, &dir2, || attached_tx.send(()).unwrap())
+    });
+    attached.recv().expect("the recorder attached");
+    r.kill().unwrap();
+    // Whether the kernel stops a killed process at its exit or not, the
+    // watcher ends, writes nothing, and the owner reaps its process.
+    let _ = watcher.join().unwrap();
+    assert!(!dir.join(WORKING_SET_FILE).exists());
+    assert_eq!(
+        r.wait_blocking().unwrap(),
+        faas_core::ExitStatus::Signal(libc::SIGKILL)
+    );
 }

@@ -336,10 +336,35 @@ impl ExitWatch {
     }
 
     /// Waits until the process stops at its exit, letting every other stop
-    /// go on (with its signal). An error when it ended without that stop.
+    /// go on (with its signal). An error when it ended without that stop
+    /// (killed): then it is left unreaped for its parent (which may be
+    /// this process, whose own wait must still see it).
     pub(crate) fn wait_exit(&self) -> io::Result<()> {
         const PTRACE_EVENT_EXIT: i32 = 6;
         loop {
+            // First look without consuming anything: an exit stays for the
+            // parent to reap.
+            // SAFETY: siginfo_t is plain data that waitid fills.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WALL;
+            // SAFETY: waitid writes only `info`.
+            let rc = unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(io::Error::new(e.kind(), format!("waitid: {e}")));
+            }
+            if matches!(
+                info.si_code,
+                libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED
+            ) {
+                return Err(io::Error::other(
+                    "the process ended without stopping at its exit",
+                ));
+            }
+            // A stop: consume it.
             let mut status = 0;
             // SAFETY: waitpid writes the status to the local.
             let rc = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::__WALL) };
