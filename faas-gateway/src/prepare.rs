@@ -14,6 +14,9 @@
 //!                        the kernel ignores signals a pid-namespace init sends itself)
 //!               ─▶ Snapshotter::checkpoint(host pid of pid 2, VERSION/snapshot)
 //!               ─▶ one trial restore into a sandbox must say Ready
+//!               ─▶ another serves one request: the snapshot pages it wrote
+//!                  are recorded as the snapshot's working set (instances
+//!                  restored ahead pre-fault them)
 //!               ─▶ start = restore
 //!        ─▶ Registry::commit (spec.json rewritten, version visible)
 //! ```
@@ -27,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use faas_core::protocol::{DecodeLimits, Frame, channel_pair};
+use faas_core::protocol::{Body, DecodeLimits, Frame, channel_pair};
 use faas_core::{
     BoxFuture, ExitStatus, FunctionSpec, Instance, RuntimeKind, SandboxRuntime, SandboxSpec,
     Snapshotter, StartMode, Stdio,
@@ -380,7 +383,109 @@ pub(crate) async fn snapshot(
             "the snapshot does not restore: {e}"
         )));
     }
+    match working_set(config, runtime, snapshotter, spec, &dir).await {
+        Ok(pages) => {
+            tracing::info!(function = %spec.name, version = spec.version, pages, "working set recorded");
+        }
+        // Only an optimisation: instances restored ahead are not
+        // pre-faulted.
+        Err(why) => {
+            tracing::warn!(function = %spec.name, version = spec.version, "no working set recorded: {why}");
+        }
+    }
     Ok(dir)
+}
+
+/// Restores one more instance from the snapshot in `dir`, has it serve one
+/// request (an empty body, like `faas bench`'s default), and records the
+/// pages of the snapshot it wrote from restore to answer (the working
+/// set, see [`Snapshotter::record_working_set`]): instances restored ahead
+/// of their request pre-fault them, so requests do not take those page
+/// faults. The handler's answer, success or error, does not matter; the
+/// instance is killed after. Returns the pages recorded.
+async fn working_set(
+    config: &NodeConfig,
+    runtime: &Arc<dyn SandboxRuntime>,
+    snapshotter: &Arc<dyn Snapshotter>,
+    spec: &FunctionSpec,
+    dir: &Path,
+) -> Result<u64, String> {
+    let (ours, theirs) = channel_pair().map_err(|e| e.to_string())?;
+    let mut chan = AsyncChannel::new(
+        ours,
+        DecodeLimits {
+            max_body: config.max_body,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let name = format!("{}-v{}-working-set", spec.name, spec.version);
+    let (r, w) = std::io::pipe().map_err(|e| e.to_string())?;
+    // Its output is read and dropped (a full pipe would block it).
+    drop(collect_tail(r));
+    let sandbox =
+        sandbox_spec(config, spec, name, Some(dir), theirs, w).map_err(|e| e.to_string())?;
+    let mut inst = runtime.launch(sandbox).await.map_err(|e| e.to_string())?;
+    let budget = spec.limits.timeout().min(RESTORE_CHECK);
+    let served = std::sync::Mutex::new(Err("it was not sent".to_owned()));
+    let request = async {
+        let r = serve_one(&mut chan, restored_sends_ready(spec)).await;
+        // Closing the channel ends the instance (one that served its
+        // request has ended already).
+        drop(chan);
+        let ok = r.is_ok();
+        if let Ok(mut s) = served.lock() {
+            *s = r;
+        }
+        ok
+    };
+    let pid = inst.pid();
+    let recorded = tokio::time::timeout(
+        budget,
+        snapshotter.record_working_set(pid, dir, Box::pin(request)),
+    )
+    .await;
+    finish(inst.as_mut()).await;
+    let served = served
+        .into_inner()
+        .unwrap_or_else(|_| Err("poisoned".to_owned()));
+    match (recorded, served) {
+        (Err(_), _) => Err(format!("no answer within {} ms", budget.as_millis())),
+        (Ok(_), Err(what)) => Err(format!("the trial request failed: {what}")),
+        (Ok(r), Ok(())) => r.map_err(|e| e.to_string()),
+    }
+}
+
+/// Waits for `Ready` (when `ready`), sends one request with an empty body
+/// and waits for its answer (`Result` or `Error`).
+async fn serve_one(chan: &mut AsyncChannel, ready: bool) -> Result<(), String> {
+    if ready {
+        match chan.recv().await {
+            Ok(Some(Frame::Ready { .. })) => {}
+            Ok(Some(other)) => return Err(format!("it sent {:?} instead of Ready", other.kind())),
+            Ok(None) => return Err("it exited before Ready".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let id = faas_core::InvocationId(1);
+    let invoke = Frame::Invoke {
+        id,
+        deadline: faas_core::UnixMillis::now().after(RESTORE_CHECK),
+        trace_id: "deploy-working-set".to_owned(),
+        headers: Vec::new(),
+        body: Body::new(Vec::new()).map_err(|e| e.to_string())?,
+    };
+    chan.send(&invoke).await.map_err(|e| e.to_string())?;
+    loop {
+        match chan.recv().await {
+            Ok(Some(Frame::Result { id: rid, .. } | Frame::Error { id: rid, .. })) if rid == id => {
+                return Ok(());
+            }
+            Ok(Some(Frame::Log { .. })) => {}
+            Ok(Some(other)) => return Err(format!("it sent an unexpected {:?}", other.kind())),
+            Ok(None) => return Err("it exited before answering".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Waits until the Python runtime under the wrapper stopped itself at its

@@ -25,7 +25,10 @@
 //!
 //! `snapshot.meta` (versioned, BLAKE3-checksummed, validated on load) and
 //! `pages.img`, a sparse page file in which every saved area has a range as
-//! long as itself, so it maps with one `mmap(MAP_PRIVATE)`.
+//! long as itself, so it maps with one `mmap(MAP_PRIVATE)`. Optionally
+//! `workingset` ([`WorkingSet`], recorded by [`record_working_set`] from an
+//! instance that served a request): the pages an instance restored ahead of
+//! its request ([`Snapshot::send_parked_plan`]) pre-faults before it parks.
 //!
 //! ## Restore
 //!
@@ -63,6 +66,7 @@ mod restore;
 mod snapshotter;
 mod sys;
 mod template;
+mod workingset;
 
 pub use dump::{DumpOptions, dump};
 pub use meta::FORMAT_VERSION;
@@ -72,6 +76,9 @@ pub use restore::{
 };
 pub use snapshotter::PtraceSnapshotter;
 pub use template::{FORK_NAMESPACES, ForkTemplate, template_fork, template_reap};
+pub use workingset::{
+    WORKING_SET_FILE, WorkingSet, WorkingSetError, record_working_set, working_set_at_exit,
+};
 
 /// A summary of the snapshot in `dir` (areas, their sources and sizes),
 /// without checking it against this host.

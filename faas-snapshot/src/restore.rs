@@ -16,6 +16,8 @@ use crate::meta::{self, FileId, META_FILE, Meta, PAGE, PAGES_FILE, Source, TASK_
 use crate::plan::{self, Header, VdsoPart};
 use crate::pool;
 use crate::sys::{self, spawn};
+use crate::workingset::{WORKING_SET_FILE, WorkingSet};
+use parking_lot::Mutex;
 
 /// The restorer executable, built by build.rs.
 const RESTORER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/faas-restorer"));
@@ -144,6 +146,62 @@ pub struct Snapshot {
     fds: Vec<File>,
     plan: Vec<u8>,
     cwd: Option<CString>,
+    /// The recorded working set, as loaded when the snapshot was opened,
+    /// and again whenever its file changed (it is recorded after the first
+    /// trial restore, which already opened the snapshot).
+    working_set: Mutex<LoadedWorkingSet>,
+}
+
+/// A snapshot's working set, checked against its areas.
+#[derive(Debug, Default)]
+struct LoadedWorkingSet {
+    /// The file's identity (inode, size, mtime) when it was read; `None`:
+    /// there was none.
+    id: Option<(u64, u64, i128)>,
+    ranges: Vec<plan::Range>,
+    /// Why the file, or some of its ranges, were not used.
+    issues: Vec<String>,
+}
+
+/// The identity of the working-set file of `dir`; `None` when there is none.
+fn working_set_id(dir: &Path) -> Option<(u64, u64, i128)> {
+    let m = fs::metadata(dir.join(WORKING_SET_FILE)).ok()?;
+    Some((
+        m.ino(),
+        m.size(),
+        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    ))
+}
+
+/// Loads the working set of the snapshot in `dir`; what is wrong with it is
+/// logged and kept in `issues`, never fatal: without it the snapshot still
+/// restores, only its parked instances are not pre-faulted.
+fn load_working_set(dir: &Path, meta: &Meta) -> LoadedWorkingSet {
+    let id = working_set_id(dir);
+    let mut issues = Vec::new();
+    let ranges = match WorkingSet::read(dir) {
+        Ok(None) => Vec::new(),
+        Ok(Some(mut ws)) => {
+            for what in ws.keep_inside(meta) {
+                issues.push(format!(
+                    "working set {}: range {what}: dropped",
+                    dir.join(WORKING_SET_FILE).display()
+                ));
+            }
+            ws.ranges()
+                .iter()
+                .map(|&(start, len)| plan::Range { start, len })
+                .collect()
+        }
+        Err(e) => {
+            issues.push(format!("{e}: ignored, no page is pre-faulted"));
+            Vec::new()
+        }
+    };
+    for issue in &issues {
+        tracing::warn!(snapshot = %dir.display(), "{issue}");
+    }
+    LoadedWorkingSet { id, ranges, issues }
 }
 
 /// What an instance restored ahead does after installing its seccomp
@@ -346,12 +404,14 @@ impl Snapshot {
         let cwd = CString::new(meta.cwd.clone())
             .ok()
             .filter(|_| Path::new(&meta.cwd).is_dir());
+        let working_set = Mutex::new(load_working_set(dir, &meta));
         Ok(Snapshot {
             dir: dir.to_path_buf(),
             meta,
             fds,
             plan,
             cwd,
+            working_set,
         })
     }
 
@@ -478,8 +538,65 @@ impl Snapshot {
     ///
     /// A mapped file changed since the snapshot was opened, or the
     /// restorer is gone.
+    ///
+    /// The snapshot's recorded working set ([`WorkingSet`], re-read when
+    /// its file changed since the last call) travels with the plan: the
+    /// restorer pre-faults it for writing before it waits, so those
+    /// copy-on-write faults are taken now rather than by the request.
     pub fn send_parked_plan(&self, socket: &OwnedFd) -> Result<(), SnapshotError> {
-        self.send_plan_bytes(socket, &self.plan_in_mode(plan::MODE_PARKED))
+        self.send_plan_bytes(socket, &self.parked_plan())
+    }
+
+    /// Restores ahead of a request without a sandbox: starts a restorer
+    /// and sends it the plan of [`Snapshot::send_parked_plan`]. The process
+    /// rebuilds itself, pre-faults the working set, then waits on the
+    /// returned socket for [`Snapshot::resume_parked`]; dropping the socket
+    /// ends it.
+    ///
+    /// # Errors
+    ///
+    /// A mapped file changed since the snapshot was opened, or the
+    /// restorer cannot be started.
+    pub fn restore_parked(&self) -> Result<(Restored, OwnedFd), SnapshotError> {
+        self.start(&self.parked_plan(), &RestoreIo::default())
+    }
+
+    /// The plan of an instance restored ahead: `MODE_PARKED`, with the
+    /// working set's ranges after the frame (none when the plan would not
+    /// fit).
+    fn parked_plan(&self) -> Vec<u8> {
+        let mut plan = self.plan_in_mode(plan::MODE_PARKED);
+        let mut ws = self.working_set.lock();
+        if working_set_id(&self.dir) != ws.id {
+            *ws = load_working_set(&self.dir, &self.meta);
+        }
+        let extra = ws.ranges.len() * plan::RANGE_LEN;
+        if ws.ranges.is_empty() || plan.len() + extra > plan::PLAN_MAX {
+            return plan;
+        }
+        for r in &ws.ranges {
+            push_pod(&mut plan, r);
+        }
+        let at = std::mem::offset_of!(Header, n_prefault);
+        plan[at..at + 4].copy_from_slice(&(ws.ranges.len() as u32).to_ne_bytes());
+        plan
+    }
+
+    /// Pages of the working set that instances restored ahead pre-fault
+    /// (0: none recorded, or it was refused).
+    pub fn working_set_pages(&self) -> u64 {
+        self.working_set
+            .lock()
+            .ranges
+            .iter()
+            .map(|r| r.len / PAGE)
+            .sum()
+    }
+
+    /// Why the working set, or some of its ranges, were not used (each
+    /// also logged as a warning when it was loaded).
+    pub fn working_set_issues(&self) -> Vec<String> {
+        self.working_set.lock().issues.clone()
     }
 
     /// Hands an instance restored by [`Snapshot::send_parked_plan`] its
@@ -754,7 +871,7 @@ fn build_plan(
         robust_len: meta.robust_list.1,
         clear_tid: meta.clear_tid,
         mode: plan::MODE_RESTORE,
-        reserved: 0,
+        n_prefault: 0,
     };
     let mut out =
         Vec::with_capacity(plan::HEADER_LEN + areas.len() * plan::AREA_LEN + frame.len() + 4096);

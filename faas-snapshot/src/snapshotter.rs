@@ -86,4 +86,48 @@ impl Snapshotter for PtraceSnapshotter {
             Ok(Box::new(snapshot.restore(io)?) as Box<dyn Instance>)
         })
     }
+
+    /// [`crate::working_set_at_exit`], on a thread of its own (the
+    /// instance's tracer until it exits); `request` runs once it is
+    /// attached, and the working set is written when it served.
+    fn record_working_set<'a>(
+        &'a self,
+        pid: u32,
+        dir: &'a Path,
+        request: BoxFuture<'a, bool>,
+    ) -> BoxFuture<'a, Result<u64, SnapshotError>> {
+        Box::pin(async move {
+            let (attached_tx, attached) = tokio::sync::oneshot::channel();
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            let owned = dir.to_path_buf();
+            std::thread::Builder::new()
+                .name("faas-working-set".into())
+                .spawn(move || {
+                    let r = crate::working_set_at_exit(pid, &owned, || {
+                        let _ = attached_tx.send(());
+                    });
+                    let _ = done_tx.send(r);
+                })
+                .map_err(|source| SnapshotError::Sys {
+                    op: "start the working-set thread",
+                    source,
+                })?;
+            let served = attached.await.is_ok() && request.await;
+            let ws = done.await.map_err(|_| SnapshotError::Sys {
+                op: "working-set thread",
+                source: std::io::Error::other("it ended without an answer"),
+            })??;
+            if !served {
+                return Err(SnapshotError::Invalid {
+                    dir: dir.to_path_buf(),
+                    what: "the instance did not serve its request: no working set recorded".into(),
+                });
+            }
+            ws.write(dir).map_err(|source| SnapshotError::Sys {
+                op: "write the working set",
+                source,
+            })?;
+            Ok(ws.pages())
+        })
+    }
 }

@@ -287,6 +287,27 @@ fn python_restored_from_a_snapshot_in_the_pooled_sandbox() {
     let mut s = Server::start_logged(&["--sandbox", "pooled"]);
     python_cases(&s, "restore");
 
+    // Deploying recorded the snapshot's working set (the pages one request
+    // wrote): a non-empty `workingset` file next to it.
+    let spec: serde_json::Value = serde_json::from_slice(
+        &rt()
+            .block_on(
+                s.client()
+                    .request(Method::GET, "/functions/py", Bytes::new()),
+            )
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let ws = std::path::Path::new(spec["snapshot"].as_str().unwrap()).join("workingset");
+    let len = std::fs::metadata(&ws).map_or(0, |m| m.len());
+    assert!(
+        len > 48,
+        "{} is {len} bytes; log:\n{}",
+        ws.display(),
+        s.log()
+    );
+
     // Deploy errors: no module file; a module that fails to import.
     let dir = function_dir(&s, "bad", "app.py", "import no_such_module_here\n");
     let e = deploy_fails(&s, "bad", &dir, "python", "missing.handler");

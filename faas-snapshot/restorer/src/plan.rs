@@ -5,7 +5,8 @@
 //! faas-snapshot (`#[path]` module), so both sides agree on every byte. A plan
 //! is one message on fd [`PLAN_FD`]: a [`Header`], then `n_areas` [`Area`]s,
 //! `n_sigactions` [`SigAction`]s, `n_filter` seccomp instructions (8 bytes
-//! each), and `frame_len` bytes of signal frame. The file descriptors the
+//! each), `frame_len` bytes of signal frame, and `n_prefault` [`Range`]s
+//! (only in a [`MODE_PARKED`] plan). The file descriptors the
 //! areas map from travel with it (SCM_RIGHTS) and are numbered by their
 //! position in that message.
 //!
@@ -25,7 +26,7 @@ pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"FAASPLAN");
 
 /// Bumped whenever the layout changes; the build embeds the restorer, so both
 /// sides always come from the same build.
-pub const PLAN_VERSION: u32 = 5;
+pub const PLAN_VERSION: u32 = 6;
 
 /// [`Header::no_new_privs`]: the restorer sets no_new_privs before the
 /// filters.
@@ -146,8 +147,22 @@ pub struct Header {
     pub clear_tid: u64,
     /// [`MODE_RESTORE`], [`MODE_TEMPLATE`] or [`MODE_PARKED`].
     pub mode: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// [`Range`]s that follow the frame: the snapshot's recorded working
+    /// set, which a [`MODE_PARKED`] restorer pre-faults for writing
+    /// (`MADV_POPULATE_WRITE`) before it waits for its guest's fds, so the
+    /// request does not take those copy-on-write faults. Other modes
+    /// ignore them.
+    pub n_prefault: u32,
+}
+
+/// A page-aligned range of the guest's private writable memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Range {
+    /// Start address (page aligned).
+    pub start: u64,
+    /// Length (page aligned, non-zero).
+    pub len: u64,
 }
 
 /// Restore once and become the guest.
@@ -255,6 +270,8 @@ pub const HEADER_LEN: usize = core::mem::size_of::<Header>();
 pub const AREA_LEN: usize = core::mem::size_of::<Area>();
 /// Bytes per signal action.
 pub const SIGACTION_LEN: usize = core::mem::size_of::<SigAction>();
+/// Bytes per pre-fault range.
+pub const RANGE_LEN: usize = core::mem::size_of::<Range>();
 /// Bytes per seccomp instruction (`struct sock_filter`).
 pub const FILTER_INSN_LEN: usize = 8;
 

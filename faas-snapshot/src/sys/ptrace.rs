@@ -313,3 +313,91 @@ pub(crate) fn write_memory(pid: u32, addr: u64, src: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A running process we are attached to (PTRACE_SEIZE, without stopping
+/// it) so that it stops at its exit, with its memory still mapped
+/// (`PTRACE_O_TRACEEXIT`). Must be waited for by the thread that attached.
+/// Detaches on drop: a process stopped at its exit then finishes exiting,
+/// and its real parent sees it.
+#[derive(Debug)]
+pub(crate) struct ExitWatch {
+    pid: u32,
+}
+
+impl ExitWatch {
+    /// Attaches to `pid` without stopping it.
+    pub(crate) fn seize(pid: u32) -> io::Result<ExitWatch> {
+        const PTRACE_O_TRACEEXIT: usize = 0x40;
+        check(
+            ptrace(PTRACE_SEIZE, pid, 0, PTRACE_O_TRACEEXIT),
+            "PTRACE_SEIZE",
+        )?;
+        Ok(ExitWatch { pid })
+    }
+
+    /// Waits until the process stops at its exit, letting every other stop
+    /// go on (with its signal). An error when it ended without that stop
+    /// (killed): then it is left unreaped for its parent (which may be
+    /// this process, whose own wait must still see it).
+    pub(crate) fn wait_exit(&self) -> io::Result<()> {
+        const PTRACE_EVENT_EXIT: i32 = 6;
+        loop {
+            // First look without consuming anything: an exit stays for the
+            // parent to reap.
+            // SAFETY: siginfo_t is plain data that waitid fills.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WALL;
+            // SAFETY: waitid writes only `info`.
+            let rc = unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(io::Error::new(e.kind(), format!("waitid: {e}")));
+            }
+            if matches!(
+                info.si_code,
+                libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED
+            ) {
+                return Err(io::Error::other(
+                    "the process ended without stopping at its exit",
+                ));
+            }
+            // A stop: consume it.
+            let mut status = 0;
+            // SAFETY: waitpid writes the status to the local.
+            let rc = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::__WALL) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(io::Error::new(e.kind(), format!("waitpid: {e}")));
+            }
+            if !libc::WIFSTOPPED(status) {
+                return Err(io::Error::other(format!(
+                    "the process ended without stopping at its exit (wait status {status:#x})"
+                )));
+            }
+            let event = status >> 16;
+            if event == PTRACE_EVENT_EXIT {
+                return Ok(());
+            }
+            // A signal-delivery stop passes its signal on; event and group
+            // stops resume without one.
+            let sig = if event == 0 {
+                libc::WSTOPSIG(status)
+            } else {
+                0
+            };
+            ptrace(libc::PTRACE_CONT, self.pid, 0, sig as usize);
+        }
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        ptrace(libc::PTRACE_DETACH, self.pid, 0, 0);
+    }
+}
