@@ -50,12 +50,16 @@ printf 'def lambda_handler(event, context):\n    return {"hello": event}\n' >"$w
 
 snap=$(serve snap)
 cold=$(serve cold --no-snapshots)
+# The restored functions learn their working set from the request the
+# bench sends (an empty body): --working-set-request ''.
 for url in "$snap" "$cold"; do
-    "$FAAS" deploy hello --dir "$work/ex/hello" --handler hello --server "$url" >/dev/null
+    "$FAAS" deploy hello --dir "$work/ex/hello" --handler hello --server "$url" \
+        --working-set-request '' >/dev/null
     "$FAAS" deploy hellowarm --dir "$work/ex/hello" --handler hello --keep-alive-ms 600000 \
         --server "$url" >/dev/null
     "$FAAS" deploy py --dir "$work/py" --runtime python \
-        --handler lambda_function.lambda_handler --server "$url" >/dev/null
+        --handler lambda_function.lambda_handler --server "$url" \
+        --working-set-request '' >/dev/null
 done
 
 row() { # LABEL JSON

@@ -189,6 +189,13 @@ pub struct FunctionSpec {
     /// a snapshot every instance starts cold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_request: Option<StartMode>,
+    /// A request body the deploy may serve once, from the snapshot, to
+    /// learn which memory a request writes (its working set): instances
+    /// restored ahead then have those pages in place before their request
+    /// (`faas deploy --working-set-request BODY`). The handler runs with
+    /// it, so it is the deployer's choice; none: no such request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_set_request: Option<String>,
     /// The snapshot directory that `restore` starts from (set by the
     /// platform at deploy, with `start`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,6 +252,7 @@ impl FunctionSpec {
             reuse: Reuse::default(),
             start: StartMode::default(),
             start_request: None,
+            working_set_request: None,
             snapshot: None,
         }
     }

@@ -14,9 +14,9 @@
 //!                        the kernel ignores signals a pid-namespace init sends itself)
 //!               ─▶ Snapshotter::checkpoint(host pid of pid 2, VERSION/snapshot)
 //!               ─▶ one trial restore into a sandbox must say Ready
-//!               ─▶ another serves one request: the snapshot pages it wrote
-//!                  are recorded as the snapshot's working set (instances
-//!                  restored ahead pre-fault them)
+//!               ─▶ with a `working_set_request`, another serves it: the
+//!                  snapshot pages it wrote are recorded as the snapshot's
+//!                  working set (instances restored ahead pre-fault them)
 //!               ─▶ start = restore
 //!        ─▶ Registry::commit (spec.json rewritten, version visible)
 //! ```
@@ -383,21 +383,25 @@ pub(crate) async fn snapshot(
             "the snapshot does not restore: {e}"
         )));
     }
-    match working_set(config, runtime, snapshotter, spec, &dir).await {
-        Ok(pages) => {
-            tracing::info!(function = %spec.name, version = spec.version, pages, "working set recorded");
-        }
-        // Only an optimisation: instances restored ahead are not
-        // pre-faulted.
-        Err(why) => {
-            tracing::warn!(function = %spec.name, version = spec.version, "no working set recorded: {why}");
+    // Only when the deployer gave a request to learn it from: the handler
+    // runs with it.
+    if let Some(body) = &spec.working_set_request {
+        match working_set(config, runtime, snapshotter, spec, &dir, body.as_bytes()).await {
+            Ok(pages) => {
+                tracing::info!(function = %spec.name, version = spec.version, pages, "working set recorded");
+            }
+            // Only an optimisation: instances restored ahead are not
+            // pre-faulted.
+            Err(why) => {
+                tracing::warn!(function = %spec.name, version = spec.version, "no working set recorded: {why}");
+            }
         }
     }
     Ok(dir)
 }
 
 /// Restores one more instance from the snapshot in `dir`, has it serve one
-/// request (an empty body, like `faas bench`'s default), and records the
+/// request (`body`, the deployer's `working_set_request`), and records the
 /// pages of the snapshot it wrote from restore to answer (the working
 /// set, see [`Snapshotter::record_working_set`]): instances restored ahead
 /// of their request pre-fault them, so requests do not take those page
@@ -409,6 +413,7 @@ async fn working_set(
     snapshotter: &Arc<dyn Snapshotter>,
     spec: &FunctionSpec,
     dir: &Path,
+    body: &[u8],
 ) -> Result<u64, String> {
     let (ours, theirs) = channel_pair().map_err(|e| e.to_string())?;
     let mut chan = AsyncChannel::new(
@@ -428,7 +433,7 @@ async fn working_set(
     let budget = spec.limits.timeout().min(RESTORE_CHECK);
     let served = std::sync::Mutex::new(Err("it was not sent".to_owned()));
     let request = async {
-        let r = serve_one(&mut chan, restored_sends_ready(spec)).await;
+        let r = serve_one(&mut chan, restored_sends_ready(spec), body).await;
         // Closing the channel ends the instance (one that served its
         // request has ended already).
         drop(chan);
@@ -455,9 +460,9 @@ async fn working_set(
     }
 }
 
-/// Waits for `Ready` (when `ready`), sends one request with an empty body
-/// and waits for its answer (`Result` or `Error`).
-async fn serve_one(chan: &mut AsyncChannel, ready: bool) -> Result<(), String> {
+/// Waits for `Ready` (when `ready`), sends one request with `body` and
+/// waits for its answer (`Result` or `Error`).
+async fn serve_one(chan: &mut AsyncChannel, ready: bool, body: &[u8]) -> Result<(), String> {
     if ready {
         match chan.recv().await {
             Ok(Some(Frame::Ready { .. })) => {}
@@ -472,7 +477,7 @@ async fn serve_one(chan: &mut AsyncChannel, ready: bool) -> Result<(), String> {
         deadline: faas_core::UnixMillis::now().after(RESTORE_CHECK),
         trace_id: "deploy-working-set".to_owned(),
         headers: Vec::new(),
-        body: Body::new(Vec::new()).map_err(|e| e.to_string())?,
+        body: Body::new(body.to_vec()).map_err(|e| e.to_string())?,
     };
     chan.send(&invoke).await.map_err(|e| e.to_string())?;
     loop {

@@ -280,6 +280,13 @@ struct DeployArgs {
     /// it, in one sandbox per function) or cold (no snapshot).
     #[arg(long, default_value = "restore", value_parser = parse_start)]
     start: StartMode,
+    /// Serve this request body once at deploy, from the snapshot, to record
+    /// the memory a request writes: instances restored ahead then have it
+    /// in place (fewer page faults per request, ~0.3-0.5 ms for a Python
+    /// hello). Your handler runs with it: leave it out if a request has
+    /// side effects.
+    #[arg(long, value_name = "BODY")]
+    working_set_request: Option<String>,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -652,6 +659,7 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     }
     spec.env = a.env.into_iter().collect();
     spec.start_request = Some(a.start);
+    spec.working_set_request = a.working_set_request;
     spec.validate()?;
     let body = serde_json::to_vec(&spec)?;
     let started = std::time::Instant::now();

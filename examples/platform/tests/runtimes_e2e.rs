@@ -169,7 +169,7 @@ fn python_cases(s: &Server, start: &str) {
         &dir,
         "python",
         "lambda_function.lambda_handler",
-        &[],
+        &["--working-set-request", r#"{"n": 1}"#],
     );
     assert_eq!(
         out.trim(),
@@ -287,19 +287,23 @@ fn python_restored_from_a_snapshot_in_the_pooled_sandbox() {
     let mut s = Server::start_logged(&["--sandbox", "pooled"]);
     python_cases(&s, "restore");
 
-    // Deploying recorded the snapshot's working set (the pages one request
-    // wrote): a non-empty `workingset` file next to it.
-    let spec: serde_json::Value = serde_json::from_slice(
-        &rt()
-            .block_on(
-                s.client()
-                    .request(Method::GET, "/functions/py", Bytes::new()),
-            )
-            .unwrap()
-            .body,
-    )
-    .unwrap();
-    let ws = std::path::Path::new(spec["snapshot"].as_str().unwrap()).join("workingset");
+    // Deploying with --working-set-request recorded the snapshot's working
+    // set (the pages that request wrote): a non-empty `workingset` file
+    // next to it. Without it (pyslow) no request ran at deploy.
+    let working_set = |f: &str| {
+        let spec: serde_json::Value = serde_json::from_slice(
+            &rt()
+                .block_on(
+                    s.client()
+                        .request(Method::GET, &format!("/functions/{f}"), Bytes::new()),
+                )
+                .unwrap()
+                .body,
+        )
+        .unwrap();
+        std::path::Path::new(spec["snapshot"].as_str().unwrap()).join("workingset")
+    };
+    let ws = working_set("py");
     let len = std::fs::metadata(&ws).map_or(0, |m| m.len());
     assert!(
         len > 48,
@@ -307,6 +311,8 @@ fn python_restored_from_a_snapshot_in_the_pooled_sandbox() {
         ws.display(),
         s.log()
     );
+    let none = working_set("pyslow");
+    assert!(!none.exists(), "{} exists", none.display());
 
     // Deploy errors: no module file; a module that fails to import.
     let dir = function_dir(&s, "bad", "app.py", "import no_such_module_here\n");
