@@ -77,7 +77,8 @@ pub use restore::{
 pub use snapshotter::PtraceSnapshotter;
 pub use template::{FORK_NAMESPACES, ForkTemplate, template_fork, template_reap};
 pub use workingset::{
-    WORKING_SET_FILE, WorkingSet, WorkingSetError, record_working_set, working_set_at_exit,
+    READ_SET_FILE, WORKING_SET_FILE, WorkingSet, WorkingSetError, pages_at_exit,
+    record_working_set, working_set_at_exit, write_both,
 };
 
 /// A summary of the snapshot in `dir` (areas, their sources and sizes),

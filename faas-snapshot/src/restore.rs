@@ -16,7 +16,7 @@ use crate::meta::{self, FileId, META_FILE, Meta, PAGE, PAGES_FILE, Source, TASK_
 use crate::plan::{self, Header, VdsoPart};
 use crate::pool;
 use crate::sys::{self, spawn};
-use crate::workingset::{WORKING_SET_FILE, WorkingSet};
+use crate::workingset::{READ_SET_FILE, WORKING_SET_FILE, WorkingSet};
 use parking_lot::Mutex;
 
 /// The restorer executable, built by build.rs.
@@ -179,7 +179,7 @@ fn working_set_id(dir: &Path) -> Option<(u64, u64, i128)> {
 fn load_working_set(dir: &Path, meta: &Meta) -> LoadedWorkingSet {
     let id = working_set_id(dir);
     let mut issues = Vec::new();
-    let ranges = match WorkingSet::read(dir) {
+    let mut ranges = match WorkingSet::read(dir) {
         Ok(None) => Vec::new(),
         Ok(Some(mut ws)) => {
             for what in ws.keep_inside(meta) {
@@ -188,20 +188,44 @@ fn load_working_set(dir: &Path, meta: &Meta) -> LoadedWorkingSet {
                     dir.join(WORKING_SET_FILE).display()
                 ));
             }
-            ws.ranges()
-                .iter()
-                .map(|&(start, len)| plan::Range { start, len })
-                .collect()
+            ranges_of(&ws, plan::POPULATE_WRITE)
         }
         Err(e) => {
             issues.push(format!("{e}: ignored, no page is pre-faulted"));
             Vec::new()
         }
     };
+    // The pages a request only read: mapped ahead too (read-only).
+    match WorkingSet::read_set(dir) {
+        Ok(None) => {}
+        Ok(Some(mut read)) => {
+            for what in read.keep_inside_readable(meta) {
+                issues.push(format!(
+                    "read set {}: range {what}: dropped",
+                    dir.join(READ_SET_FILE).display()
+                ));
+            }
+            ranges.extend(ranges_of(&read, plan::POPULATE_READ));
+        }
+        Err(e) => issues.push(format!("{e}: ignored, no page is mapped ahead")),
+    }
     for issue in &issues {
         tracing::warn!(snapshot = %dir.display(), "{issue}");
     }
     LoadedWorkingSet { id, ranges, issues }
+}
+
+/// The plan's ranges of `ws`, each with `advice`.
+fn ranges_of(ws: &WorkingSet, advice: u32) -> Vec<plan::Range> {
+    ws.ranges()
+        .iter()
+        .map(|&(start, len)| plan::Range {
+            start,
+            len,
+            advice,
+            pad: 0,
+        })
+        .collect()
 }
 
 /// What an instance restored ahead does after installing its seccomp
@@ -585,10 +609,21 @@ impl Snapshot {
     /// Pages of the working set that instances restored ahead pre-fault
     /// (0: none recorded, or it was refused).
     pub fn working_set_pages(&self) -> u64 {
+        self.prefault_pages(plan::POPULATE_WRITE)
+    }
+
+    /// Pages of the read set that instances restored ahead map ahead (0:
+    /// none recorded, or it was refused).
+    pub fn read_set_pages(&self) -> u64 {
+        self.prefault_pages(plan::POPULATE_READ)
+    }
+
+    fn prefault_pages(&self, advice: u32) -> u64 {
         self.working_set
             .lock()
             .ranges
             .iter()
+            .filter(|r| r.advice == advice)
             .map(|r| r.len / PAGE)
             .sum()
     }

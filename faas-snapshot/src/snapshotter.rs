@@ -87,7 +87,7 @@ impl Snapshotter for PtraceSnapshotter {
         })
     }
 
-    /// [`crate::working_set_at_exit`], on a thread of its own (the
+    /// [`crate::pages_at_exit`], on a thread of its own (the
     /// instance's tracer until it exits); `request` runs once it is
     /// attached, and the working set is written when it served.
     fn record_working_set<'a>(
@@ -103,7 +103,7 @@ impl Snapshotter for PtraceSnapshotter {
             std::thread::Builder::new()
                 .name("faas-working-set".into())
                 .spawn(move || {
-                    let r = crate::working_set_at_exit(pid, &owned, || {
+                    let r = crate::pages_at_exit(pid, &owned, || {
                         let _ = attached_tx.send(());
                     });
                     let _ = done_tx.send(r);
@@ -113,7 +113,7 @@ impl Snapshotter for PtraceSnapshotter {
                     source,
                 })?;
             let served = attached.await.is_ok() && request.await;
-            let ws = done.await.map_err(|_| SnapshotError::Sys {
+            let (ws, read) = done.await.map_err(|_| SnapshotError::Sys {
                 op: "working-set thread",
                 source: std::io::Error::other("it ended without an answer"),
             })??;
@@ -123,11 +123,8 @@ impl Snapshotter for PtraceSnapshotter {
                     what: "the instance did not serve its request: no working set recorded".into(),
                 });
             }
-            ws.write(dir).map_err(|source| SnapshotError::Sys {
-                op: "write the working set",
-                source,
-            })?;
-            Ok(ws.pages())
+            crate::write_both(&ws, &read, dir)?;
+            Ok(ws.pages() + read.pages())
         })
     }
 }

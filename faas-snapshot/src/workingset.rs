@@ -29,6 +29,10 @@ use crate::meta::{Meta, PAGE, TASK_SIZE};
 
 /// The working set's file name in a snapshot directory.
 pub const WORKING_SET_FILE: &str = "workingset";
+/// The file of the pages a request only read (same format): present in
+/// the instance and still the files' or the page file's. Written before
+/// [`WORKING_SET_FILE`], read with it.
+pub const READ_SET_FILE: &str = "readset";
 const MAGIC: &[u8; 8] = b"FAASWSET";
 /// The format version this build writes and reads.
 const VERSION: u32 = 1;
@@ -169,7 +173,21 @@ impl WorkingSet {
     ///
     /// The file cannot be read or is damaged; the error names the file.
     pub fn read(dir: &Path) -> Result<Option<WorkingSet>, WorkingSetError> {
-        let path = dir.join(WORKING_SET_FILE);
+        Self::read_file(dir, WORKING_SET_FILE)
+    }
+
+    /// Reads the pages one request only read ([`READ_SET_FILE`]) of the
+    /// snapshot in `dir`: `Ok(None)` when it has none.
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkingSet::read`].
+    pub fn read_set(dir: &Path) -> Result<Option<WorkingSet>, WorkingSetError> {
+        Self::read_file(dir, READ_SET_FILE)
+    }
+
+    fn read_file(dir: &Path, name: &str) -> Result<Option<WorkingSet>, WorkingSetError> {
+        let path = dir.join(name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -191,8 +209,22 @@ impl WorkingSet {
     ///
     /// The file cannot be written.
     pub fn write(&self, dir: &Path) -> io::Result<()> {
-        let path = dir.join(WORKING_SET_FILE);
-        let tmp = dir.join(format!(".{WORKING_SET_FILE}.tmp"));
+        self.write_file(dir, WORKING_SET_FILE)
+    }
+
+    /// Writes it as the read set of the snapshot in `dir` (see
+    /// [`READ_SET_FILE`]), atomically.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be written.
+    pub fn write_read_set(&self, dir: &Path) -> io::Result<()> {
+        self.write_file(dir, READ_SET_FILE)
+    }
+
+    fn write_file(&self, dir: &Path, name: &str) -> io::Result<()> {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
         let mut f = File::create(&tmp)?;
         f.write_all(&self.encode())?;
         f.sync_all()?;
@@ -204,13 +236,20 @@ impl WorkingSet {
     /// `meta` (one, or neighbours without a gap); the others are returned,
     /// described, for a warning.
     pub(crate) fn keep_inside(&mut self, meta: &Meta) -> Vec<String> {
+        self.keep_inside_of(meta, libc::PROT_WRITE as u32, "private writable")
+    }
+
+    /// Keeps the ranges inside the private readable areas of `meta` (see
+    /// [`WorkingSet::keep_inside`]): where a read set may lie.
+    pub(crate) fn keep_inside_readable(&mut self, meta: &Meta) -> Vec<String> {
+        self.keep_inside_of(meta, libc::PROT_READ as u32, "private readable")
+    }
+
+    fn keep_inside_of(&mut self, meta: &Meta, prot: u32, what: &str) -> Vec<String> {
         let writable = |at: u64| {
-            meta.areas.iter().find(|a| {
-                !a.shared()
-                    && a.prot() & libc::PROT_WRITE as u32 != 0
-                    && a.start <= at
-                    && at < a.end
-            })
+            meta.areas
+                .iter()
+                .find(|a| !a.shared() && a.prot() & prot != 0 && a.start <= at && at < a.end)
         };
         let mut dropped = Vec::new();
         self.ranges.retain(|&(start, len)| {
@@ -225,7 +264,7 @@ impl WorkingSet {
             let inside = at >= end;
             if !inside {
                 dropped.push(format!(
-                    "{start:#x}-{end:#x} is not inside the private writable areas of the snapshot",
+                    "{start:#x}-{end:#x} is not inside the {what} areas of the snapshot",
                 ));
             }
             inside
@@ -252,9 +291,24 @@ const PM_FILE: u64 = 1 << 61;
 /// file cannot be written.
 pub fn record_working_set(pid: u32, dir: &Path) -> Result<WorkingSet, SnapshotError> {
     let meta = crate::restore::read_meta(dir)?;
-    let ws = private_pages(pid, dir, &meta)?;
-    write(&ws, dir)?;
+    let (ws, read) = private_pages(pid, dir, &meta)?;
+    write_both(&ws, &read, dir)?;
     Ok(ws)
+}
+
+/// Writes `read` ([`READ_SET_FILE`]), then `ws` ([`WORKING_SET_FILE`],
+/// whose change a snapshot notices), atomically each.
+///
+/// # Errors
+///
+/// A file cannot be written.
+pub fn write_both(ws: &WorkingSet, read: &WorkingSet, dir: &Path) -> Result<(), SnapshotError> {
+    read.write_read_set(dir)
+        .map_err(|source| SnapshotError::Sys {
+            op: "write the read set",
+            source,
+        })?;
+    write(ws, dir)
 }
 
 /// The working set of process `pid` at its end, not yet written: `pid` is
@@ -276,6 +330,20 @@ pub fn working_set_at_exit(
     dir: &Path,
     attached: impl FnOnce(),
 ) -> Result<WorkingSet, SnapshotError> {
+    pages_at_exit(pid, dir, attached).map(|(written, _)| written)
+}
+
+/// [`working_set_at_exit`], with the pages the process only read as well
+/// (see [`READ_SET_FILE`]): `(written, read)`. [`write_both`] stores them.
+///
+/// # Errors
+///
+/// As [`working_set_at_exit`].
+pub fn pages_at_exit(
+    pid: u32,
+    dir: &Path,
+    attached: impl FnOnce(),
+) -> Result<(WorkingSet, WorkingSet), SnapshotError> {
     let meta = crate::restore::read_meta(dir)?;
     let watch = crate::sys::ptrace::ExitWatch::seize(pid).map_err(|source| SnapshotError::Sys {
         op: "attach to a restored instance",
@@ -296,22 +364,29 @@ fn write(ws: &WorkingSet, dir: &Path) -> Result<(), SnapshotError> {
     })
 }
 
-/// The pages of `meta`'s private writable areas that are present and
-/// anonymous in process `pid`.
-fn private_pages(pid: u32, dir: &Path, meta: &Meta) -> Result<WorkingSet, SnapshotError> {
+/// The pages of `meta`'s private areas present in process `pid`: those of
+/// its writable areas that are anonymous there (written), and those still
+/// the files' or the page file's (read, or mapped around a read).
+fn private_pages(
+    pid: u32,
+    dir: &Path,
+    meta: &Meta,
+) -> Result<(WorkingSet, WorkingSet), SnapshotError> {
     let path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&path).map_err(|source| SnapshotError::Sys {
         op: "open the pagemap of a restored instance",
         source,
     })?;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut read: Vec<(u64, u64)> = Vec::new();
     const CHUNK: u64 = 8192;
     let mut buf = vec![0u8; (CHUNK * 8) as usize];
     for a in meta
         .areas
         .iter()
-        .filter(|a| !a.shared() && a.prot() & libc::PROT_WRITE as u32 != 0)
+        .filter(|a| !a.shared() && a.prot() & libc::PROT_READ as u32 != 0)
     {
+        let writable = a.prot() & libc::PROT_WRITE as u32 != 0;
         let mut page = a.start / PAGE;
         let last = a.end / PAGE;
         while page < last {
@@ -327,26 +402,36 @@ fn private_pages(pid: u32, dir: &Path, meta: &Meta) -> Result<WorkingSet, Snapsh
                 let mut w = [0u8; 8];
                 w.copy_from_slice(e);
                 let entry = u64::from_le_bytes(w);
-                if entry & PM_PRESENT != 0 && entry & PM_FILE == 0 {
-                    let at = (page + i as u64) * PAGE;
-                    match ranges.last_mut() {
-                        Some(r) if r.0 + r.1 == at => r.1 += PAGE,
-                        _ => ranges.push((at, PAGE)),
-                    }
+                if entry & PM_PRESENT == 0 {
+                    continue;
+                }
+                let list = match (entry & PM_FILE == 0, writable) {
+                    (true, true) => &mut ranges,
+                    (false, _) => &mut read,
+                    // Anonymous in a read-only area: nothing to fault in.
+                    (true, false) => continue,
+                };
+                let at = (page + i as u64) * PAGE;
+                match list.last_mut() {
+                    Some(r) if r.0 + r.1 == at => r.1 += PAGE,
+                    _ => list.push((at, PAGE)),
                 }
             }
             page += n;
         }
     }
-    if ranges.len() > MAX_RANGES {
-        // Keep the largest: most pages for the ranges allowed.
-        ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
-        ranges.truncate(MAX_RANGES);
-    }
-    WorkingSet::from_ranges(ranges).ok_or_else(|| SnapshotError::Invalid {
-        dir: dir.to_path_buf(),
-        what: "the recorded working set is not page aligned".into(),
-    })
+    let set = |mut ranges: Vec<(u64, u64)>| {
+        if ranges.len() > MAX_RANGES {
+            // Keep the largest: most pages for the ranges allowed.
+            ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
+            ranges.truncate(MAX_RANGES);
+        }
+        WorkingSet::from_ranges(ranges).ok_or_else(|| SnapshotError::Invalid {
+            dir: dir.to_path_buf(),
+            what: "the recorded working set is not page aligned".into(),
+        })
+    };
+    Ok((set(ranges)?, set(read)?))
 }
 
 #[cfg(test)]

@@ -340,3 +340,64 @@ fn an_instance_killed_while_watched_is_still_reaped_by_its_owner() {
         faas_core::ExitStatus::Signal(libc::SIGKILL)
     );
 }
+
+/// Pages of `ranges` present in `pid`'s page tables.
+fn present_pages(pid: u32, ranges: &[(u64, u64)]) -> u64 {
+    let pagemap = File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    ranges
+        .iter()
+        .map(|&(start, len)| {
+            let n = (len / PAGE) as usize;
+            let mut buf = vec![0u8; n * 8];
+            pagemap.read_exact_at(&mut buf, start / PAGE * 8).unwrap();
+            buf.chunks_exact(8)
+                .map(|e| u64::from_le_bytes(e.try_into().unwrap()))
+                .filter(|e| e & (1 << 63) != 0)
+                .count() as u64
+        })
+        .sum()
+}
+
+#[test]
+fn the_pages_a_request_only_read_are_mapped_before_a_parked_instance_gets_its_fds() {
+    assert_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("stamp");
+    let (buf, _) = stamp_snapshot(&dir);
+    let snap = Snapshot::open(&dir).unwrap();
+    // Watch one instance restored ahead through its run: what it wrote and
+    // what it only read (its code, its read-only data).
+    let (plain, socket) = snap.restore_parked().unwrap();
+    wait_parked(plain.pid(), buf);
+    let pid = plain.pid();
+    let (attached_tx, attached) = std::sync::mpsc::channel();
+    let dir2 = dir.clone();
+    let watcher = std::thread::spawn(move || {
+        faas_snapshot::pages_at_exit(pid, &dir2, || attached_tx.send(()).unwrap())
+    });
+    attached.recv().expect("the recorder attached");
+    resume_passes("restored ahead, recorded", plain, &socket);
+    let (written, read) = watcher.join().unwrap().unwrap();
+    assert!(read.pages() > 0, "no page was only read: {read:?}");
+    faas_snapshot::write_both(&written, &read, &dir).unwrap();
+    assert!(dir.join(faas_snapshot::READ_SET_FILE).is_file());
+
+    // The next instance restored ahead has them mapped before its request,
+    // and still runs right.
+    let (warm, socket) = snap.restore_parked().unwrap();
+    assert!(
+        snap.working_set_issues().is_empty(),
+        "{:?}",
+        snap.working_set_issues()
+    );
+    assert_eq!(snap.read_set_pages(), read.pages());
+    wait_parked(warm.pid(), buf);
+    let present = present_pages(warm.pid(), read.ranges());
+    assert_eq!(
+        present,
+        read.pages(),
+        "only {present} of the {} read pages mapped before the fds",
+        read.pages()
+    );
+    resume_passes("restored ahead with the read set", warm, &socket);
+}

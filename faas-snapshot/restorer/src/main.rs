@@ -16,7 +16,8 @@
 //!    the clear-tid address, fs/gs base;
 //! 5. close every descriptor above 3, register the guest's rseq area; an
 //!    instance restored ahead of its request (`MODE_PARKED`) now pre-faults
-//!    the snapshot's recorded working set with `MADV_POPULATE_WRITE`,
+//!    the snapshot's recorded working set (`MADV_POPULATE_WRITE`, and
+//!    `MADV_POPULATE_READ` for the pages a request only reads),
 //!    installs the sandbox's seccomp filter when the plan says the filter
 //!    allows what follows (`FILTERS_BEFORE_PARK`), and waits for its
 //!    guest's fds 0–3; otherwise the filter goes in now (last: nothing the
@@ -180,12 +181,15 @@ pub(crate) fn run(vdso: u64) -> ! {
         serve_forks(&header, &plan[sig_at..filter_at], filter);
     }
     if parked {
-        // Restored ahead of its request: take the copy-on-write faults of
-        // its recorded working set now rather than during the request.
+        // Restored ahead of its request: take the faults of its recorded
+        // working set now rather than during the request — copy-on-write
+        // for the pages a request writes, mapping for those it reads.
         // Only an optimisation: an error changes nothing.
         for i in 0..header.n_prefault as usize {
-            if let Some(r) = sys::read::<Range>(plan, prefault_at + i * RANGE_LEN) {
-                sys::madvise(r.start, r.len, sys::MADV_POPULATE_WRITE);
+            if let Some(r) = sys::read::<Range>(plan, prefault_at + i * RANGE_LEN)
+                && (r.advice == plan::POPULATE_WRITE || r.advice == plan::POPULATE_READ)
+            {
+                sys::madvise(r.start, r.len, r.advice);
             }
         }
         // When the sandbox's profile allows what the restorer does from

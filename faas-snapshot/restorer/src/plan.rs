@@ -26,7 +26,7 @@ pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"FAASPLAN");
 
 /// Bumped whenever the layout changes; the build embeds the restorer, so both
 /// sides always come from the same build.
-pub const PLAN_VERSION: u32 = 6;
+pub const PLAN_VERSION: u32 = 7;
 
 /// [`Header::no_new_privs`]: the restorer sets no_new_privs before the
 /// filters.
@@ -148,14 +148,14 @@ pub struct Header {
     /// [`MODE_RESTORE`], [`MODE_TEMPLATE`] or [`MODE_PARKED`].
     pub mode: u32,
     /// [`Range`]s that follow the frame: the snapshot's recorded working
-    /// set, which a [`MODE_PARKED`] restorer pre-faults for writing
-    /// (`MADV_POPULATE_WRITE`) before it waits for its guest's fds, so the
-    /// request does not take those copy-on-write faults. Other modes
-    /// ignore them.
+    /// set, which a [`MODE_PARKED`] restorer pre-faults (for writing:
+    /// `MADV_POPULATE_WRITE`; or reading: `MADV_POPULATE_READ`) before it
+    /// waits for its guest's fds, so the request does not take those
+    /// faults. Other modes ignore them.
     pub n_prefault: u32,
 }
 
-/// A page-aligned range of the guest's private writable memory.
+/// A page-aligned range of the guest's memory to fault in ahead.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Range {
@@ -163,7 +163,17 @@ pub struct Range {
     pub start: u64,
     /// Length (page aligned, non-zero).
     pub len: u64,
+    /// [`POPULATE_WRITE`] (pages a request writes: copy-on-write broken
+    /// now) or [`POPULATE_READ`] (pages it only reads: mapped now).
+    pub advice: u32,
+    /// Zero.
+    pub pad: u32,
 }
+
+/// [`Range::advice`]: `MADV_POPULATE_WRITE`.
+pub const POPULATE_WRITE: u32 = 23;
+/// [`Range::advice`]: `MADV_POPULATE_READ`.
+pub const POPULATE_READ: u32 = 22;
 
 /// Restore once and become the guest.
 pub const MODE_RESTORE: u32 = 0;

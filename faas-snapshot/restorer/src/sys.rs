@@ -500,10 +500,6 @@ pub(crate) fn mmap_fixed(
     }
 }
 
-/// `MADV_POPULATE_WRITE` (Linux 5.14): fault pages in writable, breaking
-/// copy-on-write as a write would, without changing their contents.
-pub(crate) const MADV_POPULATE_WRITE: u32 = 23;
-
 pub(crate) fn madvise(addr: u64, len: u64, advice: u32) -> isize {
     syscall6(SYS_MADVISE, addr, len, advice as u64, 0, 0, 0)
 }
