@@ -1975,23 +1975,47 @@ fn ready_restorer(
     let (ours, theirs) = seqpacket_pair().map_err(sys_err(name, "creating the plan socket"))?;
     let n = sh.dev_null.as_fd();
     let all = [n, n, n, n, exe, theirs.as_fd()];
+    let (parked, _) = hand_to_parked(
+        sh,
+        name,
+        key,
+        root,
+        (&all, &payload),
+        urgent,
+        "handing the restorer to a sandbox",
+    )?;
+    let target = Target::Restore(dir.to_path_buf());
+    let inst = finish(sh, name, key, &target, parked.into_started())?;
+    Ok(ReadyRestorer { inst, socket: ours })
+}
+
+/// Hands `fds` and `payload` (see [`hand_off`]) to a parked sandbox of
+/// `key`, parking one on the spot when none is, and passing over parked
+/// ones that can no longer take it (they are discarded). Returns the one
+/// that took it, and whether it was parked on the spot; a failure of that
+/// one is the error (`op`).
+fn hand_to_parked(
+    sh: &Shared,
+    name: &str,
+    key: &ParkKey,
+    root: &Path,
+    (fds, payload): (&[BorrowedFd<'_>], &[u8]),
+    urgent: bool,
+    op: &'static str,
+) -> Result<(Parked, bool), LaunchError> {
     loop {
         let (parked, fresh) = match sh.take_parked(key) {
             Some(parked) => (parked, false),
             None => (sh.park_one(name, key, root)?, true),
         };
-        match hand_off(&parked, &all, &payload, urgent) {
-            Ok(()) => {
-                let target = Target::Restore(dir.to_path_buf());
-                let inst = finish(sh, name, key, &target, parked.into_started())?;
-                return Ok(ReadyRestorer { inst, socket: ours });
-            }
-            Err(e) if fresh => {
+        match hand_off(&parked, fds, payload, urgent) {
+            Ok(()) => return Ok((parked, fresh)),
+            Err(source) if fresh => {
                 parked.discard(sh);
                 return Err(LaunchError::Sys {
                     name: name.to_owned(),
-                    op: "handing the restorer to a sandbox",
-                    source: e,
+                    op,
+                    source,
                 });
             }
             Err(e) => {
@@ -2039,34 +2063,21 @@ fn restore_blocking(
         });
     }
     let all = [fds[0], fds[1], fds[2], fds[3], exe, theirs.as_fd()];
-    loop {
-        let (parked, fresh) = match sh.take_parked(key) {
-            Some(parked) => (parked, false),
-            None => (sh.park_one(name, key, &p.root)?, true),
-        };
-        match hand_off(&parked, &all, payload, true) {
-            Ok(()) => {
-                let counter = if fresh { &sh.unpooled } else { &sh.from_parked };
-                counter.fetch_add(1, Ordering::Relaxed);
-                drop(theirs);
-                let inst = finish(sh, name, key, &p.target, parked.into_started());
-                drop(ours);
-                return inst;
-            }
-            Err(e) if fresh => {
-                parked.discard(sh);
-                return Err(LaunchError::Sys {
-                    name: name.to_owned(),
-                    op: "handing the restore to a sandbox",
-                    source: e,
-                });
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "a parked sandbox could not take its request");
-                parked.discard(sh);
-            }
-        }
-    }
+    let (parked, fresh) = hand_to_parked(
+        sh,
+        name,
+        key,
+        &p.root,
+        (&all, payload),
+        true,
+        "handing the restore to a sandbox",
+    )?;
+    let counter = if fresh { &sh.unpooled } else { &sh.from_parked };
+    counter.fetch_add(1, Ordering::Relaxed);
+    drop(theirs);
+    let inst = finish(sh, name, key, &p.target, parked.into_started());
+    drop(ours);
+    inst
 }
 
 /// Sends a parked sandbox its fds and program (see [`spawn::send_request`]).

@@ -50,6 +50,19 @@ fn runtime() -> PooledSandboxRuntime {
     .expect("sandbox runtime")
 }
 
+/// [`runtime`] without parked sandboxes: each launch sets its sandbox up
+/// on the spot, from what its kind left behind if anything.
+fn unparked_runtime() -> PooledSandboxRuntime {
+    assert_eq!(rustix_euid(), 0, "needs root");
+    PooledSandboxRuntime::new(SandboxConfig {
+        netns_pool: 2,
+        cgroup_pool: 2,
+        parked: 0,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox runtime")
+}
+
 fn rustix_euid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -420,16 +433,9 @@ sys.stdout.flush()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_namespace_is_reused_only_by_its_kind_and_only_clean() {
-    assert_eq!(rustix_euid(), 0, "needs root");
     // No parked sandboxes: each launch sets up its sandbox on the spot, so
     // it takes the namespace its kind left behind, if any.
-    let rt = PooledSandboxRuntime::new(SandboxConfig {
-        netns_pool: 2,
-        cgroup_pool: 2,
-        parked: 0,
-        ..SandboxConfig::default()
-    })
-    .unwrap();
+    let rt = unparked_runtime();
     let py = |hold: &'static str| {
         let rt = &rt;
         async move {
@@ -489,15 +495,8 @@ async fn a_network_namespace_is_reused_only_by_its_kind_and_only_clean() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_cgroup_keeps_its_limits_and_counts_only_its_new_sandbox() {
-    assert_eq!(rustix_euid(), 0, "needs root");
     // No parked sandboxes: each launch takes the cgroup its kind left.
-    let rt = PooledSandboxRuntime::new(SandboxConfig {
-        netns_pool: 2,
-        cgroup_pool: 2,
-        parked: 0,
-        ..SandboxConfig::default()
-    })
-    .unwrap();
+    let rt = unparked_runtime();
     let limits = Limits {
         memory_mb: 32,
         ..Limits::default()

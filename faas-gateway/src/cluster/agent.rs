@@ -294,30 +294,13 @@ impl NodeAgent {
             gateway: self.config.gateway.clone(),
         });
 
-        let (out, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let (out, queue) = mpsc::unbounded_channel::<Bytes>();
         let link = Arc::new(Link {
             out: out.clone(),
             fetches: Mutex::new(HashMap::new()),
             next_fetch: std::sync::atomic::AtomicU64::new(0),
         });
-        let writer = tokio::spawn(async move {
-            let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
-            while let Some(f) = queue.recv().await {
-                let t = frame::tag(&mut seal_out, &f);
-                if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
-                    return;
-                }
-                while let Ok(f) = queue.try_recv() {
-                    let t = frame::tag(&mut seal_out, &f);
-                    if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
-                        return;
-                    }
-                }
-                if w.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
+        let writer = tokio::spawn(frame::write_sealed(wr, queue, seal_out));
         let beat = {
             let out = out.clone();
             tokio::spawn(async move {

@@ -23,7 +23,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use faas_core::{FunctionSpec, StartMode, Timings};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use super::auth::{Seal, TAG_LEN};
 
@@ -320,6 +321,34 @@ pub(crate) async fn read_sealed<R: AsyncRead + Unpin>(
 /// The MAC to send after `frame` (an encoded frame).
 pub(crate) fn tag(seal: &mut Seal, frame: &[u8]) -> [u8; TAG_LEN] {
     seal.tag(&[frame])
+}
+
+/// A connection's writer: each frame `queue` yields goes to `wr` followed
+/// by its tag under `seal`, whatever else is queued is written before one
+/// flush; returns when the queue closes (after shutting `wr` down) or a
+/// write fails.
+pub(crate) async fn write_sealed<W: AsyncWrite + Unpin>(
+    wr: W,
+    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    mut seal: Seal,
+) {
+    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(mut f) = queue.recv().await {
+        loop {
+            let t = tag(&mut seal, &f);
+            if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
+                return;
+            }
+            match queue.try_recv() {
+                Ok(next) => f = next,
+                Err(_) => break,
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
 }
 
 fn header_bytes(kind: Kind, id: u64, len: usize) -> [u8; HEADER] {

@@ -637,7 +637,7 @@ impl ClusterGateway {
             }
             Ok(Ok(h)) => h,
         };
-        let (hello, mut seal_out, mut seal_in) = hello;
+        let (hello, seal_out, mut seal_in) = hello;
         drop(permit);
         let node = NodeId(hello.name.clone());
         let entry = Arc::new(NodeEntry::new(
@@ -646,7 +646,7 @@ impl ClusterGateway {
             hello.slots,
             hello.memory_mb,
         ));
-        let (out, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let (out, queue) = mpsc::unbounded_channel::<Bytes>();
         let conn = Arc::new(Conn {
             node: node.clone(),
             entry: entry.clone(),
@@ -669,26 +669,7 @@ impl ClusterGateway {
         };
         let _ = out.send(frame::encode_json(Kind::Welcome, 0, &welcome));
         drop(out);
-        let writer = tokio::spawn(async move {
-            let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
-            while let Some(f) = queue.recv().await {
-                let t = frame::tag(&mut seal_out, &f);
-                if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
-                    return;
-                }
-                // Write whatever else is queued before one flush.
-                while let Ok(f) = queue.try_recv() {
-                    let t = frame::tag(&mut seal_out, &f);
-                    if w.write_all(&f).await.is_err() || w.write_all(&t).await.is_err() {
-                        return;
-                    }
-                }
-                if w.flush().await.is_err() {
-                    return;
-                }
-            }
-            let _ = w.shutdown().await;
-        });
+        let writer = tokio::spawn(frame::write_sealed(wr, queue, seal_out));
         // Register: a node that reconnects under the same name replaces
         // its old connection (whose requests fail now).
         let old = self.conns.lock().insert(hello.name.clone(), conn.clone());
