@@ -65,3 +65,4 @@ pub use registry::{
 pub use runtimes::{
     Layout, RUNTIME_DIR, RuntimeCommand, RuntimeCommands, RuntimeUnavailable, TASK_DIR,
 };
+pub use sys::register;

@@ -355,7 +355,11 @@ pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = cli_sandbox::run_through_daemon(&args) {
+        std::process::exit(code);
+    }
+    let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FAAS_LOG")
@@ -363,10 +367,13 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The sandbox daemon's work is hand-offs and waits: one thread that
+    // polls the reactor and runs every task wakes no other thread.
+    let mut builder = match &cli.command {
+        Command::Sandbox(a) if a.is_serve() => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("faas: cannot start the async runtime: {e}");
@@ -381,7 +388,7 @@ fn main() {
 
 /// One line: the error and each cause its message does not already end
 /// with (many errors print their source in their own message).
-fn error_line(e: &anyhow::Error) -> String {
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -501,7 +508,7 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
