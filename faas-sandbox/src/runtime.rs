@@ -57,6 +57,11 @@ pub struct SandboxConfig {
     /// Sandboxes kept parked (set up up to their exec) per kind of sandbox
     /// (root, limits, seccomp profile, /proc) once that kind was launched.
     pub parked: usize,
+    /// Kinds of sandbox kept parked at most: beyond, the kind launched
+    /// least recently gives up its parked sandboxes (and the namespaces
+    /// and cgroups kept for it), so a stream of ever new kinds (a user
+    /// trying every memory limit) cannot pile up sandboxes.
+    pub parked_kinds: usize,
     /// Threads that refill the pools (at nice 10). More than one lets one
     /// set a sandbox up while another restores into the last one, or waits
     /// in the kernel (a cgroup v1 migration can wait for an RCU grace
@@ -82,6 +87,7 @@ impl Default for SandboxConfig {
             nofile: 1024,
             cgroups: true,
             parked: 4,
+            parked_kinds: 32,
             keepers: 2,
         }
     }
@@ -207,6 +213,9 @@ struct Shared {
     /// with its profile's programs, which its restorer installs.
     snapshots: Mutex<HashMap<SnapshotKey, Arc<Snapshot>>>,
     parked: Mutex<HashMap<ParkKey, Vec<Parked>>>,
+    /// The kinds parked for, least recently launched first (see
+    /// [`SandboxConfig::parked_kinds`]).
+    parked_kinds: Mutex<std::collections::VecDeque<ParkKey>>,
     /// Sandboxes of each kind whose snapshot restorer already runs, waiting
     /// for a guest's fds and a plan (see [`ReadyRestorer`]).
     restorers: Mutex<HashMap<ParkKey, Vec<ReadyRestorer>>>,
@@ -341,6 +350,7 @@ impl PooledSandboxRuntime {
                 filters: Mutex::new(HashMap::new()),
                 snapshots: Mutex::new(HashMap::new()),
                 parked: Mutex::new(HashMap::new()),
+                parked_kinds: Mutex::new(std::collections::VecDeque::new()),
                 restorers: Mutex::new(HashMap::new()),
                 restored_ready: AtomicU64::new(0),
                 restored: Mutex::new(HashMap::new()),
@@ -400,6 +410,13 @@ impl PooledSandboxRuntime {
     /// restore, up to [`SandboxConfig::parked`] per kind.
     pub fn ready_restorers(&self) -> usize {
         self.shared.restorers.lock().values().map(Vec::len).sum()
+    }
+
+    /// Sandboxes parked for a program, waiting (all kinds together), and
+    /// the kinds they are parked for.
+    pub fn parked(&self) -> (usize, usize) {
+        let parked = self.shared.parked.lock();
+        (parked.values().map(Vec::len).sum(), parked.len())
     }
 
     /// Restores so far that went to a sandbox whose restorer was ready.
@@ -834,6 +851,7 @@ impl Shared {
 
     /// Tops the parked sandboxes of `key` up to the configured number.
     fn park_more(&self, key: &ParkKey, root: &Path) {
+        self.note_parked_kind(key);
         loop {
             let have = self.parked.lock().get(key).map_or(0, Vec::len);
             if have >= self.config.parked || self.closing.load(Ordering::Relaxed) {
@@ -858,6 +876,31 @@ impl Shared {
                     return;
                 }
                 parked.entry(key.clone()).or_default().push(p);
+            }
+        }
+    }
+
+    /// `key` was just launched (a refill follows each launch): it becomes
+    /// the most recent kind; beyond [`SandboxConfig::parked_kinds`] the
+    /// least recent ones lose what was kept for them.
+    fn note_parked_kind(&self, key: &ParkKey) {
+        let evicted: Vec<ParkKey> = {
+            let mut kinds = self.parked_kinds.lock();
+            if let Some(i) = kinds.iter().position(|k| k == key) {
+                kinds.remove(i);
+            }
+            kinds.push_back(key.clone());
+            let over = kinds.len().saturating_sub(self.config.parked_kinds.max(1));
+            kinds.drain(..over).collect()
+        };
+        for k in evicted {
+            let parked = self.parked.lock().remove(&k).unwrap_or_default();
+            for p in parked {
+                p.discard(self);
+            }
+            drop(self.netns_reuse.lock().remove(&k));
+            for c in self.cgroup_reuse.lock().remove(&k).unwrap_or_default() {
+                let _ = c.remove();
             }
         }
     }

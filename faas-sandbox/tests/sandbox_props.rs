@@ -583,3 +583,34 @@ async fn sandboxes_parked_for_a_program_wait_with_their_filters_installed() {
     .await;
     assert_eq!(r.out.trim(), "lo_down socket:EPERM", "{}", r.out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_are_parked_for_a_bounded_number_of_kinds() {
+    assert_eq!(rustix_euid(), 0, "needs root");
+    let rt = PooledSandboxRuntime::new(SandboxConfig {
+        netns_pool: 2,
+        cgroup_pool: 2,
+        parked: 1,
+        parked_kinds: 2,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox runtime");
+    // Three kinds (the memory limit differs), one after the other.
+    for memory_mb in [64, 65, 66] {
+        let limits = Limits {
+            memory_mb,
+            ..Limits::default()
+        };
+        let r = run(&rt, "/bin/true", &[], false, "python", limits).await;
+        assert_eq!(r.status, ExitStatus::Code(0));
+        // Its refill: one parked for this kind.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while rt.parked().0 < usize::min(2, usize::try_from(memory_mb - 63).unwrap()) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", rt.parked());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The first kind gave its sandbox up for the third.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rt.parked(), (2, 2));
+}
