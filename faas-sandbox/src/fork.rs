@@ -28,7 +28,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use faas_core::{BoxFuture, ExitStatus, Instance, LaunchError};
+use faas_core::{BoxFuture, ExitStatus, Instance, LaunchError, LimitExceeded};
 use parking_lot::Mutex;
 
 use crate::runtime::SandboxInstance;
@@ -41,6 +41,8 @@ pub(crate) struct Template {
     /// time (a command and its answer).
     inst: Mutex<SandboxInstance>,
     socket: OwnedFd,
+    /// OOM kills of the template's cgroup already given to a fork.
+    ooms_told: Mutex<u64>,
 }
 
 /// Why a fork failed.
@@ -56,6 +58,7 @@ impl Template {
         Template {
             inst: Mutex::new(inst),
             socket,
+            ooms_told: Mutex::new(0),
         }
     }
 
@@ -101,6 +104,8 @@ impl Template {
             pidfd: Some(pidfd),
             afd: None,
             exit: None,
+            killed: false,
+            exceeded: None,
         };
         match fork.pidfd.as_ref().map(|fd| host_pid(fd.as_fd())) {
             Some(Ok(pid)) => fork.pid = pid,
@@ -112,6 +117,18 @@ impl Template {
     }
 
     /// Tells the template to reap its exited child `inner`.
+    /// A fork ended by SIGKILL that no one here sent: if the forks'
+    /// shared cgroup counts an OOM kill not yet given to a fork, it is this
+    /// one's (the memory limit of the template, which all its forks share).
+    fn take_oom(&self) -> Option<LimitExceeded> {
+        let (kills, limit_mb) = self.inst.lock().oom_kills();
+        let mut told = self.ooms_told.lock();
+        (kills > *told).then(|| {
+            *told += 1;
+            LimitExceeded::Memory { limit_mb }
+        })
+    }
+
     fn reap(&self, inner: u32) {
         if let Err(e) = faas_snapshot::template_reap(&self.socket, inner) {
             // Gone: the kernel reaped its children with it.
@@ -130,6 +147,9 @@ pub(crate) struct ForkInstance {
     pidfd: Option<OwnedFd>,
     afd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
     exit: Option<ExitStatus>,
+    /// `kill` was called: a SIGKILL end is ours, not the OOM killer's.
+    killed: bool,
+    exceeded: Option<LimitExceeded>,
 }
 
 impl ForkInstance {
@@ -166,6 +186,9 @@ impl ForkInstance {
             }
         };
         self.exit = Some(status);
+        if status == ExitStatus::Signal(libc::SIGKILL) && !self.killed {
+            self.exceeded = self.template.take_oom();
+        }
         self.template.reap(self.inner);
         Ok(Some(status))
     }
@@ -229,10 +252,18 @@ impl Instance for ForkInstance {
     }
 
     fn kill(&mut self) -> io::Result<()> {
-        match self.fd() {
-            Some(fd) if self.exit.is_none() => ns::pidfd_kill(fd, libc::SIGKILL),
-            _ => Ok(()),
+        if self.exit.is_some() {
+            return Ok(());
         }
+        self.killed = true;
+        match self.fd() {
+            Some(fd) => ns::pidfd_kill(fd, libc::SIGKILL),
+            None => Ok(()),
+        }
+    }
+
+    fn exceeded(&self) -> Option<LimitExceeded> {
+        self.exceeded
     }
 }
 

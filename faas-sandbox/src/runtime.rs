@@ -2367,6 +2367,15 @@ impl SandboxInstance {
         }
     }
 
+    /// OOM kills in its cgroup so far (none without a cgroup), and its
+    /// memory limit.
+    pub(crate) fn oom_kills(&self) -> (u64, u32) {
+        (
+            self.cgroup.as_ref().map_or(0, Cgroup::oom_kills),
+            self.memory_mb,
+        )
+    }
+
     pub(crate) fn try_reap(&mut self) -> io::Result<Option<ExitStatus>> {
         if let Some(s) = self.exit {
             return Ok(Some(s));

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use faas_core::protocol::channel_pair;
 use faas_core::{
-    ExitStatus, ImageRef, Instance, LaunchError, Limits, SandboxPolicy, SandboxRuntime,
-    SandboxSpec, StartMode, Stdio,
+    ExitStatus, ImageRef, Instance, LaunchError, LimitExceeded, Limits, SandboxPolicy,
+    SandboxRuntime, SandboxSpec, StartMode, Stdio,
 };
 use faas_sandbox::{PooledSandboxRuntime, SandboxConfig};
 use faas_snapshot::DumpOptions;
@@ -276,6 +276,36 @@ async fn exit_status_is_real_kill_works_and_no_zombie_stays() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(stat_fields(template).is_some(), "the template lives on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_killed_at_the_memory_limit_is_reported_and_one_killed_by_us_is_not() {
+    let rt = runtime();
+    let limits = Limits {
+        memory_mb: 48,
+        ..Limits::default()
+    };
+    let mut a = try_fork(&rt, limits).await.unwrap();
+    a.hello();
+    a.say("alloc 512");
+    assert_eq!(a.wait().await, ExitStatus::Signal(9));
+    assert_eq!(
+        a.inst.exceeded(),
+        Some(LimitExceeded::Memory { limit_mb: 48 })
+    );
+    // The next fork of the same template, killed by us: no limit named.
+    let mut b = try_fork(&rt, limits).await.unwrap();
+    b.hello();
+    b.say("sleep");
+    b.inst.kill().unwrap();
+    assert_eq!(b.wait().await, ExitStatus::Signal(9));
+    assert_eq!(b.inst.exceeded(), None);
+    // And one that stays under it.
+    let mut c = try_fork(&rt, limits).await.unwrap();
+    c.hello();
+    c.say("alloc 8");
+    assert_eq!(c.wait().await, ExitStatus::Code(0));
+    assert_eq!(c.inst.exceeded(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,9 @@
  *
  * (unshare(0), a no-op the kernel allows, is denied by every seccomp
  * profile of the sandbox: EPERM shows the fork's filters are in force)
- * then reads one command from fd 3: `exit N` exits with N; `sleep` waits
- * until killed. A closed fd 3 exits with 3.
+ * then reads one command from fd 3: `exit N` exits with N; `alloc M`
+ * allocates and touches M MiB, then exits with 0; `sleep` waits until
+ * killed. A closed fd 3 exits with 3.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,6 +48,15 @@ int main(void)
 	cmd[got] = 0;
 	if (strncmp(cmd, "exit ", 5) == 0)
 		return atoi(cmd + 5);
+	if (strncmp(cmd, "alloc ", 6) == 0) {
+		size_t len = (size_t)atoi(cmd + 6) << 20;
+		volatile char *p = malloc(len);
+		if (!p)
+			return 5;
+		for (size_t i = 0; i < len; i += 4096)
+			p[i] = 1;
+		return 0;
+	}
 	for (;;)
 		pause();
 }
