@@ -11,8 +11,9 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use faas_core::protocol::{
-    Body, DecodeLimits, Frame, FrameKind, HEADER_LEN, MAGIC, MAX_DATAGRAM, MAX_INLINE_BODY,
-    MAX_META, ProtocolError, SealedMemfd, VERSION, channel_pair, decode, recv_frame, send_frame,
+    Body, Channel, DecodeLimits, Frame, FrameKind, HEADER_LEN, LONG_LIVED, MAGIC, MAX_DATAGRAM,
+    MAX_INLINE_BODY, MAX_META, ProtocolError, SealedMemfd, VERSION, channel_pair, decode,
+    recv_frame, send_frame,
 };
 use faas_core::types::{InvocationId, UnixMillis};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -762,4 +763,42 @@ fn error_message_with_invalid_utf8_decodes_lossily() {
     assert_eq!(id, InvocationId(42));
     assert_eq!(status, 500);
     assert_eq!(message, "bad \u{fffd}\u{fffd} input");
+}
+
+#[test]
+fn long_lived_channel_reads_maximal_frames_and_refuses_larger_ones() {
+    let (a, b) = channel_pair().unwrap();
+    let mut rx = Channel::new(b, DecodeLimits::default());
+    let mut scratch = Vec::new();
+    // Past `LONG_LIVED` frames the receive buffer holds any datagram and
+    // the length is no longer peeked at.
+    for _ in 0..=LONG_LIVED {
+        send_frame(a.as_fd(), &Frame::Ready { snapshot: false }, &mut scratch).unwrap();
+        assert!(matches!(rx.recv().unwrap(), Some(Frame::Ready { .. })));
+    }
+    let big = vec![7u8; MAX_INLINE_BODY as usize];
+    let result = Frame::Result {
+        id: InvocationId(9),
+        status: 200,
+        headers: vec![("k".into(), "v".repeat(1000))],
+        body: Body::Inline(big.clone()),
+    };
+    send_frame(a.as_fd(), &result, &mut scratch).unwrap();
+    match rx.recv().unwrap() {
+        Some(Frame::Result { id, body, .. }) => {
+            assert_eq!(id, InvocationId(9));
+            assert_eq!(body.into_vec().unwrap(), big);
+        }
+        other => panic!("expected the Result, got {other:?}"),
+    }
+    let mut f = header(RESULT, 0, 1, MAX_META, MAX_INLINE_BODY);
+    f.resize(MAX_DATAGRAM + 16, 0);
+    send_raw(a.as_fd(), &f, &[]);
+    let e = rx.recv().unwrap_err();
+    assert!(matches!(e, ProtocolError::Truncated), "{e:?}");
+    send_frame(a.as_fd(), &Frame::Ready { snapshot: true }, &mut scratch).unwrap();
+    assert!(matches!(
+        rx.recv().unwrap(),
+        Some(Frame::Ready { snapshot: true })
+    ));
 }

@@ -3,7 +3,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use faas_core::protocol::{
-    DecodeLimits, Frame, ProtocolError, RecvOutcome, send_frame, try_recv_frame,
+    DecodeLimits, Frame, ProtocolError, RecvOutcome, grow_when_long_lived, send_frame,
+    try_recv_frame,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -13,6 +14,8 @@ pub(crate) struct AsyncChannel {
     fd: AsyncFd<OwnedFd>,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
+    /// Frames received (see [`grow_when_long_lived`]).
+    received: u32,
     limits: DecodeLimits,
 }
 
@@ -32,12 +35,14 @@ impl AsyncChannel {
             fd,
             send_buf: Vec::with_capacity(4096),
             recv_buf: Vec::new(),
+            received: 0,
             limits,
         })
     }
 
     /// Receives one frame; `None` when the instance closed its end.
     pub(crate) async fn recv(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        grow_when_long_lived(&mut self.recv_buf, &mut self.received);
         loop {
             let mut guard = self
                 .fd

@@ -179,8 +179,17 @@ impl InstanceOutput {
     pub(crate) fn finish(&self) -> String {
         // Bounded: an instance that keeps writing cannot hold us here.
         for _ in 0..8 {
-            let a = self.shared.read(Stream::Stdout);
-            let b = self.shared.read(Stream::Stderr);
+            let (out, err) = self.shared.waiting();
+            let a = if out {
+                self.shared.read(Stream::Stdout)
+            } else {
+                Read::Empty
+            };
+            let b = if err {
+                self.shared.read(Stream::Stderr)
+            } else {
+                Read::Empty
+            };
             if a != Read::More && b != Read::More {
                 break;
             }
@@ -206,6 +215,28 @@ enum Read {
 }
 
 impl Shared {
+    /// Which pipes have data (or their end) waiting now, asked of the
+    /// kernel in one `poll` (most requests write nothing: no read then);
+    /// both when it cannot tell.
+    fn waiting(&self) -> (bool, bool) {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [
+            PollFd::new(&self.stdout, PollFlags::IN),
+            PollFd::new(&self.stderr, PollFlags::IN),
+        ];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match poll(&mut fds, Some(&now)) {
+            Ok(_) => {
+                let set = |f: &PollFd<'_>| !f.revents().is_empty();
+                (set(&fds[0]), set(&fds[1]))
+            }
+            Err(_) => (true, true),
+        }
+    }
+
     /// Reads what is in one pipe now (without waiting), at most a few
     /// chunks, into the current log.
     fn read(&self, which: Stream) -> Read {

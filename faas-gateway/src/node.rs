@@ -80,7 +80,10 @@ struct Pending {
 #[derive(Default)]
 struct Queue {
     pending: VecDeque<Pending>,
-    /// Idle keep-alive instances waiting for a request.
+    /// Idle keep-alive instances waiting for a request, the most recently
+    /// parked last: a request takes the last one (its process and caches
+    /// are the warmest, and under a load that needs fewer instances than
+    /// are alive, the same few keep serving while the others age out).
     idle: VecDeque<oneshot::Sender<Pending>>,
     /// Instances launched that have not looked at `pending` yet.
     launching: usize,
@@ -267,7 +270,7 @@ impl LocalNodeGateway {
         let launch = {
             let mut q = st.queue.lock();
             loop {
-                match q.idle.pop_front() {
+                match q.idle.pop_back() {
                     Some(idle) => match idle.send(p) {
                         Ok(()) => break false,
                         Err(back) => p = back,
@@ -499,6 +502,12 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             match (q.pop_live(), keep_alive) {
                 (Some(p), _) => (Some(p), None),
                 (None, Some(_)) if !st.removed.load(Ordering::Relaxed) => {
+                    // Instances that stopped waiting (idle time over) leave
+                    // their closed senders at the front, where requests
+                    // rarely reach: drop them here.
+                    while q.idle.front().is_some_and(oneshot::Sender::is_closed) {
+                        q.idle.pop_front();
+                    }
                     let (tx, rx) = oneshot::channel();
                     q.idle.push_back(tx);
                     (None, Some(rx))

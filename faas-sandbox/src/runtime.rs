@@ -2400,18 +2400,34 @@ impl Instance for SandboxInstance {
 
     fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>> {
         Box::pin(async move {
+            // Registered by the first wait, which also tries to reap at
+            // once; later waits (a keep-alive instance is waited for each
+            // time it parks idle) reap only once the pidfd is readable, so
+            // a wait that is dropped before the exit costs no system call.
             if let Some(fd) = self.pidfd.take() {
                 self.afd = Some(ns::register(fd)?);
-            }
-            loop {
                 if let Some(s) = self.try_reap()? {
                     return Ok(s);
                 }
+            }
+            if let Some(s) = self.exit {
+                return Ok(s);
+            }
+            loop {
                 let Some(afd) = &self.afd else {
                     return Err(io::Error::other("sandbox has no pidfd"));
                 };
                 let mut g = afd.readable().await?;
-                g.clear_ready();
+                let st = match ns::pidfd_try_reap(g.get_ref().as_fd())? {
+                    ns::Reaped::Running => {
+                        g.clear_ready();
+                        continue;
+                    }
+                    ns::Reaped::Exited(c) => ExitStatus::Code(c),
+                    ns::Reaped::Signaled(s) => ExitStatus::Signal(s),
+                };
+                self.teardown(st);
+                return Ok(st);
             }
         })
     }

@@ -123,23 +123,26 @@ fn recv_inner(
     // even this overflows; either way every received fd is closed.
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    // The datagram's length first (MSG_PEEK | MSG_TRUNC with no buffer and
-    // no control space: nothing is consumed, no fd installed), so the
-    // buffer grows only as far as the frames need: a fresh channel (one
-    // per instance) does not zero and fault in the 192 KiB of a maximal
-    // frame to read a small request.
-    let len = loop {
-        let none: &mut [u8] = &mut [];
-        match rustix::net::recv(fd, none, flags | RecvFlags::PEEK | RecvFlags::TRUNC) {
-            Ok((_, len)) => break len,
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => return Ok(RecvOutcome::WouldBlock),
-            Err(e) => return Err(ProtocolError::io("recv", e)),
+    // Unless the buffer already holds a maximal datagram (see
+    // `LONG_LIVED`), the datagram's length first (MSG_PEEK | MSG_TRUNC
+    // with no buffer and no control space: nothing is consumed, no fd
+    // installed), so the buffer grows only as far as the frames need: a
+    // fresh channel (one per instance) does not zero and fault in the
+    // 192 KiB of a maximal frame to read a small request.
+    if scratch.len() <= MAX_DATAGRAM {
+        let len = loop {
+            let none: &mut [u8] = &mut [];
+            match rustix::net::recv(fd, none, flags | RecvFlags::PEEK | RecvFlags::TRUNC) {
+                Ok((_, len)) => break len,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => return Ok(RecvOutcome::WouldBlock),
+                Err(e) => return Err(ProtocolError::io("recv", e)),
+            }
+        };
+        let need = len.min(MAX_DATAGRAM) + 1;
+        if scratch.len() < need {
+            scratch.resize(need, 0);
         }
-    };
-    let need = len.min(MAX_DATAGRAM) + 1;
-    if scratch.len() < need {
-        scratch.resize(need, 0);
     }
     let msg = loop {
         match rustix::net::recvmsg(
@@ -176,6 +179,22 @@ fn recv_inner(
     decode(&scratch[..msg.bytes], fds.pop(), limits).map(RecvOutcome::Frame)
 }
 
+/// The frames a channel receives before its receive buffer grows to a
+/// maximal datagram: from then on each receive is one `recvmsg`, without
+/// the peek at the length (a kept-alive instance and its end in the node
+/// gateway pay for the 192 KiB once; a per-request instance never does).
+pub const LONG_LIVED: u32 = 2;
+
+/// Grows `scratch` to hold any datagram once `received` (the frames
+/// received with it so far, counted here) reaches [`LONG_LIVED`], so that
+/// [`recv_frame`] and [`try_recv_frame`] skip their peek at the length.
+pub fn grow_when_long_lived(scratch: &mut Vec<u8>, received: &mut u32) {
+    if *received == LONG_LIVED {
+        scratch.resize(MAX_DATAGRAM + 1, 0);
+    }
+    *received = received.saturating_add(1);
+}
+
 /// A blocking frame channel over one socket end, with its scratch buffers;
 /// what a guest uses on its fd 3.
 #[derive(Debug)]
@@ -183,6 +202,7 @@ pub struct Channel {
     fd: OwnedFd,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
+    received: u32,
     limits: DecodeLimits,
 }
 
@@ -193,6 +213,7 @@ impl Channel {
             fd,
             send_buf: Vec::with_capacity(4096),
             recv_buf: Vec::new(),
+            received: 0,
             limits,
         }
     }
@@ -212,6 +233,7 @@ impl Channel {
     ///
     /// See [`recv_frame`].
     pub fn recv(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        grow_when_long_lived(&mut self.recv_buf, &mut self.received);
         recv_frame(self.fd.as_fd(), &mut self.recv_buf, &self.limits)
     }
 

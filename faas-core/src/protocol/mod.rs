@@ -21,7 +21,10 @@
 mod channel;
 mod frame;
 
-pub use channel::{Channel, RecvOutcome, channel_pair, recv_frame, send_frame, try_recv_frame};
+pub use channel::{
+    Channel, LONG_LIVED, RecvOutcome, channel_pair, grow_when_long_lived, recv_frame, send_frame,
+    try_recv_frame,
+};
 pub use frame::{
     DEFAULT_MEMFD_THRESHOLD, DecodeLimits, Frame, FrameKind, HEADER_LEN, LogStream, MAGIC,
     MAX_DATAGRAM, MAX_INLINE_BODY, MAX_META, VERSION, decode,
