@@ -244,9 +244,9 @@ fn report(a: &BenchArgs, mode: Mode, s: &Summary, target: &str) {
         if let Some(e) = &s.first_error {
             v["first_error"] = e.clone().into();
         }
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "{} {} ({target}), concurrency {}{}: {} requests, {} errors\n  \
              p50 {}  p90 {}  p99 {}  max {}  mean {}  {:.0} req/s\n  start modes: {}",
             a.function,

@@ -109,7 +109,7 @@ fn run_inner(args: ImageArgs) -> anyhow::Result<()> {
         ImageCmd::Umount { dir } => {
             rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty())
                 .with_context(|| format!("unmounting {}", dir.display()))?;
-            println!("unmounted {}", dir.display());
+            outln!("unmounted {}", dir.display());
             Ok(())
         }
     }
@@ -168,7 +168,7 @@ fn build(
     let r = b.build(output);
     pb.finish_and_clear();
     let s = r?;
-    println!(
+    outln!(
         "{}: {} files, {} bytes, image {} bytes, digest {}, {:.2} s",
         output.display(),
         s.files,
@@ -273,31 +273,31 @@ fn stat(image: &Path, path: &str) -> anyhow::Result<()> {
     let img = MmapImage::open(image)?;
     let ino = img.lookup(path)?;
     let s = img.stat(ino)?;
-    println!("  path: {path}");
-    println!(" inode: {}", s.ino);
-    println!("  type: {:?}", s.file_type);
-    println!("  mode: {:04o} ({})", s.perm, perm_string(&s));
-    println!("   uid: {}  gid: {}  links: {}", s.uid, s.gid, s.nlink);
-    println!("  size: {}", s.size);
-    println!(" mtime: {}", s.mtime);
+    outln!("  path: {path}");
+    outln!(" inode: {}", s.ino);
+    outln!("  type: {:?}", s.file_type);
+    outln!("  mode: {:04o} ({})", s.perm, perm_string(&s));
+    outln!("   uid: {}  gid: {}  links: {}", s.uid, s.gid, s.nlink);
+    outln!("  size: {}", s.size);
+    outln!(" mtime: {}", s.mtime);
     if matches!(s.file_type, FileType::CharDevice | FileType::BlockDevice) {
         let (ma, mi) = faas_rofs::format::decode_dev(s.rdev);
-        println!("device: {ma},{mi}");
+        outln!("device: {ma},{mi}");
     }
     if s.file_type == FileType::Symlink {
-        println!("target: {}", String::from_utf8_lossy(&img.read_link(ino)?));
+        outln!("target: {}", String::from_utf8_lossy(&img.read_link(ino)?));
     }
     if s.file_type == FileType::Regular {
         match img.file_extent(ino) {
-            Ok(x) => println!("extent: offset {} length {} (mappable)", x.offset, x.len),
-            Err(_) => println!("extent: not stored as one mappable extent"),
+            Ok(x) => outln!("extent: offset {} length {} (mappable)", x.offset, x.len),
+            Err(_) => outln!("extent: not stored as one mappable extent"),
         }
         if let Some(d) = img.file_digest(ino) {
-            println!("blake3: {}", hex(&d));
+            outln!("blake3: {}", hex(&d));
         }
     }
     for (k, v) in img.xattrs(ino)? {
-        println!(
+        outln!(
             " xattr: {}={}",
             String::from_utf8_lossy(&k),
             String::from_utf8_lossy(&v)
@@ -317,7 +317,7 @@ fn verify(image: &Path) -> anyhow::Result<()> {
     });
     pb.finish_and_clear();
     let rep = r?;
-    println!(
+    outln!(
         "{}: ok: {} files, {} bytes, {} directories, digest {}, {:.2} s",
         image.display(),
         rep.files,
@@ -348,6 +348,6 @@ fn mount(image: &Path, dir: &Path) -> anyhow::Result<()> {
             dir.display()
         )
     })?;
-    println!("mounted {} on {}", image.display(), dir.display());
+    outln!("mounted {} on {}", image.display(), dir.display());
     Ok(())
 }

@@ -91,7 +91,7 @@ fn run_replay(a: ReplayArgs) -> anyhow::Result<()> {
         eprint!("\r\x1b[K");
     }
     if a.json {
-        println!("{}", json(&report));
+        outln!("{}", json(&report));
     } else {
         print_text(&a, &report);
     }
@@ -131,7 +131,7 @@ fn fmt_secs(s: u64) -> String {
 }
 
 fn print_text(a: &ReplayArgs, r: &ReplayReport) {
-    println!(
+    outln!(
         "trace {} ({} functions, {:.0} virtual minutes), {} nodes x {} MiB, policy {}, instances per {}, seed {}",
         a.trace.display(),
         r.functions,
@@ -145,19 +145,22 @@ fn print_text(a: &ReplayArgs, r: &ReplayReport) {
         },
         a.seed
     );
-    println!("invocations       {}", r.invocations);
-    println!("placed            {}", r.placed);
-    println!("rejected          {}", r.rejected);
-    println!(
+    outln!("invocations       {}", r.invocations);
+    outln!("placed            {}", r.placed);
+    outln!("rejected          {}", r.rejected);
+    outln!(
         "cold starts       {} ({:.3} %)",
-        r.cold_starts, r.cold_start_pct
+        r.cold_starts,
+        r.cold_start_pct
     );
-    println!(
+    outln!(
         "wasted memory     {:.1} GB·s (idle instances)",
         r.wasted_gb_s
     );
-    println!(
+    outln!(
         "decision latency  p50 {} ns, p99 {} ns, p99.9 {} ns",
-        r.decision_p50_ns, r.decision_p99_ns, r.decision_p999_ns
+        r.decision_p50_ns,
+        r.decision_p99_ns,
+        r.decision_p999_ns
     );
 }

@@ -80,7 +80,7 @@ pub(crate) fn run(args: SnapshotArgs) -> anyhow::Result<i32> {
             })
         }
         SnapshotCommand::Inspect { dir } => {
-            print!("{}", faas_snapshot::inspect(&dir)?);
+            outln!("{}", faas_snapshot::inspect(&dir)?.trim_end_matches('\n'));
             Ok(0)
         }
     }

@@ -1,5 +1,17 @@
 //! `faas`: the whole platform in one binary, and the client of its API.
 
+/// `println!` for a command's output: a reader that went away (`faas ls
+/// | head`) ends the command quietly, as it would a C tool, instead of a
+/// panic; any other write error is one line and exit status 1.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            $crate::output_failed(&e)
+        }
+    }};
+}
+
 mod cli_bench;
 mod cli_image;
 mod cli_sandbox;
@@ -388,6 +400,15 @@ fn main() {
 
 /// One line: the error and each cause its message does not already end
 /// with (many errors print their source in their own message).
+/// Where [`outln!`] goes when stdout fails.
+pub(crate) fn output_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("faas: writing the output: {e}");
+    std::process::exit(1)
+}
+
 pub(crate) fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
@@ -428,7 +449,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             let v: serde_json::Value = serde_json::from_slice(&r.body)
                 .context("server answered with an unexpected body")?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
         Command::Alias {
@@ -447,7 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Bytes::new(),
                 )
                 .await?;
-            println!("deleted {name}@{alias}");
+            outln!("deleted {name}@{alias}");
             Ok(())
         }
         Command::Alias {
@@ -464,7 +485,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::to_vec(&serde_json::json!({ "version": version }))?,
                 )
                 .await?;
-            println!("{name}@{alias} -> version {version}");
+            outln!("{name}@{alias} -> version {version}");
             Ok(())
         }
         Command::Alias { .. } => bail!("give NAME ALIAS VERSION, or rm NAME ALIAS"),
@@ -472,7 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Client::new(&server.server)
                 .expect_ok(Method::DELETE, &format!("/functions/{name}"), Bytes::new())
                 .await?;
-            println!("deleted {name}");
+            outln!("deleted {name}");
             Ok(())
         }
         Command::Demo(a) => demo(a).await,
@@ -491,7 +512,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for d in embedded::write_all(&out)
                 .with_context(|| format!("writing to {}", out.display()))?
             {
-                println!("{}", d.display());
+                outln!("{}", d.display());
             }
             Ok(())
         }
@@ -575,7 +596,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.snapshots = !a.no_snapshots;
     let platform = Platform::new(&config)?;
     let (listener, addr) = Platform::bind(a.listen).await?;
-    println!(
+    outln!(
         "faas: listening on http://{addr} (state in {})",
         state_dir.display()
     );
@@ -627,17 +648,25 @@ async fn nodes(server: &str, json: bool) -> anyhow::Result<()> {
         .await?;
     if json {
         std::io::stdout().write_all(&r.body)?;
-        println!();
+        outln!();
         return Ok(());
     }
     let nodes: Vec<faas_gateway::cluster::NodeView> =
         serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
-    println!(
+    outln!(
         "{:<16} {:<22} {:<5} {:>6} {:>9} {:>9} {:>9} {:>7} {:>9}",
-        "NAME", "ADDRESS", "STATE", "SLOTS", "MEMORY", "IN-FLIGHT", "SERVED", "FAILED", "HEARTBEAT"
+        "NAME",
+        "ADDRESS",
+        "STATE",
+        "SLOTS",
+        "MEMORY",
+        "IN-FLIGHT",
+        "SERVED",
+        "FAILED",
+        "HEARTBEAT"
     );
     for n in nodes {
-        println!(
+        outln!(
             "{:<16} {:<22} {:<5} {:>6} {:>6}MiB {:>9} {:>9} {:>7} {:>7}ms{}",
             n.name,
             n.address,
@@ -715,13 +744,13 @@ async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
         } else {
             format!(" ({})", s.detail)
         };
-        println!(
+        outln!(
             "  {:<10} {:>9}{detail}",
             s.step,
             fmt_ms(Duration::from_micros(s.us))
         );
     }
-    println!(
+    outln!(
         "deployed {} version {} (start: {}) in {}",
         spec.name,
         spec.version,
@@ -771,7 +800,7 @@ async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
         let id = v["id"]
             .as_str()
             .context("server answered without an invocation id")?;
-        println!("{id}");
+        outln!("{id}");
         return Ok(());
     }
     let mut out = std::io::stdout();
@@ -789,9 +818,15 @@ async fn ls(server: &str) -> anyhow::Result<()> {
         .await?;
     let fns: Vec<FunctionSpec> =
         serde_json::from_slice(&r.body).context("server answered with an unexpected body")?;
-    println!(
+    outln!(
         "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>9}  {:<24} ALIASES",
-        "NAME", "VERSION", "RUNTIME", "START", "REUSE", "TIMEOUT", "HANDLER"
+        "NAME",
+        "VERSION",
+        "RUNTIME",
+        "START",
+        "REUSE",
+        "TIMEOUT",
+        "HANDLER"
     );
     for f in fns {
         // Deleted meanwhile: no aliases.
@@ -812,7 +847,7 @@ async fn ls(server: &str) -> anyhow::Result<()> {
             Reuse::PerRequest => "request".to_owned(),
             Reuse::KeepAlive { idle_ms } => format!("keep {}s", idle_ms / 1000),
         };
-        println!(
+        outln!(
             "{:<24} {:>7}  {:<8} {:<8} {:<10} {:>8}s  {:<24} {}",
             f.name,
             f.version,
@@ -905,7 +940,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         }
         (_, false) => "a fresh sandbox (namespaces, cgroup, seccomp): a cold start",
     };
-    println!("faas demo: platform on {base}; every request below gets {how}\n");
+    outln!("faas demo: platform on {base}; every request below gets {how}\n");
     let cases: [(&str, &[u8]); 2] = [("hello", b"hi"), ("cpu", b"200000")];
     let tty = std::io::stderr().is_terminal();
     let mut rows = Vec::new();
@@ -928,12 +963,17 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         }
         rows.push((name, s));
     }
-    println!(
+    outln!(
         "{:<8} {:>8} {:>7} {:>11} {:>11} {:>11}",
-        "FUNCTION", "REQUESTS", "ERRORS", "P50", "P99", "MEAN"
+        "FUNCTION",
+        "REQUESTS",
+        "ERRORS",
+        "P50",
+        "P99",
+        "MEAN"
     );
     for (name, s) in &rows {
-        println!(
+        outln!(
             "{:<8} {:>8} {:>7} {:>11} {:>11} {:>11}",
             name,
             s.requests,
@@ -943,11 +983,11 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             fmt_ms(s.mean)
         );
     }
-    println!(
+    outln!(
         "\nTry it:\n  curl -X POST {base}/invoke/hello -d hi\n  curl -X POST {base}/invoke/cpu -d 1000000"
     );
     if !a.exit {
-        println!("\nServing until Ctrl-C.");
+        outln!("\nServing until Ctrl-C.");
         shutdown_signal().await;
     }
     let _ = stop_tx.send(());

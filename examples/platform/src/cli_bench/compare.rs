@@ -491,7 +491,7 @@ pub(super) async fn run(
                 v
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "binary": shown, "requests": requests, "platform_start": start,
@@ -499,14 +499,21 @@ pub(super) async fn run(
             })
         );
     } else {
-        println!(
+        outln!(
             "faas bench compare: {shown}, {requests} runs each way, interleaved; each run starts the \
              program, hands it one request over fd 3 and waits for the answer\n\
              (platform: deployed as a native function, start mode {start}, {runtime} runtime, over HTTP)\n"
         );
-        println!(
+        outln!(
             "{:<9} {:>5} {:>11} {:>11} {:>11}   {:>8} {:>8} {:>8}",
-            "WAY", "RUNS", "P50", "P99", "MEAN", "P50 ×", "P99 ×", "MEAN ×"
+            "WAY",
+            "RUNS",
+            "P50",
+            "P99",
+            "MEAN",
+            "P50 ×",
+            "P99 ×",
+            "MEAN ×"
         );
         for (w, s) in ways.iter().zip(&summaries) {
             match (&w.outcome, s) {
@@ -515,7 +522,7 @@ pub(super) async fn run(
                         base.as_ref()
                             .map_or("-".to_owned(), |bs| format!("{:.2}", ratio(x, b(bs))))
                     };
-                    println!(
+                    outln!(
                         "{:<9} {:>5} {:>11} {:>11} {:>11}   {:>8} {:>8} {:>8}",
                         w.name,
                         s.requests,
@@ -527,11 +534,11 @@ pub(super) async fn run(
                         r(s.mean, |b| b.mean),
                     );
                 }
-                (Outcome::Skipped(why), _) => println!("{:<9} skipped: {why}", w.name),
-                _ => println!("{:<9} FAILED: {}", w.name, why_failed(&w.outcome)),
+                (Outcome::Skipped(why), _) => outln!("{:<9} skipped: {why}", w.name),
+                _ => outln!("{:<9} FAILED: {}", w.name, why_failed(&w.outcome)),
             }
         }
-        println!(
+        outln!(
             "\n× = the way's time divided by the platform's (below 1: faster than the platform)"
         );
     }
