@@ -447,9 +447,14 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
     let _live = LiveGuard(&inner.stats);
 
     // Startup: the instance must say Ready within the function's timeout
-    // (a restored native guest said it before its snapshot).
+    // (a restored native guest said it before its snapshot). One restored
+    // from a snapshot has run its start already: its request goes out at
+    // once, and a `Ready` it still says (a language runtime continuing
+    // from its snapshot point) is read before the answer, which saves it
+    // and us a wake-up each (see `exchange`).
     let from_snapshot = matches!(mode, StartMode::Restore | StartMode::Fork);
-    let ready_at_once = from_snapshot && !prepare::restored_sends_ready(&spec);
+    let ready_at_once = from_snapshot;
+    let says_ready = from_snapshot && prepare::restored_sends_ready(&spec);
     let ready = if ready_at_once {
         Ok(())
     } else {
@@ -538,6 +543,7 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             us: start_us,
             mode: cold.then_some(mode),
             retry_restore: cold && ready_at_once,
+            ready_first: cold && says_ready,
             keep_alive: keep_alive.is_some(),
         };
         let served = serve_one(&mut chan, inst.as_mut(), &out, &st, p, start, timeout).await;
@@ -841,9 +847,12 @@ struct Start {
     us: u64,
     /// How, for a fresh instance.
     mode: Option<StartMode>,
-    /// It was restored without saying `Ready`: a restorer failure hands the
-    /// request back (see [`serve_one`]).
+    /// It was restored and sent its request before any `Ready`: a restorer
+    /// failure hands the request back (see [`serve_one`]).
     retry_restore: bool,
+    /// It says `Ready` after its restore, before it reads the request sent
+    /// ahead of it: the first frame may be that `Ready`.
+    ready_first: bool,
     /// It stays for the next request: counted in [`Queue::returning`]
     /// before its answer goes out.
     keep_alive: bool,
@@ -864,6 +873,7 @@ async fn serve_one(
         us: start_us,
         mode: started,
         retry_restore,
+        ready_first,
         keep_alive,
     } = start;
     let Pending {
@@ -893,7 +903,7 @@ async fn serve_one(
         body,
     };
     let outcome = tokio::select! {
-        r = exchange(chan, &frame, id, out).instrument(span) => r,
+        r = exchange(chan, &frame, id, out, ready_first).instrument(span) => r,
         () = sleep_until(deadline) => Err(InvokeError::TimedOut { timeout }),
     };
     let (result, usable) = match outcome {
@@ -965,12 +975,14 @@ async fn serve_one(
 
 type Answer = Result<(u16, Vec<(String, String)>, Vec<u8>), InvokeError>;
 
-/// Sends the request and reads frames until its answer.
+/// Sends the request and reads frames until its answer (after one `Ready`
+/// with `ready_first`).
 async fn exchange(
     chan: &mut AsyncChannel,
     invoke: &Frame,
     id: faas_core::InvocationId,
     out: &InstanceOutput,
+    mut ready_first: bool,
 ) -> Result<Answer, InvokeError> {
     chan.send(invoke).await.map_err(|e| match e {
         // The instance went away before taking its request.
@@ -982,6 +994,7 @@ async fn exchange(
     })?;
     loop {
         match chan.recv().await {
+            Ok(Some(Frame::Ready { .. })) if ready_first => ready_first = false,
             Ok(Some(Frame::Result {
                 id: rid,
                 status,
