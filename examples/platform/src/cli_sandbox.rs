@@ -157,6 +157,7 @@ pub(crate) async fn run(a: SandboxArgs) -> anyhow::Result<i32> {
                 parked: 0,
                 keepers: 1,
                 cgroups: !r.no_cgroups,
+                hold_mount_namespaces: true,
                 ..SandboxConfig::default()
             })?;
             let r = absolute(r)?;
@@ -471,6 +472,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let path = a.socket.unwrap_or_else(socket_path);
     let rt = Arc::new(PooledSandboxRuntime::new(SandboxConfig {
         parked: a.parked,
+        hold_mount_namespaces: true,
         ..SandboxConfig::default()
     })?);
     let listener = faas_gateway::register(bind(&path)?, Interest::READABLE)
