@@ -162,6 +162,57 @@ fn python_function_deployed_with_start_fork_is_forked() {
 }
 
 #[test]
+fn a_fork_refused_at_the_templates_pids_limit_is_restored_instead() {
+    let s = Server::start(&["--sandbox", "pooled"]);
+    let dir = s.work.path().join("slow");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("app.py"),
+        "import time\n\ndef handler(event, context):\n    time.sleep(0.8)\n    return \"done\"\n",
+    )
+    .unwrap();
+    // Two processes for the function's sandbox: the template and one fork.
+    let spec_json = serde_json::json!({
+        "runtime": "python",
+        "image": {"kind": "dir", "path": dir.to_str().unwrap()},
+        "handler": "app.handler",
+        "start_request": "fork",
+        "limits": {"pids": 2, "timeout_ms": 20000},
+    });
+    let r = request(&s, Method::PUT, "/functions/slow", &spec_json.to_string());
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(spec(&s, "slow")["start"], "fork");
+    // Three at once: one forks, the others find the template's pids limit
+    // reached and are restored, each in a sandbox of its own.
+    let starts: Vec<String> = std::thread::scope(|sc| {
+        let all: Vec<_> = (0..3)
+            .map(|_| {
+                sc.spawn(|| {
+                    let r = request(&s, Method::POST, "/invoke/slow", "{}");
+                    let body = String::from_utf8_lossy(&r.body).into_owned();
+                    assert_eq!(r.status, 200, "{body}");
+                    assert_eq!(body, "\"done\"");
+                    start_header(&r).to_owned()
+                })
+            })
+            .collect();
+        all.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(starts.iter().any(|m| m == "fork"), "{starts:?}");
+    assert!(starts.iter().any(|m| m == "restore"), "{starts:?}");
+    // Not a failure of fork mode: once the template has reaped the last
+    // forks (asynchronously, after their exit status was read), requests
+    // fork again.
+    let forked_again = (0..20).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let r = request(&s, Method::POST, "/invoke/slow", "{}");
+        assert_eq!(r.status, 200);
+        start_header(&r) == "fork"
+    });
+    assert!(forked_again, "fork mode was given up after a refused fork");
+}
+
+#[test]
 fn start_cold_takes_no_snapshot() {
     let s = Server::start(&["--sandbox", "pooled"]);
     let dir = s.examples().join("hello");
