@@ -398,7 +398,7 @@ pub(crate) trait NodeSource: Send + Sync {
 /// | `faas_invocation_errors_total` | counter | `function`, `code` | invocations answered with an error (`code` as in the JSON error body: `function_not_found`, `body_too_large`, `over_limit`, `instance_exited`, `timeout`, `protocol_violation`, `function_error`, …; `client_closed` for a client that went away before its answer) |
 /// | `faas_inflight_requests` | gauge | `function`, `version` | invocations in the gateway now (Lambda's concurrent executions) |
 /// | `faas_cold_starts_total` | counter | `function`, `version`, `start_mode` | instances started for a request (they reached `Ready`) |
-/// | `faas_instance_start_seconds` | histogram | `function`, `version`, `start_mode` | launch until the instance's `Ready`: the sandbox spawn (`cold`), the snapshot restore (`restore`), the template fork (`fork`) |
+/// | `faas_instance_start_seconds` | histogram | `function`, `version`, `start_mode` | launch until the instance is ready: the sandbox spawn until its `Ready` (`cold`), the snapshot restore (`restore`) or template fork (`fork`) until the launch returns (its request is sent then; a runtime that still says `Ready` after its restore says it before its answer) |
 /// | `faas_live_instances` | gauge | `node` | instances alive on the node now |
 /// | `faas_queue_depth` | gauge | `function` | requests waiting in the node gateways' queue of the function for an instance |
 /// | `faas_scheduler_decision_seconds` | histogram | | time spent in `Scheduler::schedule` (250 ns … 10 ms) |
