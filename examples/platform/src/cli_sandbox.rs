@@ -343,8 +343,8 @@ pub(crate) fn run_through_daemon(args: &[OsString]) -> Option<i32> {
     .ok()?;
     match rustix::net::connect(&sock, &addr) {
         Ok(()) => {}
-        // No daemon (or a stale socket): set it up here.
-        Err(Errno::NOENT | Errno::CONNREFUSED) => return None,
+        // No daemon (or a stale socket, or another user's): set it up here.
+        Err(Errno::NOENT | Errno::CONNREFUSED | Errno::ACCESS | Errno::PERM) => return None,
         Err(e) => {
             eprintln!("faas: sandbox daemon at {}: connect: {e}", path.display());
             return Some(1);
