@@ -741,7 +741,7 @@ impl Metrics {
             out,
             "faas_sandbox_events_total",
             "counter",
-            "What the node's sandbox runtime did: launches by where their sandbox came from (launch_resumed: an instance restored ahead; launch_ready_restorer: a restorer started ahead; launch_parked: a sandbox parked ahead; launch_unpooled: set up on the request path; launch_forked: a template's fork) and what its pools did.",
+            "What the node's sandbox runtime did: launches by where their sandbox came from (launch_resumed: an instance restored ahead; launch_ready_restorer: a restorer started ahead; launch_parked: a sandbox parked ahead; launch_unpooled: set up on the request path; launch_forked: a template's fork; launch_after_refill_wait: of the resumed and ready-restorer launches, those that found their pools empty and took what a keeper added within 1 ms) and what its pools did.",
         );
         for ((node, event), n) in sandbox {
             sample(

@@ -241,6 +241,9 @@ struct Shared {
     from_parked: AtomicU64,
     /// Launches that set a sandbox up on the request path (no pool had one).
     unpooled: AtomicU64,
+    /// Restores that found their pools empty and took what a keeper added
+    /// within [`REFILL_WAIT`].
+    refill_waits: AtomicU64,
     /// Launches that forked a template.
     forked: AtomicU64,
     /// Fork templates, by kind of sandbox and snapshot directory (see
@@ -254,6 +257,9 @@ struct Shared {
     /// [`Shared::keep`]).
     refills: Mutex<VecDeque<Refill>>,
     refill_wanted: parking_lot::Condvar,
+    /// Told each time a keeper adds an instance restored ahead, a ready
+    /// restorer or a parked sandbox (see [`wait_for_refill`]).
+    refilled: tokio::sync::Notify,
     /// Set when the runtime is dropped: background tasks stop parking.
     closing: std::sync::atomic::AtomicBool,
     cap_last: u32,
@@ -366,6 +372,7 @@ impl PooledSandboxRuntime {
                 restored: Mutex::new(HashMap::new()),
                 resumed: AtomicU64::new(0),
                 from_parked: AtomicU64::new(0),
+                refill_waits: AtomicU64::new(0),
                 unpooled: AtomicU64::new(0),
                 forked: AtomicU64::new(0),
                 templates: Mutex::new(HashMap::new()),
@@ -379,6 +386,7 @@ impl PooledSandboxRuntime {
                 ),
                 refills: Mutex::new(VecDeque::new()),
                 refill_wanted: parking_lot::Condvar::new(),
+                refilled: tokio::sync::Notify::new(),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 cap_last: spawn::cap_last_cap(),
                 next: AtomicU64::new(0),
@@ -751,6 +759,7 @@ impl Shared {
                 }
                 restored.entry(skey.clone()).or_default().push(r);
             }
+            self.refilled.notify_waiters();
             self.unless_closing();
         }
     }
@@ -773,6 +782,7 @@ impl Shared {
                         }
                         restorers.entry(key.clone()).or_default().push(r);
                     }
+                    self.refilled.notify_waiters();
                     self.unless_closing();
                 }
                 Err(e) => {
@@ -887,6 +897,7 @@ impl Shared {
                 }
                 parked.entry(key.clone()).or_default().push(p);
             }
+            self.refilled.notify_waiters();
         }
     }
 
@@ -1869,6 +1880,36 @@ fn launch_ready(sh: &Shared, spec: &SandboxSpec) -> Option<Result<SandboxInstanc
     restore_ready(sh, name, &key, &snap, fds)
 }
 
+/// How long a restore that finds every pool of its kind empty waits for
+/// the keepers' next instance before it sets a sandbox up itself. A keeper
+/// restoring ahead finishes one in well under this; a sandbox set up on the
+/// request path takes 2–10 ms (a new network namespace, a cgroup v1
+/// migration that can wait for an RCU grace period), and it competes with
+/// the keepers for the same CPUs.
+const REFILL_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A restore of `spec` when its pools are empty: waits up to
+/// [`REFILL_WAIT`] for a keeper to add an instance restored ahead or a
+/// ready restorer of its kind, and takes it. `None`: none came in time.
+async fn wait_for_refill(
+    sh: &Arc<Shared>,
+    spec: &SandboxSpec,
+) -> Option<Result<SandboxInstance, LaunchError>> {
+    let deadline = tokio::time::Instant::now() + REFILL_WAIT;
+    loop {
+        let refilled = sh.refilled.notified();
+        tokio::pin!(refilled);
+        refilled.as_mut().enable();
+        if let Some(r) = launch_ready(sh, spec) {
+            sh.refill_waits.fetch_add(1, Ordering::Relaxed);
+            return Some(r);
+        }
+        if tokio::time::timeout_at(deadline, refilled).await.is_err() {
+            return None;
+        }
+    }
+}
+
 /// The instance's fds 0–3 of `spec` (`null`: `/dev/null`).
 fn spec_fds<'a>(spec: &'a SandboxSpec, null: &'a OwnedFd) -> [BorrowedFd<'a>; 4] {
     fn stdio<'a>(s: &'a Stdio, null: &'a OwnedFd, which: i32) -> BorrowedFd<'a> {
@@ -2241,6 +2282,7 @@ impl SandboxRuntime for PooledSandboxRuntime {
         each("launch_ready_restorer", n(&sh.restored_ready));
         each("launch_parked", n(&sh.from_parked));
         each("launch_unpooled", n(&sh.unpooled));
+        each("launch_after_refill_wait", n(&sh.refill_waits));
         each("launch_forked", n(&sh.forked));
         each("netns_created", n(&sh.netns.made));
         each("netns_reused", n(&sh.netns_reused));
@@ -2263,7 +2305,11 @@ impl SandboxRuntime for PooledSandboxRuntime {
                 .filter(|_| spec.start == StartMode::Restore);
             let fast = match launch_ready(&sh, &spec) {
                 Some(r) => Some(r),
-                None => launch_parked(&sh, &spec).await,
+                None => match launch_parked(&sh, &spec).await {
+                    Some(r) => Some(r),
+                    None if restore.is_some() => wait_for_refill(&sh, &spec).await,
+                    None => None,
+                },
             };
             let inst = match fast {
                 Some(r) => r?,
