@@ -13,6 +13,7 @@ directory, with every namespace it offers:
                 sandbox up itself
   bwrap         bwrap --unshare-all --ro-bind ROOT / --dev /dev --tmpfs /tmp /hello
   runc          runc run --bundle BUNDLE ID   (bundle = ROOT as rootfs, `runc spec` config)
+  hello         the hello itself, no sandbox: the floor of any tool
 
 Wall time of the whole command (spawn of the tool, set-up, the hello,
 teardown, until its exit status) is measured by a small C driver
@@ -138,6 +139,9 @@ def main():
             "faas-oneshot": lambda: [faas, "sandbox", "run", "--no-daemon", "--root", root, "--", "/hello"],
             "bwrap": lambda: [shutil.which("bwrap"), "--unshare-all", "--ro-bind", root, "/", "--dev", "/dev", "--tmpfs", "/tmp", "/hello"],
             "runc": runc_cmd,
+            # Not a peer: the same hello exec'd directly, no sandbox (the
+            # floor any tool pays once for the program itself).
+            "hello": lambda: [os.path.join(root, "hello")],
         }
         times = {k: [] for k in cmds}
         try:
