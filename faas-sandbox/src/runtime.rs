@@ -60,7 +60,11 @@ pub struct SandboxConfig {
     /// Kinds of sandbox kept parked at most: beyond, the kind launched
     /// least recently gives up its parked sandboxes (and the namespaces
     /// and cgroups kept for it), so a stream of ever new kinds (a user
-    /// trying every memory limit) cannot pile up sandboxes.
+    /// trying every memory limit) cannot pile up sandboxes. Unbounded by
+    /// default: in the platform the kinds are the deployed function
+    /// versions, which `forget` ends, and a bound below the number of
+    /// active functions would discard and re-park sandboxes at every
+    /// launch.
     pub parked_kinds: usize,
     /// Keep a reference to each sandbox's mount namespace until it is
     /// reaped, then drop it on a background thread. The last process of a
@@ -96,7 +100,7 @@ impl Default for SandboxConfig {
             nofile: 1024,
             cgroups: true,
             parked: 4,
-            parked_kinds: 32,
+            parked_kinds: usize::MAX,
             hold_mount_namespaces: false,
             keepers: 2,
         }

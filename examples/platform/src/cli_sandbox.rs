@@ -48,6 +48,10 @@ use tokio::io::unix::AsyncFd;
 /// The daemon's socket when `$FAAS_SANDBOX_SOCKET` does not name one.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/faas/sandbox.sock";
 
+/// Kinds of sandbox (root, limits, profile) the daemon keeps parked at
+/// most; the least recently used kind gives its sandboxes up.
+const PARKED_KINDS: usize = 32;
+
 /// The largest request datagram (the command line and environment).
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -119,7 +123,8 @@ struct ServeArgs {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Sandboxes kept parked per kind (root, limits, seccomp profile,
-    /// /proc) once a command of that kind ran.
+    /// /proc) once a command of that kind ran; for the 32 kinds used
+    /// last.
     #[arg(long, default_value_t = 8)]
     parked: usize,
 }
@@ -472,6 +477,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let path = a.socket.unwrap_or_else(socket_path);
     let rt = Arc::new(PooledSandboxRuntime::new(SandboxConfig {
         parked: a.parked,
+        // Commands may come with ever new roots and limits.
+        parked_kinds: PARKED_KINDS,
         hold_mount_namespaces: true,
         ..SandboxConfig::default()
     })?);
