@@ -587,12 +587,7 @@ impl Shared {
             .extract_if(|k, _| snap_gone(k))
             .map(|(_, v)| v)
             .collect();
-        let parked: Vec<Parked> = self
-            .parked
-            .lock()
-            .extract_if(|k, _| kind_gone(k))
-            .flat_map(|(_, v)| v)
-            .collect();
+        let kinds = self.take_kinds(&kind_gone);
         let mut ready: Vec<ReadyRestorer> = self
             .restorers
             .lock()
@@ -611,29 +606,12 @@ impl Shared {
             .extract_if(|(k, dir), _| kind_gone(k) || gone(dir))
             .map(|(_, v)| v)
             .collect();
-        let netns: Vec<OwnedFd> = self
-            .netns_reuse
-            .lock()
-            .extract_if(|k, _| kind_gone(k))
-            .flat_map(|(_, v)| v)
-            .collect();
-        let cgroups: Vec<Cgroup> = self
-            .cgroup_reuse
-            .lock()
-            .extract_if(|k, _| kind_gone(k))
-            .flat_map(|(_, v)| v)
-            .collect();
         let sh = self.clone();
         let end = move || {
-            for p in parked {
-                p.discard(&sh);
-            }
+            kinds.end(&sh);
             // Killed and reaped as they drop; templates end with their
             // last instance.
-            drop((ready, snapshots, templates, netns));
-            for c in cgroups {
-                let _ = c.remove();
-            }
+            drop((ready, snapshots, templates));
             for dir in mounts {
                 if let Ok(c) = spawn::cstring("mount point", dir.as_os_str().as_bytes()) {
                     let _ = ns::umount_detach(&c);
@@ -909,6 +887,9 @@ impl Shared {
     /// the most recent kind; beyond [`SandboxConfig::parked_kinds`] the
     /// least recent ones lose what was kept for them.
     fn note_parked_kind(&self, key: &ParkKey) {
+        if self.config.parked_kinds == usize::MAX {
+            return;
+        }
         let evicted: Vec<ParkKey> = {
             let mut kinds = self.parked_kinds.lock();
             if let Some(i) = kinds.iter().position(|k| k == key) {
@@ -918,15 +899,34 @@ impl Shared {
             let over = kinds.len().saturating_sub(self.config.parked_kinds.max(1));
             kinds.drain(..over).collect()
         };
-        for k in evicted {
-            let parked = self.parked.lock().remove(&k).unwrap_or_default();
-            for p in parked {
-                p.discard(self);
-            }
-            drop(self.netns_reuse.lock().remove(&k));
-            for c in self.cgroup_reuse.lock().remove(&k).unwrap_or_default() {
-                let _ = c.remove();
-            }
+        if !evicted.is_empty() {
+            self.take_kinds(&|k| evicted.contains(k)).end(self);
+        }
+    }
+
+    /// Takes what the pools keep for the kinds `gone` selects: their
+    /// parked sandboxes, network namespaces and cgroups.
+    fn take_kinds(&self, gone: &dyn Fn(&ParkKey) -> bool) -> KindPools {
+        self.parked_kinds.lock().retain(|k| !gone(k));
+        KindPools {
+            parked: self
+                .parked
+                .lock()
+                .extract_if(|k, _| gone(k))
+                .flat_map(|(_, v)| v)
+                .collect(),
+            netns: self
+                .netns_reuse
+                .lock()
+                .extract_if(|k, _| gone(k))
+                .flat_map(|(_, v)| v)
+                .collect(),
+            cgroups: self
+                .cgroup_reuse
+                .lock()
+                .extract_if(|k, _| gone(k))
+                .flat_map(|(_, v)| v)
+                .collect(),
         }
     }
 
@@ -1815,6 +1815,28 @@ enum Refill {
     /// Instances of a snapshot restored ahead, and ready restorers of the
     /// kind.
     Restore(ParkKey, PathBuf),
+}
+
+/// What the pools kept for some kinds of sandbox, taken out of them (see
+/// [`Shared::take_kinds`]).
+struct KindPools {
+    parked: Vec<Parked>,
+    netns: Vec<OwnedFd>,
+    cgroups: Vec<Cgroup>,
+}
+
+impl KindPools {
+    /// Kills and frees the parked sandboxes, closes the namespaces, removes
+    /// the cgroups (which can take milliseconds each on cgroup v1).
+    fn end(self, sh: &Shared) {
+        for p in self.parked {
+            p.discard(sh);
+        }
+        drop(self.netns);
+        for c in self.cgroups {
+            let _ = c.remove();
+        }
+    }
 }
 
 /// A sandbox that executed the snapshot restorer ahead of time: it blocks

@@ -308,35 +308,45 @@ fn a_hostile_client_gets_an_error_and_harms_nothing() {
     let null = std::fs::File::open("/dev/null").expect("/dev/null");
     let n = null.as_fd();
     let three = [n, n, n];
-    let ok_request = br#"{"root":null,"memory":64,"pids":16,"cpu":500,"timeout":null,"seccomp":"native","proc":false,"no_cgroups":false,"env":[],"cmd":["true"]}"#;
+    // A well-formed request, and the same with one field changed.
+    let request = |field: &str, value: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "root": null, "memory": 64, "pids": 16, "cpu": 500, "timeout": null,
+            "seccomp": "native", "proc": false, "no_cgroups": false, "env": [],
+            "cmd": ["true"],
+        });
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    };
+    let ok_request = request("cmd", serde_json::json!(["true"]));
     for (data, fds, expect) in [
-        (&b"not json"[..], &three[..], "malformed request"),
-        (&ok_request[..], &three[..2], "exactly 3 fds"),
-        (&ok_request[..], &[n, n, n, n][..], "exactly 3 fds"),
+        (b"not json".to_vec(), &three[..], "malformed request"),
+        (ok_request.clone(), &three[..2], "exactly 3 fds"),
+        (ok_request.clone(), &[n, n, n, n][..], "exactly 3 fds"),
         (
-            &br#"{"root":"relative/dir","memory":64,"pids":16,"cpu":500,"timeout":null,"seccomp":"native","proc":false,"no_cgroups":false,"env":[],"cmd":["true"]}"#[..],
+            request("root", "relative/dir".into()),
             &three[..],
             "not an absolute path",
         ),
         (
-            &br#"{"root":null,"memory":64,"pids":16,"cpu":500,"timeout":-1,"seccomp":"native","proc":false,"no_cgroups":false,"env":[],"cmd":["true"]}"#[..],
+            request("timeout", (-1).into()),
             &three[..],
             "not a positive number",
         ),
         (
-            &br#"{"root":null,"memory":64,"pids":16,"cpu":500,"timeout":null,"seccomp":"native","proc":false,"no_cgroups":false,"env":[],"cmd":[]}"#[..],
+            request("cmd", serde_json::json!([])),
             &three[..],
             "no command",
         ),
     ] {
-        let answer = raw_request(&d.socket, data, fds);
+        let answer = raw_request(&d.socket, &data, fds);
         assert!(
             answer.contains("\"failed\"") && answer.contains(expect),
             "{answer}"
         );
     }
     // A well-formed one is served.
-    let answer = raw_request(&d.socket, ok_request, &three);
+    let answer = raw_request(&d.socket, &ok_request, &three);
     assert_eq!(answer, r#"{"exited":{"code":0,"notes":[]}}"#);
     let out = run(Some(&d.socket), &["--", "echo", "still here"], b"");
     assert_eq!(text(&out.stdout), "still here\n");
