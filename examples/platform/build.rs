@@ -44,6 +44,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 
     link_faas_statically(&out_dir);
+    link_early_client(&manifest_dir, &out_dir);
 
     let target_dir = out_dir.join("functions-target");
     let mut cmd = Command::new(&cargo);
@@ -263,4 +264,72 @@ fn link_faas_statically(out_dir: &Path) {
     println!("cargo:rustc-link-arg-bin=faas=-L{}", dir.display());
     println!("cargo:rustc-link-arg-bin=faas=-static");
     println!("cargo:rustc-link-arg-bin=faas=-no-pie");
+}
+
+/// Compiles `src/sys/early_client.c` (the client of `faas sandbox serve`,
+/// run before the C library starts; see its header) and makes its
+/// `faas_entry` the `faas` executable's entry point. First the object is
+/// linked alone, with nothing else to call: code that runs before the C
+/// library may not call into it (a `memcpy` the compiler emitted, a stack
+/// protector's check), and this proves it does not.
+fn link_early_client(manifest_dir: &Path, out_dir: &Path) {
+    let src = manifest_dir.join("src/sys/early_client.c");
+    println!("cargo:rerun-if-changed={}", src.display());
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    if !matches!(arch.as_str(), "x86_64" | "aarch64") {
+        println!(
+            "cargo:warning=no early client for {arch}: `faas sandbox run` will not use a \
+             `faas sandbox serve` daemon"
+        );
+        return;
+    }
+    let cc = env::var_os("CC").unwrap_or_else(|| OsString::from("cc"));
+    let obj = out_dir.join("early_client.o");
+    let run = |cmd: &mut Command, what: &str| match cmd.output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "faas-platform build.rs: {what} failed ({}):\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!(
+            "faas-platform build.rs: {what}: cannot run {}: {e}",
+            Path::new(&cc).display()
+        ),
+    };
+    run(
+        Command::new(&cc)
+            .args([
+                "-c",
+                "-O2",
+                "-std=gnu11",
+                "-Wall",
+                "-Wextra",
+                "-ffreestanding",
+                "-fno-builtin",
+                "-fno-stack-protector",
+                "-fno-tree-loop-distribute-patterns",
+                "-fno-asynchronous-unwind-tables",
+                "-fPIE",
+                "-o",
+            ])
+            .arg(&obj)
+            .arg(&src),
+        "compiling src/sys/early_client.c",
+    );
+    run(
+        Command::new(&cc)
+            .args([
+                "-nostdlib",
+                "-static",
+                "-Wl,-e,faas_entry",
+                "-Wl,--defsym,_start=0",
+                "-o",
+            ])
+            .arg(out_dir.join("early_client.check"))
+            .arg(&obj),
+        "linking src/sys/early_client.c alone (it may call nothing outside itself)",
+    );
+    println!("cargo:rustc-link-arg-bin=faas={}", obj.display());
+    println!("cargo:rustc-link-arg-bin=faas=-Wl,-e,faas_entry");
 }

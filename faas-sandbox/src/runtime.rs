@@ -1755,6 +1755,7 @@ fn finish_with(
         pids: key.pids,
         exit: None,
         exceeded: None,
+        counts: (0, 0),
     })
 }
 
@@ -2396,6 +2397,8 @@ pub(crate) struct SandboxInstance {
     pids: u32,
     exit: Option<ExitStatus>,
     exceeded: Option<LimitExceeded>,
+    /// Its cgroup's OOM kills and refused forks, read at the reap.
+    counts: (u64, u64),
 }
 
 impl SandboxInstance {
@@ -2406,11 +2409,14 @@ impl SandboxInstance {
             .or_else(|| self.afd.as_ref().map(|a| a.get_ref().as_fd()))
     }
 
-    /// After the exit: note the limit that was hit, remove the cgroup, give
-    /// the uid back.
+    /// After the exit: note the limit that was hit. What it holds is given
+    /// back when it is dropped ([`SandboxInstance::release`]), so whoever
+    /// waited can answer first: giving back wakes other threads (pool
+    /// keepers, the blocking pool), which on a small VM costs the waiter
+    /// tens of microseconds each.
     fn teardown(&mut self, status: ExitStatus) {
         self.exit = Some(status);
-        if let Some(cg) = self.cgroup.take() {
+        if let Some(cg) = &self.cgroup {
             let counts = (cg.oom_kills(), cg.pids_refused());
             if counts.0 > 0 {
                 self.exceeded = Some(LimitExceeded::Memory {
@@ -2419,11 +2425,20 @@ impl SandboxInstance {
             } else if counts.1 > 0 {
                 self.exceeded = Some(LimitExceeded::Pids { limit: self.pids });
             }
+            self.counts = counts;
+        }
+    }
+
+    /// After the reap: keeps the cgroup for the next sandbox of the kind or
+    /// removes it, gives the uid and the network namespace back, drops the
+    /// mount namespace.
+    fn release(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
             // Kept for the next sandbox of the kind if it can be, else
             // removed, which can take milliseconds (v1 memory controller):
             // not on the async thread that waits for the instance, which
             // may be serving the next request.
-            if let Err(cg) = self.shared.recycle_cgroup(&self.kind, cg, counts) {
+            if let Err(cg) = self.shared.recycle_cgroup(&self.kind, cg, self.counts) {
                 let remove = move || {
                     if let Err(e) = cg.remove() {
                         tracing::warn!(error = %e, "removing a sandbox cgroup failed");
@@ -2533,16 +2548,18 @@ impl Instance for SandboxInstance {
 
 impl Drop for SandboxInstance {
     fn drop(&mut self) {
-        if self.exit.is_some() {
-            return;
-        }
-        let _ = self.kill();
-        // SIGKILL ends it promptly; reap it so nothing is left behind.
-        for _ in 0..5000 {
-            match self.try_reap() {
-                Ok(None) => std::thread::sleep(std::time::Duration::from_micros(200)),
-                _ => break,
+        if self.exit.is_none() {
+            let _ = self.kill();
+            // SIGKILL ends it promptly; reap it so nothing is left behind.
+            for _ in 0..5000 {
+                match self.try_reap() {
+                    Ok(None) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                    _ => break,
+                }
             }
+        }
+        if self.exit.is_some() {
+            self.release();
         }
     }
 }

@@ -14,17 +14,24 @@
 //! stdio are the caller's own fds, its exit status becomes `run`'s, and a
 //! limit that ended it is named on stderr.
 //!
-//! The daemon's protocol: one `SOCK_SEQPACKET` connection per command; the
-//! client sends one datagram, a JSON [`RunRequest`] with its fds 0, 1 and 2
-//! attached (`SCM_RIGHTS`); the daemon answers with one JSON [`RunReply`]
-//! once the command has exited. A client that goes away before that (its
-//! socket closes) has its sandbox killed. Only clients of the daemon's own
-//! uid are served (`SO_PEERCRED`), and the socket is created mode 0600.
+//! The client of the daemon is not here: it is `src/sys/early_client.c`,
+//! which runs at the executable's entry point, before the C library and
+//! the Rust runtime start (most of what a process start costs on a virtual
+//! machine). It sends the daemon one `SOCK_SEQPACKET` datagram: a tag, its
+//! working directory and its arguments after `run`, with its fds 0, 1 and 2
+//! attached (`SCM_RIGHTS`). The daemon parses them as `run` would
+//! ([`take_request`]) and answers once the command has exited ([`Answer`]),
+//! or at once that the client should run the command line itself (one it
+//! does not take: `--help`, a parse error). A client that goes away before
+//! the answer (its socket closes) has its sandbox killed. Only clients of
+//! the daemon's own uid are served (`SO_PEERCRED`), and the socket is
+//! created mode 0600.
 
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +40,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use faas_core::protocol::channel_pair;
 use faas_core::{
-    ExitStatus, ImageRef, Limits, SandboxPolicy, SandboxRuntime, SandboxSpec, StartMode, Stdio,
+    ExitStatus, ImageRef, Instance, Limits, SandboxPolicy, SandboxRuntime, SandboxSpec, StartMode,
+    Stdio,
 };
 use faas_sandbox::{PooledSandboxRuntime, SandboxConfig};
 use rustix::io::Errno;
@@ -41,7 +49,6 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
-use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -74,7 +81,7 @@ enum SandboxCommand {
     Serve(ServeArgs),
 }
 
-#[derive(Args, Clone, Serialize, Deserialize)]
+#[derive(Args, Clone)]
 struct RunArgs {
     /// Root: a directory (bound read-only) or an EROFS image file
     /// [default: the host's / read-only, without its /proc, /sys, /dev].
@@ -106,7 +113,6 @@ struct RunArgs {
     /// Set the sandbox up in this process even when a `faas sandbox serve`
     /// is running.
     #[arg(long)]
-    #[serde(skip)]
     no_daemon: bool,
     /// Environment variable, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = crate::parse_env)]
@@ -129,20 +135,41 @@ struct ServeArgs {
     parked: usize,
 }
 
-/// What a command's sandbox ended with: the exit code `run` exits with
-/// and the lines it prints on stderr (a limit hit, the timeout).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum RunReply {
-    /// The command ran and ended.
-    Exited { code: i32, notes: Vec<String> },
-    /// It could not run.
-    Failed { error: String },
+/// The first bytes of a request to the daemon: protocol and version.
+const REQUEST_TAG: &[u8] = b"faas-run 1\0";
+
+/// The daemon's answer to a request.
+enum Answer {
+    /// The client runs this command line itself (a parse error, `--help`,
+    /// `--no-daemon`): `F`.
+    RunItYourself,
+    /// The command ended with `code`, or could not run (code 1), and
+    /// `text` is what to print on stderr: `X`, the code as 4 bytes
+    /// little-endian, the text.
+    Exit { code: i32, text: String },
 }
 
-/// The request a client sends: the command's [`RunArgs`] with the root
-/// (and a profile file) made absolute by the client.
-type RunRequest = RunArgs;
+impl Answer {
+    fn failed(e: &anyhow::Error) -> Answer {
+        Answer::Exit {
+            code: 1,
+            text: format!("faas: {}\n", crate::error_line(e)),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Answer::RunItYourself => b"F".to_vec(),
+            Answer::Exit { code, text } => {
+                let mut b = Vec::with_capacity(5 + text.len());
+                b.push(b'X');
+                b.extend(code.to_le_bytes());
+                b.extend(text.as_bytes());
+                b
+            }
+        }
+    }
+}
 
 impl SandboxArgs {
     /// `faas sandbox serve` (a daemon: it runs on a current-thread runtime).
@@ -165,13 +192,14 @@ pub(crate) async fn run(a: SandboxArgs) -> anyhow::Result<i32> {
                 hold_mount_namespaces: true,
                 ..SandboxConfig::default()
             })?;
-            let r = absolute(r)?;
+            let cwd = std::env::current_dir().context("the working directory")?;
+            let r = absolute(r, &cwd)?;
             let stdio = [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit];
-            let (code, notes) = execute(&rt, r, stdio, std::future::pending()).await?;
-            for n in notes {
+            let ended = execute(&rt, r, stdio, std::future::pending()).await?;
+            for n in &ended.notes {
                 eprintln!("faas: {n}");
             }
-            Ok(code)
+            Ok(ended.code)
         }
         SandboxCommand::Serve(s) => serve(s).await,
     }
@@ -196,14 +224,17 @@ fn resolve(root: &Path, cmd: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Makes the paths of a request absolute, from the caller's directory.
-fn absolute(mut r: RunArgs) -> anyhow::Result<RunArgs> {
+/// Makes the paths of a command line absolute, from the caller's
+/// directory `cwd`.
+fn absolute(mut r: RunArgs, cwd: &Path) -> anyhow::Result<RunArgs> {
     if let Some(p) = &r.root {
-        r.root = Some(std::fs::canonicalize(p).with_context(|| format!("root {}", p.display()))?);
+        r.root = Some(
+            std::fs::canonicalize(cwd.join(p)).with_context(|| format!("root {}", p.display()))?,
+        );
     }
     if !matches!(r.seccomp.as_str(), "native" | "python" | "node") {
         let p = Path::new(&r.seccomp);
-        r.seccomp = std::fs::canonicalize(p)
+        r.seccomp = std::fs::canonicalize(cwd.join(p))
             .with_context(|| format!("seccomp profile {}", p.display()))?
             .to_string_lossy()
             .into_owned();
@@ -211,15 +242,24 @@ fn absolute(mut r: RunArgs) -> anyhow::Result<RunArgs> {
     Ok(r)
 }
 
+/// How a command ended: the exit code, the lines to print, and its
+/// sandbox, reaped, whose drop gives back what it held (after the answer:
+/// giving back wakes other threads).
+struct Ended {
+    code: i32,
+    notes: Vec<String>,
+    sandbox: Box<dyn Instance>,
+}
+
 /// Runs one command in a sandbox of `rt` until it exits, its timeout, or
 /// `gone` (the client went away: the sandbox is killed, an error
-/// returned). The result is the exit code and the lines to print.
+/// returned).
 async fn execute(
     rt: &PooledSandboxRuntime,
     a: RunArgs,
     [stdin, stdout, stderr]: [Stdio; 3],
     gone: impl Future<Output = ()>,
-) -> anyhow::Result<(i32, Vec<String>)> {
+) -> anyhow::Result<Ended> {
     let root = match &a.root {
         None => ImageRef::Dir("/".into()),
         Some(p) if p.is_dir() => ImageRef::Dir(p.clone()),
@@ -310,110 +350,17 @@ async fn execute(
         ExitStatus::Code(c) => c,
         ExitStatus::Signal(s) => 128 + s,
     };
-    Ok((code, notes))
+    Ok(Ended {
+        code,
+        notes,
+        sandbox: inst,
+    })
 }
 
 fn socket_path() -> PathBuf {
     std::env::var_os("FAAS_SANDBOX_SOCKET")
         .filter(|s| !s.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from)
-}
-
-/// `faas sandbox run ...` through a running daemon, before the rest of the
-/// binary starts (no async runtime, no logging set up: a command's cost
-/// is mostly starting this process). `None` when the arguments are not
-/// `sandbox run`, do not parse, ask for this process (`--no-daemon`,
-/// `--no-cgroups`), or no daemon answers: then `main` goes on as usual.
-pub(crate) fn run_through_daemon(args: &[OsString]) -> Option<i32> {
-    if args.get(1).is_none_or(|a| a != "sandbox") || args.get(2).is_none_or(|a| a != "run") {
-        return None;
-    }
-    #[derive(Parser)]
-    struct Run {
-        #[command(flatten)]
-        run: RunArgs,
-    }
-    let r = Run::try_parse_from(&args[2..]).ok()?.run;
-    if r.no_daemon || r.no_cgroups {
-        return None;
-    }
-    let path = socket_path();
-    let addr = SocketAddrUnix::new(&path).ok()?;
-    let sock = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .ok()?;
-    match rustix::net::connect(&sock, &addr) {
-        Ok(()) => {}
-        // No daemon (or a stale socket, or another user's): set it up here.
-        Err(Errno::NOENT | Errno::CONNREFUSED | Errno::ACCESS | Errno::PERM) => return None,
-        Err(e) => {
-            eprintln!("faas: sandbox daemon at {}: connect: {e}", path.display());
-            return Some(1);
-        }
-    }
-    let r = match absolute(r) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("faas: {}", crate::error_line(&e));
-            return Some(1);
-        }
-    };
-    let Ok(request) = serde_json::to_vec(&r) else {
-        return None;
-    };
-    if request.len() > MAX_REQUEST {
-        // Too long to send: this process sets it up itself.
-        return None;
-    }
-    let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
-    let stdio = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
-    if let Err(e) = send(sock.as_fd(), &request, &stdio) {
-        // Nothing ran yet: this process can still do it itself.
-        tracing::debug!(error = %e, "the sandbox daemon did not take the command");
-        return None;
-    }
-    // The answer is a status and a few lines.
-    let mut buf = [0u8; 4096];
-    let reply = loop {
-        match rustix::net::recv(&sock, &mut buf[..], RecvFlags::empty()) {
-            Ok((n, _)) => break n,
-            Err(Errno::INTR) => {}
-            Err(e) => {
-                eprintln!("faas: sandbox daemon at {}: {e}", path.display());
-                return Some(1);
-            }
-        }
-    };
-    match serde_json::from_slice::<RunReply>(&buf[..reply]) {
-        Ok(RunReply::Exited { code, notes }) => {
-            for n in notes {
-                eprintln!("faas: {n}");
-            }
-            Some(code)
-        }
-        Ok(RunReply::Failed { error }) => {
-            eprintln!("faas: {error}");
-            Some(1)
-        }
-        Err(_) if reply == 0 => {
-            eprintln!(
-                "faas: sandbox daemon at {} went away before the command ended",
-                path.display()
-            );
-            Some(1)
-        }
-        Err(e) => {
-            eprintln!(
-                "faas: sandbox daemon at {}: unreadable answer: {e}",
-                path.display()
-            );
-            Some(1)
-        }
-    }
 }
 
 /// Sends one datagram with `fds` attached.
@@ -532,8 +479,9 @@ async fn serve_one(rt: Arc<PooledSandboxRuntime>, conn: OwnedFd) {
     let Ok(conn) = faas_gateway::register(conn, Interest::READABLE | Interest::WRITABLE) else {
         return;
     };
-    let reply = match take_request(&conn).await {
-        Ok((req, stdio)) => {
+    let mut sandbox = None;
+    let answer = match take_request(&conn).await {
+        Ok(Some((req, stdio))) => {
             let gone = async {
                 // The client sends nothing more: what it can still send is
                 // its hang-up (or a protocol violation: the same).
@@ -553,19 +501,20 @@ async fn serve_one(rt: Arc<PooledSandboxRuntime>, conn: OwnedFd) {
                 }
             };
             match execute(&rt, req, stdio, gone).await {
-                Ok((code, notes)) => RunReply::Exited { code, notes },
-                Err(e) => RunReply::Failed {
-                    error: crate::error_line(&e),
-                },
+                Ok(ended) => {
+                    sandbox = Some(ended.sandbox);
+                    Answer::Exit {
+                        code: ended.code,
+                        text: ended.notes.iter().map(|n| format!("faas: {n}\n")).collect(),
+                    }
+                }
+                Err(e) => Answer::failed(&e),
             }
         }
-        Err(e) => RunReply::Failed {
-            error: crate::error_line(&e),
-        },
+        Ok(None) => Answer::RunItYourself,
+        Err(e) => Answer::failed(&e),
     };
-    let Ok(data) = serde_json::to_vec(&reply) else {
-        return;
-    };
+    let data = answer.to_bytes();
     loop {
         let Ok(mut ready) = conn.writable().await else {
             return;
@@ -573,13 +522,17 @@ async fn serve_one(rt: Arc<PooledSandboxRuntime>, conn: OwnedFd) {
         match send(conn.get_ref().as_fd(), &data, &[]) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
             // Sent, or the client is gone: nothing more to do either way.
-            _ => return,
+            _ => break,
         }
     }
+    // Answered: now its sandbox gives back what it held.
+    drop(sandbox);
 }
 
-/// Reads a client's request: checks who it is, the datagram, its fds.
-async fn take_request(conn: &AsyncFd<OwnedFd>) -> anyhow::Result<(RunRequest, [Stdio; 3])> {
+/// Reads a client's request: checks who it is, the datagram, its fds, and
+/// parses its command line as `faas sandbox run` would. `None`: one the
+/// client should run itself.
+async fn take_request(conn: &AsyncFd<OwnedFd>) -> anyhow::Result<Option<(RunArgs, [Stdio; 3])>> {
     let peer = rustix::net::sockopt::socket_peercred(conn.get_ref())
         .context("reading the client's credentials")?;
     let me = rustix::process::geteuid();
@@ -623,14 +576,35 @@ async fn take_request(conn: &AsyncFd<OwnedFd>) -> anyhow::Result<(RunRequest, [S
     let Ok::<[OwnedFd; 3], _>([i, o, e]) = fds.try_into() else {
         bail!("a request carries exactly 3 fds (stdin, stdout, stderr)");
     };
-    let req: RunRequest = serde_json::from_slice(&buf[..len]).context("malformed request")?;
-    if req.no_cgroups {
-        bail!("the sandbox daemon always enforces cgroup limits (run with --no-daemon)");
+    let Some((cwd, args)) = split_request(&buf[..len]) else {
+        bail!("malformed request (not a faas-run 1 datagram)");
+    };
+    let cwd = Path::new(cwd);
+    if !cwd.is_absolute() {
+        bail!("working directory {}: not an absolute path", cwd.display());
     }
-    if let Some(root) = &req.root
-        && !root.is_absolute()
-    {
-        bail!("root {}: not an absolute path", root.display());
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        run: RunArgs,
     }
-    Ok((req, [Stdio::Fd(i), Stdio::Fd(o), Stdio::Fd(e)]))
+    let Ok(Run { run }) = Run::try_parse_from(std::iter::once(OsStr::new("run")).chain(args))
+    else {
+        return Ok(None);
+    };
+    if run.no_daemon || run.no_cgroups {
+        return Ok(None);
+    }
+    Ok(Some((
+        absolute(run, cwd)?,
+        [Stdio::Fd(i), Stdio::Fd(o), Stdio::Fd(e)],
+    )))
+}
+
+/// A request's working directory and arguments: after [`REQUEST_TAG`],
+/// strings each ended by a NUL.
+fn split_request(data: &[u8]) -> Option<(&OsStr, impl Iterator<Item = &OsStr>)> {
+    let rest = data.strip_prefix(REQUEST_TAG)?.strip_suffix(b"\0")?;
+    let mut strings = rest.split(|b| *b == 0).map(OsStr::from_bytes);
+    Some((strings.next()?, strings))
 }

@@ -367,11 +367,7 @@ pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(code) = cli_sandbox::run_through_daemon(&args) {
-        std::process::exit(code);
-    }
-    let cli = Cli::parse_from(args);
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FAAS_LOG")

@@ -85,10 +85,11 @@ impl Drop for Daemon {
     }
 }
 
-/// How a command is run: by itself, or through `daemon`'s socket.
+/// How a command is run: by itself, or through `daemon`'s socket; from
+/// `/usr/bin` (relative paths are the caller's).
 fn run(daemon: Option<&Path>, args: &[&str], stdin: &[u8]) -> Output {
     let mut cmd = Command::new(FAAS);
-    cmd.args(["sandbox", "run"]);
+    cmd.args(["sandbox", "run"]).current_dir("/usr/bin");
     match daemon {
         Some(s) => cmd.env("FAAS_SANDBOX_SOCKET", s),
         // A socket no daemon serves: the command sets its sandbox up.
@@ -161,6 +162,17 @@ fn stdio_passes_through_and_the_status_is_the_commands() {
         );
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "hey /tmp\n0\n");
+
+        // Arguments arrive as given; a relative root is the caller's.
+        let out = run(
+            d,
+            &[
+                "--root", "../..", "--", "printf", "[%s]", "a b", "", "ü", "--x",
+            ],
+            b"",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "[a b][][ü][--x]");
         // (Killed by a signal, 128 + its number: the limits test.)
     });
 }
@@ -270,7 +282,7 @@ fn a_client_that_goes_away_takes_its_sandbox_with_it() {
 
 /// Sends one datagram to the daemon (with `fds` attached) and returns its
 /// answer.
-fn raw_request(socket: &Path, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> String {
+fn raw_request(socket: &Path, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Vec<u8> {
     use rustix::net::{
         AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
         SocketFlags, SocketType,
@@ -298,7 +310,18 @@ fn raw_request(socket: &Path, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) 
     let mut buf = [0u8; 4096];
     let (n, _) =
         rustix::net::recv(&s, &mut buf[..], rustix::net::RecvFlags::empty()).expect("recv");
-    text(&buf[..n])
+    buf[..n].to_vec()
+}
+
+/// A request as the client sends it: the tag, the working directory, the
+/// arguments after `run`, each ended by a NUL.
+fn request(cwd: &str, args: &[&str]) -> Vec<u8> {
+    let mut r = b"faas-run 1\0".to_vec();
+    for s in std::iter::once(&cwd).chain(args) {
+        r.extend(s.as_bytes());
+        r.push(0);
+    }
+    r
 }
 
 #[test]
@@ -308,46 +331,44 @@ fn a_hostile_client_gets_an_error_and_harms_nothing() {
     let null = std::fs::File::open("/dev/null").expect("/dev/null");
     let n = null.as_fd();
     let three = [n, n, n];
-    // A well-formed request, and the same with one field changed.
-    let request = |field: &str, value: serde_json::Value| {
-        let mut v = serde_json::json!({
-            "root": null, "memory": 64, "pids": 16, "cpu": 500, "timeout": null,
-            "seccomp": "native", "proc": false, "no_cgroups": false, "env": [],
-            "cmd": ["true"],
-        });
-        v[field] = value;
-        serde_json::to_vec(&v).unwrap()
-    };
-    let ok_request = request("cmd", serde_json::json!(["true"]));
+    let ok_request = request("/", &["--memory", "64", "--", "true"]);
+    let mut unterminated = ok_request.clone();
+    unterminated.pop();
     for (data, fds, expect) in [
-        (b"not json".to_vec(), &three[..], "malformed request"),
+        (b"not a request".to_vec(), &three[..], "malformed request"),
+        (unterminated, &three[..], "malformed request"),
         (ok_request.clone(), &three[..2], "exactly 3 fds"),
         (ok_request.clone(), &[n, n, n, n][..], "exactly 3 fds"),
         (
-            request("root", "relative/dir".into()),
+            request("relative/dir", &["--", "true"]),
             &three[..],
-            "not an absolute path",
+            "working directory relative/dir: not an absolute path",
         ),
         (
-            request("timeout", (-1).into()),
+            request("/", &["--root", "no/such/root", "--", "true"]),
+            &three[..],
+            "root no/such/root: No such file",
+        ),
+        (
+            request("/", &["--timeout=-1", "--", "true"]),
             &three[..],
             "not a positive number",
-        ),
-        (
-            request("cmd", serde_json::json!([])),
-            &three[..],
-            "no command",
         ),
     ] {
         let answer = raw_request(&d.socket, &data, fds);
         assert!(
-            answer.contains("\"failed\"") && answer.contains(expect),
-            "{answer}"
+            answer.starts_with(b"X\x01\0\0\0") && text(&answer[5..]).contains(expect),
+            "{expect}: {}",
+            text(&answer)
         );
     }
+    // Command lines `run` itself would refuse, or should set up itself,
+    // go back to the client.
+    for args in [&[][..], &["--help"], &["--no-daemon", "--", "true"]] {
+        assert_eq!(raw_request(&d.socket, &request("/", args), &three), b"F");
+    }
     // A well-formed one is served.
-    let answer = raw_request(&d.socket, &ok_request, &three);
-    assert_eq!(answer, r#"{"exited":{"code":0,"notes":[]}}"#);
+    assert_eq!(raw_request(&d.socket, &ok_request, &three), b"X\0\0\0\0");
     let out = run(Some(&d.socket), &["--", "echo", "still here"], b"");
     assert_eq!(text(&out.stdout), "still here\n");
 }
