@@ -320,7 +320,14 @@ fn write(path: PathBuf, value: &str) -> Result<(), CgroupError> {
 
 /// The number after `key ` in a flat-keyed cgroup file (0 when absent).
 fn keyed(path: &Path, key: &str) -> u64 {
-    std::fs::read_to_string(path)
+    // Read at every reap: one read of a small buffer (these files are a
+    // few lines, and a cgroup file gives all it has to one read), not
+    // `read_to_string`'s stat and reads to the end.
+    let mut buf = [0u8; 512];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut buf))
+        .unwrap_or(0);
+    std::str::from_utf8(&buf[..n])
         .ok()
         .and_then(|t| {
             t.lines().find_map(|l| {
