@@ -464,8 +464,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         () = crate::shutdown_signal() => Ok(0),
     };
     drop(std::fs::remove_file(&path));
+    let (mut parked, mut unpooled) = (0, 0);
+    rt.counters(&mut |name, n| match name {
+        "launch_parked" => parked = n,
+        "launch_unpooled" => unpooled = n,
+        _ => {}
+    });
     eprintln!(
-        "faas sandbox: stopped after {} commands",
+        "faas sandbox: stopped after {} commands ({parked} in sandboxes parked ahead, \
+         {unpooled} set up on the spot)",
         SERVED.load(std::sync::atomic::Ordering::Relaxed)
     );
     end
