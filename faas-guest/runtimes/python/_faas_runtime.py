@@ -349,13 +349,13 @@ class BodyError(Exception):
     """A body could not be put into a sealed memfd."""
 
 
-def take_channel(fd=GUEST_FD, check_inherited=True):
+def take_channel(fd=GUEST_FD, check_inherited=True, buf=None):
     """Wraps fd 3 after checking it is an open, connected AF_UNIX/SOCK_SEQPACKET socket.
 
     Like faas-guest's `sys::take_guest_fd`: with `check_inherited`, an fd with
     close-on-exec set is refused (this process opened it itself; Python opens
     everything close-on-exec). Sets close-on-exec and blocking mode on it.
-    Raises `ChannelError`.
+    `buf`: the receive buffer to use (see `Channel`). Raises `ChannelError`.
     """
     import stat as _stat
 
@@ -390,16 +390,18 @@ def take_channel(fd=GUEST_FD, check_inherited=True):
     except BaseException:
         sock.detach()
         raise
-    return Channel(sock)
+    return Channel(sock, buf=buf)
 
 
 class Channel:
     """One frame per datagram on a connected SOCK_SEQPACKET socket."""
 
-    def __init__(self, sock, threshold=MEMFD_THRESHOLD):
+    def __init__(self, sock, threshold=MEMFD_THRESHOLD, buf=None):
         self.sock = sock
         self.threshold = min(threshold, MAX_INLINE_BODY)
-        self._buf = bytearray(MAX_DATAGRAM + 1)
+        # ~192 KiB, zeroed page by page when made: a restored copy reuses
+        # the one made before the snapshot point (see `main`).
+        self._buf = buf if buf is not None and len(buf) == MAX_DATAGRAM + 1 else bytearray(MAX_DATAGRAM + 1)
         self._anc = _socket.CMSG_SPACE(2 * 4)
 
     def send_datagram(self, parts, fd=None):
@@ -1601,6 +1603,10 @@ def main(argv=None):
         _exit(rt, EXIT_USAGE)
 
     if snapshot:
+        # The receive buffer, made (and its pages zeroed) before the
+        # snapshot point, so a restored copy does not make its own on the
+        # request path: ~48 page faults less per cold invocation.
+        buf = rt.chan._buf if rt.chan is not None else bytearray(MAX_DATAGRAM + 1)
         try:
             rt.snapshot_point()
         except SnapshotError as e:
@@ -1616,7 +1622,7 @@ def main(argv=None):
         if old is not None:
             old.sock.detach()
         try:
-            rt.chan = take_channel(GUEST_FD, check_inherited=False)
+            rt.chan = take_channel(GUEST_FD, check_inherited=False, buf=buf)
         except ChannelError as e:
             rt.stderr_line(
                 f"faas_runtime: fd {GUEST_FD} is not the guest channel after the snapshot "
