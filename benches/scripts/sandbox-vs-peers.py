@@ -147,7 +147,7 @@ def main():
         try:
             # Warm-up (untimed): the daemon parks sandboxes of this kind.
             for _ in range(3):
-                subprocess.run(cmds["faas"](), env=env, check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(cmds["faas"](), env=env, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
             per = 10
             for _ in range((a.runs + per - 1) // per):
                 for name, cmd in cmds.items():
@@ -155,12 +155,15 @@ def main():
                         # runc needs a fresh container id per run.
                         xs = []
                         for _ in range(per):
-                            r = subprocess.run([driver, "1"] + cmd(), env=env, capture_output=True)
+                            r = subprocess.run([driver, "1"] + cmd(), env=env, capture_output=True, stdin=subprocess.DEVNULL)
                             if r.returncode != 0:
                                 sys.exit(f"sandbox-vs-peers: runc failed: {r.stderr.decode(errors='replace').strip()}")
                             xs += r.stdout.split()
                     else:
-                        r = subprocess.run([driver, str(per)] + cmd(), env=env, capture_output=True)
+                        # stdin /dev/null for every tool (with a terminal
+                        # there, `faas sandbox run` keeps the command in its
+                        # own process group and does not use the daemon).
+                        r = subprocess.run([driver, str(per)] + cmd(), env=env, capture_output=True, stdin=subprocess.DEVNULL)
                         if r.returncode != 0:
                             sys.exit(f"sandbox-vs-peers: {name} failed: {r.stderr.decode(errors='replace').strip()}")
                         xs = r.stdout.split()

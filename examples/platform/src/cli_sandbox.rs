@@ -9,8 +9,10 @@
 //!
 //! `run` uses the daemon when its socket (`$FAAS_SANDBOX_SOCKET`, default
 //! [`DEFAULT_SOCKET`]) accepts a connection, and otherwise (or with
-//! `--no-daemon`, or `--no-cgroups`, which the daemon does not offer) sets
-//! the sandbox up itself. Either way the result is the same: the command's
+//! `--no-daemon`, or `--no-cgroups`, which the daemon does not offer, or
+//! with a terminal on stdin, which a process of the daemon could not read:
+//! it is not in the terminal's foreground process group) sets the sandbox
+//! up itself. Either way the result is the same: the command's
 //! stdio are the caller's own fds, its exit status becomes `run`'s, and a
 //! limit that ended it is named on stderr.
 //!

@@ -405,3 +405,32 @@ fn a_stale_socket_is_replaced_and_a_live_one_kept() {
     let log = d2.stop();
     assert!(log.contains("stopped after 1 commands"), "{log}");
 }
+
+#[test]
+fn a_command_with_a_terminal_on_stdin_is_not_handed_to_the_daemon() {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let d = Daemon::start();
+    // A process of the daemon could not read the caller's terminal (it is
+    // not in the terminal's foreground process group): such a command
+    // runs as the caller's child.
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+    grantpt(&master).expect("grantpt");
+    unlockpt(&master).expect("unlockpt");
+    let name = ptsname(&master, Vec::new()).expect("ptsname");
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().expect("pts path"))
+        .expect("open the terminal");
+    let out = Command::new(FAAS)
+        .args(["sandbox", "run", "--seccomp", "python", "--"])
+        .args(["sh", "-c", "test -t 0 && echo tty"])
+        .env("FAAS_SANDBOX_SOCKET", &d.socket)
+        .stdin(terminal)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "tty\n");
+    let log = d.stop();
+    assert!(log.contains("stopped after 0 commands"), "{log}");
+}

@@ -16,8 +16,8 @@
  * envp); when that returns, nothing has changed but a socket opened and
  * closed, and `_start` (the C library's entry) runs as if it had been
  * first. `faas_early` returns unless the command is `faas sandbox run`
- * without `--no-daemon`/`--no-cgroups` and a daemon answers; then it
- * exits with the command's status.
+ * without `--no-daemon`/`--no-cgroups`, its stdin is not a terminal,
+ * and a daemon answers; then it exits with the command's status.
  *
  * The rules for code that runs before the C library: no calls outside
  * this file (the build links this object alone to prove it: no
@@ -41,7 +41,7 @@
 
 #if defined(__x86_64__)
 enum {
-	NR_write = 1, NR_close = 3, NR_rt_sigaction = 13, NR_socket = 41,
+	NR_write = 1, NR_close = 3, NR_rt_sigaction = 13, NR_ioctl = 16, NR_socket = 41,
 	NR_connect = 42, NR_recvfrom = 45, NR_sendmsg = 46, NR_getcwd = 79,
 	NR_exit_group = 231,
 };
@@ -81,7 +81,7 @@ __asm__(".text\n"
 
 #elif defined(__aarch64__)
 enum {
-	NR_write = 64, NR_close = 57, NR_rt_sigaction = 134, NR_socket = 198,
+	NR_write = 64, NR_close = 57, NR_rt_sigaction = 134, NR_ioctl = 29, NR_socket = 198,
 	NR_connect = 203, NR_recvfrom = 207, NR_sendmsg = 211, NR_getcwd = 17,
 	NR_exit_group = 94,
 };
@@ -125,7 +125,7 @@ __asm__(".text\n"
 enum {
 	AF_UNIX = 1, SOCK_SEQPACKET = 5, SOCK_CLOEXEC = 02000000,
 	SOL_SOCKET = 1, SCM_RIGHTS = 1, MSG_NOSIGNAL = 0x4000,
-	EINTR = 4, SIGPIPE = 13,
+	EINTR = 4, SIGPIPE = 13, TCGETS = 0x5401,
 };
 
 struct iovec_ {
@@ -261,6 +261,15 @@ __attribute__((used, visibility("hidden"))) void faas_early(long *sp)
 	for (long i = 3; i < argc && !eq(argv[i], "--"); i++)
 		if (eq(argv[i], "--no-daemon") || eq(argv[i], "--no-cgroups"))
 			return;
+
+	/*
+	 * A terminal on stdin: the command may read it (a shell, an editor),
+	 * which a process of the daemon cannot: it is not in the terminal's
+	 * foreground process group. `main` runs it as this process's child.
+	 */
+	char termios[64];
+	if (sys3(NR_ioctl, 0, TCGETS, termios) == 0)
+		return;
 
 	const char *path = env(envp, "FAAS_SANDBOX_SOCKET");
 	if (!path || !*path)
