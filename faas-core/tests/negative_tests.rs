@@ -26,6 +26,7 @@ const ERROR: u8 = 4;
 const LOG: u8 = 5;
 const FLAG_MEMFD: u16 = 1;
 const FLAG_SNAPSHOT: u16 = 2;
+const FLAG_READY: u16 = 4;
 
 /// A 24-byte header with the given fields.
 fn header(kind: u8, flags: u16, id: u64, meta_len: u32, body_len: u32) -> Vec<u8> {
@@ -178,7 +179,7 @@ fn unknown_kind() {
 
 #[test]
 fn unknown_flags() {
-    for fl in [1 << 2, 1 << 15, u16::MAX] {
+    for fl in [1 << 3, 1 << 15, u16::MAX] {
         let e = decode_err(&frame(RESULT, fl, &result_meta(), &[]), None);
         assert!(
             matches!(e, ProtocolError::UnknownFlags { flags } if flags == fl),
@@ -454,6 +455,7 @@ fn long_error_messages_are_cut_at_a_character_boundary() {
         id: faas_core::InvocationId(1),
         status: 500,
         message,
+        ready: false,
     };
     let mut buf = Vec::new();
     f.encode(&mut buf).unwrap();
@@ -510,6 +512,43 @@ fn snapshot_flag_outside_ready() {
         &DecodeLimits::default(),
     );
     assert!(matches!(f, Ok(Frame::Ready { snapshot: true })), "{f:?}");
+}
+
+#[test]
+fn ready_flag_outside_result_and_error() {
+    let cases: [(u8, FrameKind, Vec<u8>, u64); 3] = [
+        (READY, FrameKind::Ready, Vec::new(), 0),
+        (INVOKE, FrameKind::Invoke, invoke_meta(), 42),
+        (LOG, FrameKind::Log, vec![1], 42),
+    ];
+    for (k, kind, meta, id) in cases {
+        let mut f = header(k, FLAG_READY, id, meta.len() as u32, 0);
+        f.extend_from_slice(&meta);
+        let e = decode_err(&f, None);
+        assert!(
+            matches!(e, ProtocolError::Malformed { kind: got, what: "ready flag outside Result and Error" } if got == kind),
+            "{e:?}"
+        );
+    }
+    // On Result and Error it says the next request may come at once.
+    let f = decode(
+        &frame(RESULT, FLAG_READY, &result_meta(), b"ok"),
+        None,
+        &DecodeLimits::default(),
+    );
+    assert!(matches!(f, Ok(Frame::Result { ready: true, .. })), "{f:?}");
+    let f = decode(
+        &frame(ERROR, FLAG_READY, &500u16.to_le_bytes(), b"failed"),
+        None,
+        &DecodeLimits::default(),
+    );
+    assert!(matches!(f, Ok(Frame::Error { ready: true, .. })), "{f:?}");
+    let f = decode(
+        &frame(RESULT, 0, &result_meta(), b"ok"),
+        None,
+        &DecodeLimits::default(),
+    );
+    assert!(matches!(f, Ok(Frame::Result { ready: false, .. })), "{f:?}");
 }
 
 #[test]
@@ -707,6 +746,7 @@ fn encoder_refuses_oversized_fields() {
         status: 200,
         headers: vec![(String::from("h"), "v".repeat(MAX_META as usize))],
         body: Body::Inline(Vec::new()),
+        ready: false,
     };
     let e = f.encode(&mut Vec::new()).unwrap_err();
     assert!(matches!(e, ProtocolError::MetaTooLong { .. }), "{e:?}");
@@ -756,6 +796,7 @@ fn error_message_with_invalid_utf8_decodes_lossily() {
         id,
         status,
         message,
+        ready: false,
     } = got
     else {
         panic!("decoded {got:?}");
@@ -782,6 +823,7 @@ fn long_lived_channel_reads_maximal_frames_and_refuses_larger_ones() {
         status: 200,
         headers: vec![("k".into(), "v".repeat(1000))],
         body: Body::Inline(big.clone()),
+        ready: false,
     };
     send_frame(a.as_fd(), &result, &mut scratch).unwrap();
     match rx.recv().unwrap() {

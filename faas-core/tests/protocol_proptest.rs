@@ -67,11 +67,13 @@ enum Spec {
         status: u16,
         headers: Vec<(String, String)>,
         body: BodySpec,
+        ready: bool,
     },
     Error {
         id: u64,
         status: u16,
         message: String,
+        ready: bool,
     },
     Log {
         id: u64,
@@ -104,20 +106,24 @@ impl Spec {
                 status,
                 headers,
                 body,
+                ready,
             } => Frame::Result {
                 id: InvocationId(*id),
                 status: *status,
                 headers: headers.clone(),
                 body: body.build(),
+                ready: *ready,
             },
             Spec::Error {
                 id,
                 status,
                 message,
+                ready,
             } => Frame::Error {
                 id: InvocationId(*id),
                 status: *status,
                 message: message.clone(),
+                ready: *ready,
             },
             Spec::Log { id, stream, body } => Frame::Log {
                 id: InvocationId(*id),
@@ -189,17 +195,20 @@ fn check(spec: &Spec, got: &Frame) -> Result<(), TestCaseError> {
                 status,
                 headers,
                 body,
+                ready,
             },
             Frame::Result {
                 id: i,
                 status: s,
                 headers: h,
                 body: b,
+                ready: r,
             },
         ) => {
             prop_assert_eq!(*i, InvocationId(*id));
             prop_assert_eq!(s, status);
             prop_assert_eq!(h, headers);
+            prop_assert_eq!(r, ready);
             check_body(body, b)?;
         }
         (
@@ -207,16 +216,19 @@ fn check(spec: &Spec, got: &Frame) -> Result<(), TestCaseError> {
                 id,
                 status,
                 message,
+                ready,
             },
             Frame::Error {
                 id: i,
                 status: s,
                 message: m,
+                ready: r,
             },
         ) => {
             prop_assert_eq!(*i, InvocationId(*id));
             prop_assert_eq!(s, status);
             prop_assert_eq!(m, message);
+            prop_assert_eq!(r, ready);
         }
         (
             Spec::Log { id, stream, body },
@@ -308,19 +320,28 @@ fn spec(max_body: usize) -> impl Strategy<Value = Spec> {
                 headers,
                 body,
             }),
-        (any::<u64>(), status(), headers(), body_spec(max_body)).prop_map(
-            |(id, status, headers, body)| Spec::Result {
+        (
+            any::<u64>(),
+            status(),
+            headers(),
+            body_spec(max_body),
+            any::<bool>()
+        )
+            .prop_map(|(id, status, headers, body, ready)| Spec::Result {
                 id,
                 status,
                 headers,
                 body,
+                ready,
+            }),
+        (any::<u64>(), status(), utf8(256), any::<bool>()).prop_map(
+            |(id, status, message, ready)| Spec::Error {
+                id,
+                status,
+                message,
+                ready,
             }
         ),
-        (any::<u64>(), status(), utf8(256)).prop_map(|(id, status, message)| Spec::Error {
-            id,
-            status,
-            message,
-        }),
         (any::<u64>(), stream, body_spec(max_body)).prop_map(|(id, stream, body)| Spec::Log {
             id,
             stream,
@@ -619,6 +640,7 @@ fn largest_inline_frame_round_trips() {
             seed: 3,
             threshold: MAX_INLINE_BODY as usize,
         },
+        ready: true,
     };
     let mut buf = Vec::new();
     check(&spec, &encode_decode(&spec.build(), &mut buf)).unwrap();

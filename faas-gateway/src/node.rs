@@ -549,11 +549,11 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         let served = serve_one(&mut chan, inst.as_mut(), &out, &st, p, start, timeout).await;
         cold = false;
         start_us = 0;
-        announced = false;
-        returning = matches!(served, Served::Usable) && keep_alive.is_some();
+        announced = matches!(served, Served::Usable { ready: true });
+        returning = matches!(served, Served::Usable { .. }) && keep_alive.is_some();
         match served {
-            Served::Usable if keep_alive.is_some() => {}
-            Served::Usable | Served::Done => break,
+            Served::Usable { .. } if keep_alive.is_some() => {}
+            Served::Usable { .. } | Served::Done => break,
             Served::RestoreFailed(p) => {
                 // The restorer gave up before the guest ran (its reason is
                 // on the instance's stderr): the request goes back to the
@@ -832,8 +832,9 @@ async fn wait_idle(
 
 /// What became of an instance that ran a request.
 enum Served {
-    /// It answered and can take another request.
-    Usable,
+    /// It answered and can take another request; `ready`: at once (its
+    /// answer said so), else after its next `Ready`.
+    Usable { ready: bool },
     /// It is gone or was killed.
     Done,
     /// It was restored without `Ready` and its restorer gave up before the
@@ -906,8 +907,8 @@ async fn serve_one(
         r = exchange(chan, &frame, id, out, ready_first).instrument(span) => r,
         () = sleep_until(deadline) => Err(InvokeError::TimedOut { timeout }),
     };
-    let (result, usable) = match outcome {
-        Ok(Ok((status, headers, body))) => (
+    let (result, usable, ready) = match outcome {
+        Ok((Ok((status, headers, body)), ready)) => (
             Ok(InvocationResult {
                 status,
                 headers,
@@ -922,9 +923,12 @@ async fn serve_one(
                 logs: out.finish(),
             }),
             true,
+            ready,
         ),
-        Ok(Err(e @ InvokeError::Function { .. })) => (Err(e.with_logs(out.finish())), true),
-        Ok(Err(e)) | Err(e) => {
+        Ok((Err(e @ InvokeError::Function { .. }), ready)) => {
+            (Err(e.with_logs(out.finish())), true, ready)
+        }
+        Ok((Err(e), _)) | Err(e) => {
             // Timeout or protocol violation: the instance is done for.
             let _ = inst.kill();
             let e = match e {
@@ -963,27 +967,32 @@ async fn serve_one(
                     reply,
                 });
             }
-            (Err(e.with_logs(out.finish())), false)
+            (Err(e.with_logs(out.finish())), false, false)
         }
     };
     if usable && keep_alive {
         st.queue.lock().returning += 1;
     }
     let _ = reply.send(result);
-    if usable { Served::Usable } else { Served::Done }
+    if usable {
+        Served::Usable { ready }
+    } else {
+        Served::Done
+    }
 }
 
 type Answer = Result<(u16, Vec<(String, String)>, Vec<u8>), InvokeError>;
 
 /// Sends the request and reads frames until its answer (after one `Ready`
-/// with `ready_first`).
+/// with `ready_first`). With the answer: whether the instance said it
+/// takes its next request at once (no `Ready` follows).
 async fn exchange(
     chan: &mut AsyncChannel,
     invoke: &Frame,
     id: faas_core::InvocationId,
     out: &InstanceOutput,
     mut ready_first: bool,
-) -> Result<Answer, InvokeError> {
+) -> Result<(Answer, bool), InvokeError> {
     chan.send(invoke).await.map_err(|e| match e {
         // The instance went away before taking its request.
         ProtocolError::Io { .. } => InvokeError::Exited {
@@ -1000,16 +1009,18 @@ async fn exchange(
                 status,
                 headers,
                 body,
+                ready,
             })) if rid == id => {
                 let body = body.into_vec().map_err(InvokeError::Protocol)?;
-                return Ok(Ok((status, headers, body)));
+                return Ok((Ok((status, headers, body)), ready));
             }
             Ok(Some(Frame::Error {
                 id: rid,
                 status,
                 message,
+                ready,
             })) if rid == id => {
-                return Ok(Err(InvokeError::Function { status, message }));
+                return Ok((Err(InvokeError::Function { status, message }), ready));
             }
             Ok(Some(Frame::Log {
                 id: rid,

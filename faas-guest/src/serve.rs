@@ -286,9 +286,14 @@ where
 {
     install_panic_hook();
     let chan = Arc::new(Mutex::new(channel));
+    // Kept alive, each answer says the next request may come at once (its
+    // `ready` flag): no `Ready` between requests.
+    let keep_alive = mode == ReuseMode::KeepAlive;
+    let mut announced = false;
     loop {
         let next = match pending.take() {
             Some(next) => next,
+            None if announced => recv(&mut lock(&chan))?,
             None => ready_then_recv(&mut lock(&chan), false)?,
         };
         let Some(frame) = next else {
@@ -309,10 +314,11 @@ where
                 });
             }
         };
-        send_reply(&mut lock(&chan), &reply)?;
-        if mode == ReuseMode::PerRequest {
+        send_reply(&mut lock(&chan), reply, keep_alive)?;
+        if !keep_alive {
             return Ok(());
         }
+        announced = true;
     }
 }
 
@@ -330,6 +336,11 @@ fn ready_then_recv(chan: &mut Channel, snapshot: bool) -> Result<Option<Frame>, 
             });
         }
     }
+    recv(chan)
+}
+
+/// Waits for the next frame; `None` when the gateway closed the channel.
+fn recv(chan: &mut Channel) -> Result<Option<Frame>, ServeError> {
     match chan.recv() {
         Ok(next) => Ok(next),
         Err(e) if peer_closed(&e) => Ok(None),
@@ -342,9 +353,15 @@ fn peer_closed(e: &ProtocolError) -> bool {
         if matches!(source.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset))
 }
 
-/// Sends the answer to one invocation. A `Result` the wire format cannot
-/// carry (too many or too long headers) is replaced by an `Error` saying so.
-fn send_reply(chan: &mut Channel, reply: &Frame) -> Result<(), ServeError> {
+/// Sends the answer to one invocation, with the `ready` flag set when
+/// `ready` (the next request may come at once). A `Result` the wire format
+/// cannot carry (too many or too long headers) is replaced by an `Error`
+/// saying so.
+fn send_reply(chan: &mut Channel, mut reply: Frame, ready: bool) -> Result<(), ServeError> {
+    if let Frame::Result { ready: r, .. } | Frame::Error { ready: r, .. } = &mut reply {
+        *r = ready;
+    }
+    let reply = &reply;
     let id = reply.id();
     match chan.send(reply) {
         Ok(()) => Ok(()),
@@ -353,10 +370,13 @@ fn send_reply(chan: &mut Channel, reply: &Frame) -> Result<(), ServeError> {
             | ProtocolError::MetaTooLong { .. }
             | ProtocolError::BodyTooLong { .. }),
         ) => {
-            let error = error_frame(
+            let mut error = error_frame(
                 id,
                 format!("faas-guest: the handler's response cannot be sent: {e}"),
             );
+            if let Frame::Error { ready: r, .. } = &mut error {
+                *r = ready;
+            }
             chan.send(&error).map_err(|source| ServeError::Send {
                 kind: FrameKind::Error,
                 id,
@@ -416,6 +436,7 @@ fn response_frame(id: InvocationId, response: Response) -> Frame {
             status,
             headers,
             body,
+            ready: false,
         },
         Err(e) => error_frame(
             id,
@@ -429,6 +450,7 @@ fn error_frame(id: InvocationId, message: String) -> Frame {
         id,
         status: 500,
         message,
+        ready: false,
     }
 }
 

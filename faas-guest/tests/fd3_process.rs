@@ -120,15 +120,19 @@ fn expect_ready(gw: &mut Channel, snapshot: bool) {
     }
 }
 
-fn expect_echo(gw: &mut Channel, id: u64, body: &[u8], pid: u32) {
+/// An echo's `Result`; `ready`: the flag saying the next request may come
+/// at once (kept alive: no `Ready` follows).
+fn expect_echo(gw: &mut Channel, id: u64, body: &[u8], pid: u32, ready: bool) {
     match gw.recv().unwrap() {
         Some(Frame::Result {
             id: got,
             status: 200,
             headers,
             body: got_body,
+            ready: got_ready,
         }) => {
             assert_eq!(got, InvocationId(id));
+            assert_eq!(got_ready, ready);
             assert_eq!(got_body.into_vec().unwrap(), body);
             assert_eq!(headers, vec![("x-pid".to_owned(), pid.to_string())]);
         }
@@ -158,7 +162,7 @@ fn per_request_answers_one_request_and_exits_zero() {
     let pid = child.id(); // `sh` exec'd the test binary: same pid
     expect_ready(&mut gw, false);
     invoke(&mut gw, 1, b"hello over fd 3");
-    expect_echo(&mut gw, 1, b"hello over fd 3", pid);
+    expect_echo(&mut gw, 1, b"hello over fd 3", pid, false);
     let (code, stderr) = finish(child);
     assert_eq!(code, 0, "stderr: {stderr}");
     assert!(
@@ -171,10 +175,11 @@ fn per_request_answers_one_request_and_exits_zero() {
 fn keep_alive_serves_until_the_gateway_closes_then_exits_zero() {
     let (mut gw, child) = gateway("echo", &[("FAAS_REUSE", "keep_alive")]);
     let pid = child.id();
+    // One `Ready`, then each answer says the next request may come.
+    expect_ready(&mut gw, false);
     for id in 1..=3 {
-        expect_ready(&mut gw, false);
         invoke(&mut gw, id, format!("request {id}").as_bytes());
-        expect_echo(&mut gw, id, format!("request {id}").as_bytes(), pid);
+        expect_echo(&mut gw, id, format!("request {id}").as_bytes(), pid, true);
     }
     drop(gw);
     let (code, stderr) = finish(child);
@@ -187,7 +192,7 @@ fn snapshot_point_sends_snapshot_ready_and_serve_answers_the_pulled_request() {
     let pid = child.id();
     expect_ready(&mut gw, true);
     invoke(&mut gw, 8, b"first after the snapshot point");
-    expect_echo(&mut gw, 8, b"first after the snapshot point", pid);
+    expect_echo(&mut gw, 8, b"first after the snapshot point", pid, false);
     let (code, stderr) = finish(child);
     assert_eq!(code, 0, "stderr: {stderr}");
 }
@@ -256,6 +261,7 @@ fn handler_panic_is_an_error_frame_and_one_stderr_line() {
             id,
             status,
             message,
+            ready: false,
         }) => {
             assert_eq!(id, InvocationId(3));
             assert_eq!(status, 500);

@@ -5,7 +5,8 @@
 //!      0    4  magic      b"FAAS"
 //!      4    1  version    1
 //!      5    1  kind       1 Ready, 2 Invoke, 3 Result, 4 Error, 5 Log
-//!      6    2  flags      bit 0: body travels as a sealed memfd; bit 1: Ready at a snapshot point
+//!      6    2  flags      bit 0: body travels as a sealed memfd; bit 1: Ready at a snapshot point;
+//!                         bit 2: Result/Error of an instance that takes its next Invoke now (no Ready follows)
 //!      8    8  id         invocation id (0 for Ready)
 //!     16    4  meta_len   bytes of kind-specific metadata after the header
 //!     20    4  body_len   bytes of body: inline after the metadata, or the memfd's size
@@ -48,7 +49,8 @@ pub const MAX_DATAGRAM: usize = HEADER_LEN + MAX_META as usize + MAX_INLINE_BODY
 
 const FLAG_MEMFD: u16 = 1 << 0;
 const FLAG_SNAPSHOT: u16 = 1 << 1;
-const KNOWN_FLAGS: u16 = FLAG_MEMFD | FLAG_SNAPSHOT;
+const FLAG_READY: u16 = 1 << 2;
+const KNOWN_FLAGS: u16 = FLAG_MEMFD | FLAG_SNAPSHOT | FLAG_READY;
 const MAX_HEADERS: u16 = 256;
 
 /// The kind of a frame.
@@ -123,6 +125,10 @@ pub enum Frame {
         headers: Vec<(String, String)>,
         /// Response body.
         body: Body,
+        /// The instance takes its next `Invoke` now: no `Ready` follows
+        /// (a kept-alive instance saves a send, and the gateway a receive,
+        /// per request).
+        ready: bool,
     },
     /// The handler failed (panic, exception).
     Error {
@@ -132,6 +138,8 @@ pub enum Frame {
         status: u16,
         /// What went wrong.
         message: String,
+        /// The instance takes its next `Invoke` now: no `Ready` follows.
+        ready: bool,
     },
     /// A log record.
     Log {
@@ -205,13 +213,20 @@ impl Frame {
                 status,
                 headers,
                 body,
+                ready,
                 ..
             } => {
+                if *ready {
+                    flags |= FLAG_READY;
+                }
                 out.extend_from_slice(&status.to_le_bytes());
                 put_headers(out, headers)?;
                 Some(body)
             }
-            Frame::Error { status, .. } => {
+            Frame::Error { status, ready, .. } => {
+                if *ready {
+                    flags |= FLAG_READY;
+                }
                 out.extend_from_slice(&status.to_le_bytes());
                 None
             }
@@ -355,6 +370,13 @@ pub fn decode(
             what: "snapshot flag outside Ready",
         });
     }
+    let ready = flags & FLAG_READY != 0;
+    if ready && !matches!(kind, FrameKind::Result | FrameKind::Error) {
+        return Err(ProtocolError::Malformed {
+            kind,
+            what: "ready flag outside Result and Error",
+        });
+    }
     let carries_body = matches!(kind, FrameKind::Invoke | FrameKind::Result | FrameKind::Log);
     if memfd && !carries_body {
         return Err(ProtocolError::Malformed {
@@ -410,6 +432,7 @@ pub fn decode(
                 status,
                 headers,
                 body,
+                ready,
             }
         }
         FrameKind::Error => {
@@ -424,6 +447,7 @@ pub fn decode(
                 id,
                 status,
                 message: String::from_utf8_lossy(&msg).into_owned(),
+                ready,
             }
         }
         FrameKind::Log => {

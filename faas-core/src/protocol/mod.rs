@@ -11,7 +11,13 @@
 //!       | ------------- Invoke -----------> |
 //!       | <-------------- Log ------------- |   (0..n)
 //!       | <------------ Result ------------ |   (or Error)
+//!       | <------------- Ready ------------ |   kept alive: the next one
 //! ```
+//!
+//! A kept-alive instance may instead set the `ready` flag of its `Result`
+//! or `Error` (it takes its next `Invoke` at once) and send no `Ready`
+//! before the next request: a send and a receive less per request. A
+//! gateway accepts both.
 //!
 //! Bodies larger than a threshold (default [`DEFAULT_MEMFD_THRESHOLD`]) travel
 //! as a sealed memfd passed with the frame, so the receiver can map them

@@ -77,6 +77,8 @@ fn request_round_trips_with_headers_status_and_log() {
             status,
             headers,
             body,
+            // per_request: no next request.
+            ready: false,
         }) => {
             assert_eq!(id, InvocationId(7));
             assert_eq!(status, 201);
@@ -112,6 +114,7 @@ fn large_response_arrives_as_memfd_and_small_one_inline() {
         Some(Frame::Result {
             body: Body::Memfd(m),
             status: 200,
+            ready: true,
             ..
         }) => {
             assert_eq!(m.len(), big.len() as u64);
@@ -120,8 +123,8 @@ fn large_response_arrives_as_memfd_and_small_one_inline() {
         other => panic!("expected a memfd Result, got {other:?}"),
     }
 
+    // Kept alive: the answer said the next request may come, no `Ready`.
     let edge = vec![b'x'; 64 * 1024];
-    expect_ready(&mut gw);
     send_invoke(&mut gw, 2, &[], edge.clone());
     match gw.recv().unwrap() {
         Some(Frame::Result {
@@ -145,17 +148,18 @@ fn panicking_handler_produces_error_frame_and_the_instance_goes_on() {
         }
         Response::ok("fine")
     });
+    expect_ready(&mut gw);
     for (id, body, want) in [
         (1, "boom", "boom number 42"),
         (2, "static", "a static message"),
     ] {
-        expect_ready(&mut gw);
         send_invoke(&mut gw, id, &[], body.into());
         match gw.recv().unwrap() {
             Some(Frame::Error {
                 id: got,
                 status,
                 message,
+                ready: true,
             }) => {
                 assert_eq!(got, InvocationId(id));
                 assert_eq!(status, 500);
@@ -164,7 +168,6 @@ fn panicking_handler_produces_error_frame_and_the_instance_goes_on() {
             other => panic!("expected Error, got {other:?}"),
         }
     }
-    expect_ready(&mut gw);
     send_invoke(&mut gw, 3, &[], b"ok".to_vec());
     match gw.recv().unwrap() {
         Some(Frame::Result { status: 200, .. }) => {}
@@ -181,30 +184,35 @@ fn keep_alive_serves_three_requests_then_returns_when_peer_closes() {
         seen += 1;
         Response::ok(format!("{seen}:{}", String::from_utf8_lossy(req.body())))
     });
+    // One `Ready`; then each answer says the next request may come.
+    expect_ready(&mut gw);
     for id in 1..=3u64 {
-        expect_ready(&mut gw);
         send_invoke(&mut gw, id, &[], format!("r{id}").into_bytes());
         match gw.recv().unwrap() {
-            Some(Frame::Result { id: got, body, .. }) => {
+            Some(Frame::Result {
+                id: got,
+                body,
+                ready: true,
+                ..
+            }) => {
                 assert_eq!(got, InvocationId(id));
                 assert_eq!(body.into_vec().unwrap(), format!("{id}:r{id}").as_bytes());
             }
             other => panic!("expected Result, got {other:?}"),
         }
     }
-    // The loop asks for a fourth request; the gateway closes instead.
-    expect_ready(&mut gw);
+    // The loop waits for a fourth request; the gateway closes instead.
     drop(gw);
     loop_.join().unwrap().unwrap();
 }
 
 #[test]
-fn keep_alive_returns_when_peer_closes_before_the_next_ready() {
+fn keep_alive_returns_when_peer_closes_between_requests() {
     let (mut gw, loop_) = start(ReuseMode::KeepAlive, echo);
     expect_ready(&mut gw);
     send_invoke(&mut gw, 1, &[], b"x".to_vec());
     assert_eq!(gw.recv().unwrap().unwrap().kind(), FrameKind::Result);
-    drop(gw); // the next Ready meets a closed socket: EPIPE, a clean end
+    drop(gw); // the wait for the next request meets a closed socket: a clean end
     loop_.join().unwrap().unwrap();
 }
 
@@ -225,6 +233,7 @@ fn unexpected_frame_from_gateway_is_a_protocol_error() {
         status: 200,
         headers: Vec::new(),
         body: Body::Inline(Vec::new()),
+        ready: false,
     })
     .unwrap();
     match loop_.join().unwrap() {
@@ -270,16 +279,17 @@ fn unsendable_responses_become_error_frames() {
             r.header(format!("x-{i}"), "v")
         }),
     });
+    expect_ready(&mut gw);
     for (body, want) in [
         ("status", "status 42, outside 100..=999"),
         ("headers", "cannot be sent: headers is too long"),
     ] {
-        expect_ready(&mut gw);
         send_invoke(&mut gw, 5, &[], body.into());
         match gw.recv().unwrap() {
             Some(Frame::Error {
                 status: 500,
                 message,
+                ready: true,
                 ..
             }) => assert!(message.contains(want), "{message}"),
             other => panic!("expected Error, got {other:?}"),
