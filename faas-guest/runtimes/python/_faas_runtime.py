@@ -56,7 +56,10 @@ READY, INVOKE, RESULT, ERROR, LOG = 1, 2, 3, 4, 5
 KIND_NAMES = {READY: "Ready", INVOKE: "Invoke", RESULT: "Result", ERROR: "Error", LOG: "Log"}
 FLAG_MEMFD = 1 << 0
 FLAG_SNAPSHOT = 1 << 1
-KNOWN_FLAGS = FLAG_MEMFD | FLAG_SNAPSHOT
+# On Result and Error: the instance takes its next Invoke at once (kept
+# alive), no Ready follows.
+FLAG_READY = 1 << 2
+KNOWN_FLAGS = FLAG_MEMFD | FLAG_SNAPSHOT | FLAG_READY
 STREAM_STDOUT, STREAM_STDERR, STREAM_LOG = 1, 2, 3
 
 # fcntl(2) sealing constants (linux/fcntl.h); the values fcntl.F_* also have.
@@ -142,9 +145,9 @@ def encode_ready(snapshot=False):
     return encode_header(READY, FLAG_SNAPSHOT if snapshot else 0, 0, 0, 0)
 
 
-def encode_error(iid, status, message):
+def encode_error(iid, status, message, flags=0):
     body = error_message_bytes(message)
-    return encode_inline(ERROR, iid, _U16.pack(status), body)
+    return encode_inline(ERROR, iid, _U16.pack(status), body, flags)
 
 
 def sealed_memfd(data, name="faas-body"):
@@ -310,6 +313,8 @@ def _decode(data, fd, max_body):
     name = KIND_NAMES[kind]
     if flags & FLAG_SNAPSHOT and kind != READY:
         raise ProtocolError(f"malformed {name} frame: snapshot flag outside Ready")
+    if flags & FLAG_READY and kind not in (RESULT, ERROR):
+        raise ProtocolError(f"malformed {name} frame: ready flag outside Result and Error")
     if memfd and kind not in (INVOKE, RESULT, LOG):
         raise ProtocolError(f"malformed {name} frame: memfd body on a kind without body")
     if memfd and fd is None:
@@ -415,15 +420,16 @@ class Channel:
         if n != total:
             raise ProtocolError("frame truncated in transit")
 
-    def send_frame(self, kind, iid, meta, body):
-        """Sends a frame with a body: inline up to the threshold, else as a sealed memfd.
+    def send_frame(self, kind, iid, meta, body, flags=0):
+        """Sends a frame with a body: inline up to the threshold, else as a sealed memfd
+        (`flags`: more header flags, e.g. FLAG_READY).
 
         Raises ProtocolError (fields too long), BodyError (the memfd could not
         be made), PeerClosed or OSError (sending failed)."""
         if len(meta) > MAX_META:
             raise ProtocolError(f"metadata of {len(meta)} bytes exceeds the limit of {MAX_META}")
         if len(body) <= self.threshold:
-            hdr = encode_header(kind, 0, iid, len(meta), len(body))
+            hdr = encode_header(kind, flags, iid, len(meta), len(body))
             self.send_datagram([hdr, meta, body] if body else [hdr, meta])
             return
         if len(body) > 0xFFFFFFFF:
@@ -433,7 +439,7 @@ class Channel:
         except OSError as e:
             raise BodyError(f"memfd: {e}") from None
         try:
-            hdr = encode_header(kind, FLAG_MEMFD, iid, len(meta), len(body))
+            hdr = encode_header(kind, FLAG_MEMFD | flags, iid, len(meta), len(body))
             self.send_datagram([hdr, meta], fd)
         finally:
             os.close(fd)
@@ -1308,17 +1314,19 @@ class Runtime:
         )
         return (ERROR, 500, error_json(err))
 
-    def send_reply(self, iid, reply):
-        """Sends the answer; a Result the wire cannot carry becomes an Error saying
-        so (like faas-guest's send_reply, in Lambda's error shape). Raises
-        PeerClosed or OSError."""
+    def send_reply(self, iid, reply, ready=False):
+        """Sends the answer, with FLAG_READY when `ready` (kept alive: the next
+        request may come at once, no Ready follows); a Result the wire cannot
+        carry becomes an Error saying so (like faas-guest's send_reply, in
+        Lambda's error shape). Raises PeerClosed or OSError."""
+        flags = FLAG_READY if ready else 0
         if reply[0] == RESULT:
             _, status, headers, body = reply
             try:
                 if not 100 <= status <= 999:
                     raise ProtocolError(f"status {status} is outside 100..=999")
                 meta = encode_result_meta(status, headers)
-                self.chan.send_frame(RESULT, iid, meta, body)
+                self.chan.send_frame(RESULT, iid, meta, body, flags)
                 return
             except (ProtocolError, UnicodeError, BodyError) as e:
                 if isinstance(e, BodyError):
@@ -1334,13 +1342,16 @@ class Runtime:
                 self.stderr_line(f"faas_runtime: invocation {iid:016x}: {what}: {e}")
                 reply = (ERROR, 500, error_json(err))
         _, status, message = reply
-        self.chan.send_datagram([encode_error(iid, status, message)])
+        self.chan.send_datagram([encode_error(iid, status, message, flags)])
 
     def serve(self, handler, keep_alive):
-        """The request loop (faas-guest's `run`); returns the exit code."""
+        """The request loop (faas-guest's `run`); returns the exit code. Kept alive,
+        each answer carries FLAG_READY: one Ready, at the start."""
+        announced = False
         while True:
             try:
-                self.chan.send_datagram([encode_ready(False)])
+                if not announced:
+                    self.chan.send_datagram([encode_ready(False)])
             except PeerClosed:
                 return 0
             except (ProtocolError, OSError) as e:
@@ -1358,8 +1369,9 @@ class Runtime:
                     f"{frame.id:016x}) where a guest expects Invoke",
                 )
             reply, exit_code = self.invoke(frame, handler)
+            announced = keep_alive and exit_code is None
             try:
-                self.send_reply(frame.id, reply)
+                self.send_reply(frame.id, reply, announced)
             except (PeerClosed, OSError) as e:
                 what = "Result" if reply[0] == RESULT else "Error"
                 return self.fail(

@@ -384,6 +384,7 @@ class Instance:
         )
         child.close()
         self.next_id = 1
+        self.ready_next = False
 
     def recv(self):
         raw, anc, flags, _ = self.gw.recvmsg(300_000, socket.CMSG_SPACE(16))
@@ -398,6 +399,11 @@ class Instance:
         return Frame(raw, fds[0] if fds else None)
 
     def expect_ready(self):
+        """The instance is ready: a Ready frame, or (kept alive) FLAG_READY on its
+        last answer, after which no Ready comes."""
+        if self.ready_next:
+            self.ready_next = False
+            return None
         f = self.recv()
         assert f is not None, "channel closed instead of Ready: " + self.stderr_now()
         assert f.kind == T_READY, f
@@ -436,6 +442,7 @@ class Instance:
                 logs.append(f)
                 continue
             assert f.kind in (T_RESULT, T_ERROR), f
+            self.ready_next = bool(f.flags & 4)
             return f, logs
 
     def stderr_now(self):
@@ -724,6 +731,27 @@ class Invocations(unittest.TestCase):
                 self.assertEqual(res.json(), expected, body)
         finally:
             inst.kill()
+
+    def test_kept_alive_answers_carry_the_ready_flag_instead_of_a_ready(self):
+        inst = Instance("fn.kind", reuse="keep_alive")
+        try:
+            self.assertIsNotNone(inst.expect_ready())
+            for body in (b"one", b"two"):
+                res, _ = inst.invoke(body)
+                self.assertEqual(res.kind, T_RESULT)
+                self.assertEqual(res.flags & 4, 4, res)
+            # The next frame is the third answer, not a Ready.
+            res, _ = inst.invoke(b"three")
+            self.assertEqual(res.flags & 4, 4, res)
+        finally:
+            inst.kill()
+        once = Instance("fn.kind")
+        try:
+            once.expect_ready()
+            res, _ = once.invoke(b"only")
+            self.assertEqual(res.flags & 4, 0, res)
+        finally:
+            once.kill()
 
     def test_exception_is_a_lambda_shaped_error(self):
         inst = Instance("fn.boom", reuse="keep_alive")
