@@ -50,7 +50,12 @@ const MAX_BODY = 64 * 1024 * 1024;
 const MAX_HEADERS = 256;
 const FLAG_MEMFD = 1 << 0;
 const FLAG_SNAPSHOT = 1 << 1;
-const KNOWN_FLAGS = FLAG_MEMFD | FLAG_SNAPSHOT;
+// On Result and Error: the instance takes its next Invoke at once (kept
+// alive), no Ready follows.
+const FLAG_READY = 1 << 2;
+const KNOWN_FLAGS = FLAG_MEMFD | FLAG_SNAPSHOT | FLAG_READY;
+/** Flags of every answer: FLAG_READY when kept alive (set in main). */
+let answerFlags = 0;
 
 const KIND_READY = 1;
 const KIND_INVOKE = 2;
@@ -286,11 +291,12 @@ function maxBody() {
 
 /** A frame with a body: inline up to MEMFD_THRESHOLD, else (addon only) as a sealed memfd. */
 function frameWithBody(kind, idBuf, meta, body) {
+  const flags = kind === KIND_RESULT ? answerFlags : 0;
   if (native && body.length > MEMFD_THRESHOLD) {
     const fd = native.memfdFrom(body);
-    return { datagram: Buffer.concat([header(kind, FLAG_MEMFD, idBuf, meta.length, body.length), meta]), fd };
+    return { datagram: Buffer.concat([header(kind, FLAG_MEMFD | flags, idBuf, meta.length, body.length), meta]), fd };
   }
-  return { datagram: Buffer.concat([header(kind, 0, idBuf, meta.length, body.length), meta, body]), fd: -1 };
+  return { datagram: Buffer.concat([header(kind, flags, idBuf, meta.length, body.length), meta, body]), fd: -1 };
 }
 
 /** A body that could not be put into a memfd (the answer becomes an Error). */
@@ -321,7 +327,7 @@ function errorFrame(idBuf, status, message) {
   b = b.subarray(0, utf8Cut(b, MAX_INLINE_BODY));
   const meta = Buffer.allocUnsafe(2);
   meta.writeUInt16LE(status, 0);
-  return { datagram: Buffer.concat([header(KIND_ERROR, 0, idBuf, 2, b.length), meta, b]), fd: -1 };
+  return { datagram: Buffer.concat([header(KIND_ERROR, answerFlags, idBuf, 2, b.length), meta, b]), fd: -1 };
 }
 
 function logFrame(idBuf, stream, bytes) {
@@ -957,9 +963,11 @@ async function main() {
     die(EXIT_LOAD, `cannot load handler ${JSON.stringify(opts.handler)} from ${JSON.stringify(opts.code)}: ${type}: ${msg}`);
   }
 
-  for (;;) {
+  // Kept alive, each answer carries FLAG_READY: one Ready, at the start.
+  answerFlags = mode === 'keep_alive' ? FLAG_READY : 0;
+  for (let announced = false; ; announced = mode === 'keep_alive') {
     try {
-      sendFrame(readyFrame());
+      if (!announced) sendFrame(readyFrame());
     } catch (e) {
       if (e instanceof PeerClosed) process.exit(0);
       die(EXIT_PROTOCOL, `sending Ready to the gateway: ${e.message}`);

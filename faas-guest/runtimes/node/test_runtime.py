@@ -45,6 +45,7 @@ MEMFD_THRESHOLD = 64 * 1024  # DEFAULT_MEMFD_THRESHOLD
 MAX_BODY = 64 * 1024 * 1024  # DecodeLimits::default().max_body
 READY, INVOKE, RESULT, ERROR, LOG = 1, 2, 3, 4, 5
 FLAG_MEMFD = 1
+FLAG_READY = 4
 TIMEOUT = 10.0
 MIB5 = 5 * 1024 * 1024
 
@@ -155,7 +156,8 @@ def decode(datagram, fds, native):
         assert len(datagram) >= HEADER_LEN, f"short frame {datagram!r}"
         magic, ver, kind, flags, inv_id, meta_len, body_len = HEADER.unpack_from(datagram)
         assert magic == MAGIC and ver == VERSION, datagram[:8]
-        assert flags & ~FLAG_MEMFD == 0, f"the Node runtime never sends the snapshot flag, got {flags}"
+        assert flags & ~(FLAG_MEMFD | FLAG_READY) == 0, f"the Node runtime never sends the snapshot flag, got {flags}"
+        assert not flags & FLAG_READY or kind in (RESULT, ERROR), f"ready flag on kind {kind}"
         assert meta_len <= MAX_META
         meta = datagram[HEADER_LEN : HEADER_LEN + meta_len]
         if flags & FLAG_MEMFD:
@@ -282,6 +284,11 @@ class Gateway:
         return decode(data, fds, self.native)
 
     def ready(self):
+        """The runtime is ready: a Ready frame, or (kept alive) FLAG_READY on its
+        last answer, after which no Ready comes."""
+        if getattr(self, "ready_next", False):
+            self.ready_next = False
+            return
         f = self.recv()
         assert f is not None and f.kind == READY, f"expected Ready, got {f!r} (stderr: {self.stderr_now()})"
 
@@ -313,6 +320,7 @@ class Gateway:
                 logs.append(f)
                 continue
             assert f.kind in (RESULT, ERROR), f
+            self.ready_next = bool(f.flags & FLAG_READY)
             return logs, f
 
     def wait(self):
@@ -757,6 +765,21 @@ class RuntimeCases:
         gw.ready()
         gw.sock.close()
         self.assertEqual(gw.wait(), 0)
+
+    def test_kept_alive_answers_carry_the_ready_flag_instead_of_a_ready(self):
+        gw = self.start("counter.handler", reuse="keep_alive")
+        gw.ready()
+        for i in range(1, 4):
+            _, r = gw.invoke(i, "{}")
+            self.assertEqual(r.flags & FLAG_READY, FLAG_READY, r)
+            gw.ready_next = False  # no Ready: the next frame answers the next Invoke
+        gw.sock.close()
+        self.assertEqual(gw.wait(), 0)
+        once = self.start("counter.handler", reuse="per_request")
+        once.ready()
+        _, r = once.invoke(1, "{}")
+        self.assertEqual(r.flags & FLAG_READY, 0, r)
+        self.assertEqual(once.wait(), 0)
 
     def test_per_request_exits_after_one(self):
         gw = self.start("counter.handler", reuse="per_request")
