@@ -357,11 +357,8 @@ fn peer_closed(e: &ProtocolError) -> bool {
 /// `ready` (the next request may come at once). A `Result` the wire format
 /// cannot carry (too many or too long headers) is replaced by an `Error`
 /// saying so.
-fn send_reply(chan: &mut Channel, mut reply: Frame, ready: bool) -> Result<(), ServeError> {
-    if let Frame::Result { ready: r, .. } | Frame::Error { ready: r, .. } = &mut reply {
-        *r = ready;
-    }
-    let reply = &reply;
+fn send_reply(chan: &mut Channel, reply: Frame, ready: bool) -> Result<(), ServeError> {
+    let reply = &with_ready(reply, ready);
     let id = reply.id();
     match chan.send(reply) {
         Ok(()) => Ok(()),
@@ -370,13 +367,13 @@ fn send_reply(chan: &mut Channel, mut reply: Frame, ready: bool) -> Result<(), S
             | ProtocolError::MetaTooLong { .. }
             | ProtocolError::BodyTooLong { .. }),
         ) => {
-            let mut error = error_frame(
-                id,
-                format!("faas-guest: the handler's response cannot be sent: {e}"),
+            let error = with_ready(
+                error_frame(
+                    id,
+                    format!("faas-guest: the handler's response cannot be sent: {e}"),
+                ),
+                ready,
             );
-            if let Frame::Error { ready: r, .. } = &mut error {
-                *r = ready;
-            }
             chan.send(&error).map_err(|source| ServeError::Send {
                 kind: FrameKind::Error,
                 id,
@@ -389,6 +386,14 @@ fn send_reply(chan: &mut Channel, mut reply: Frame, ready: bool) -> Result<(), S
             source,
         }),
     }
+}
+
+/// `answer` (a `Result` or `Error`) with its `ready` flag set to `ready`.
+fn with_ready(mut answer: Frame, ready: bool) -> Frame {
+    if let Frame::Result { ready: r, .. } | Frame::Error { ready: r, .. } = &mut answer {
+        *r = ready;
+    }
+    answer
 }
 
 /// Runs the handler on one `Invoke` and turns its outcome into the frame to

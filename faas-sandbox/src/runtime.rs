@@ -907,26 +907,20 @@ impl Shared {
     /// Takes what the pools keep for the kinds `gone` selects: their
     /// parked sandboxes, network namespaces and cgroups.
     fn take_kinds(&self, gone: &dyn Fn(&ParkKey) -> bool) -> KindPools {
+        fn take<V>(
+            pool: &Mutex<HashMap<ParkKey, Vec<V>>>,
+            gone: &dyn Fn(&ParkKey) -> bool,
+        ) -> Vec<V> {
+            pool.lock()
+                .extract_if(|k, _| gone(k))
+                .flat_map(|(_, v)| v)
+                .collect()
+        }
         self.parked_kinds.lock().retain(|k| !gone(k));
         KindPools {
-            parked: self
-                .parked
-                .lock()
-                .extract_if(|k, _| gone(k))
-                .flat_map(|(_, v)| v)
-                .collect(),
-            netns: self
-                .netns_reuse
-                .lock()
-                .extract_if(|k, _| gone(k))
-                .flat_map(|(_, v)| v)
-                .collect(),
-            cgroups: self
-                .cgroup_reuse
-                .lock()
-                .extract_if(|k, _| gone(k))
-                .flat_map(|(_, v)| v)
-                .collect(),
+            parked: take(&self.parked, gone),
+            netns: take(&self.netns_reuse, gone),
+            cgroups: take(&self.cgroup_reuse, gone),
         }
     }
 

@@ -30,9 +30,9 @@
 //! created mode 0600.
 
 use std::ffi::OsStr;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,8 +48,8 @@ use faas_core::{
 use faas_sandbox::{PooledSandboxRuntime, SandboxConfig};
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
+    SocketAddrUnix, SocketFlags, SocketType,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -83,7 +83,7 @@ enum SandboxCommand {
     Serve(ServeArgs),
 }
 
-#[derive(Args, Clone)]
+#[derive(Args)]
 struct RunArgs {
     /// Root: a directory (bound read-only) or an EROFS image file
     /// [default: the host's / read-only, without its /proc, /sys, /dev].
@@ -365,28 +365,6 @@ fn socket_path() -> PathBuf {
         .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from)
 }
 
-/// Sends one datagram with `fds` attached.
-fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::ErrorKind::OutOfMemory.into());
-    }
-    loop {
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(data)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(n) if n == data.len() => return Ok(()),
-            Ok(_) => return Err(io::ErrorKind::WriteZero.into()),
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Binds the daemon's socket at `path` (mode 0600), replacing a stale one;
 /// refuses when another daemon answers there.
 fn bind(path: &Path) -> anyhow::Result<OwnedFd> {
@@ -528,8 +506,9 @@ async fn serve_one(rt: Arc<PooledSandboxRuntime>, conn: OwnedFd) {
         let Ok(mut ready) = conn.writable().await else {
             return;
         };
-        match send(conn.get_ref().as_fd(), &data, &[]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+        match rustix::net::send(conn.get_ref(), &data, SendFlags::NOSIGNAL) {
+            Err(Errno::AGAIN) => ready.clear_ready(),
+            Err(Errno::INTR) => {}
             // Sent, or the client is gone: nothing more to do either way.
             _ => break,
         }
