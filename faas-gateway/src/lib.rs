@@ -40,6 +40,7 @@
 
 mod channel;
 pub mod cluster;
+mod cpu;
 mod http;
 mod invocations;
 mod logs;

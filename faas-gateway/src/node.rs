@@ -20,6 +20,7 @@ use tokio::time::sleep_until;
 use tracing::Instrument;
 
 use crate::channel::AsyncChannel;
+use crate::cpu;
 use crate::logs::InstanceOutput;
 use crate::metrics::{Metrics, NodeSource};
 use crate::prepare::{self, PrepareError, Prepared, Preparer, SnapshotFailure, micros};
@@ -44,6 +45,10 @@ pub struct NodeConfig {
     /// the sandbox runtime honours `SandboxPolicy::binds`
     /// (`PooledSandboxRuntime`), [`Layout::Host`] for `ProcessRuntime`.
     pub layout: Layout,
+    /// Pin each kept-alive instance to one CPU and hand a request to an
+    /// idle instance on the CPU that handles it (see the `cpu` module): a
+    /// wake-up on the same CPU costs no inter-processor interrupt.
+    pub pin_instances: bool,
 }
 
 impl Default for NodeConfig {
@@ -54,6 +59,7 @@ impl Default for NodeConfig {
             inherit_stderr: true,
             runtimes: RuntimeCommands::default(),
             layout: Layout::default(),
+            pin_instances: true,
         }
     }
 }
@@ -84,7 +90,8 @@ struct Queue {
     /// parked last: a request takes the last one (its process and caches
     /// are the warmest, and under a load that needs fewer instances than
     /// are alive, the same few keep serving while the others age out).
-    idle: VecDeque<oneshot::Sender<Pending>>,
+    /// Each is tagged with the CPU it is pinned to (see [`cpu`]).
+    idle: VecDeque<(Option<usize>, oneshot::Sender<Pending>)>,
     /// Instances launched that have not looked at `pending` yet.
     launching: usize,
     /// Keep-alive instances that have answered and will look at `pending`
@@ -102,6 +109,20 @@ impl Queue {
         }
         None
     }
+
+    /// The most recently parked idle instance pinned to CPU `here`, else
+    /// the most recently parked one.
+    fn take_idle(&mut self, here: Option<usize>) -> Option<oneshot::Sender<Pending>> {
+        let at = match here {
+            Some(_) => self
+                .idle
+                .iter()
+                .rposition(|(c, _)| *c == here)
+                .unwrap_or(self.idle.len().checked_sub(1)?),
+            None => self.idle.len().checked_sub(1)?,
+        };
+        self.idle.remove(at).map(|(_, tx)| tx)
+    }
 }
 
 /// State per function version.
@@ -114,6 +135,9 @@ struct FnState {
     fork_failed: AtomicBool,
     /// The function was deleted: instances do not park idle any more.
     removed: AtomicBool,
+    /// Kept-alive instances given a home CPU so far (they take the CPUs in
+    /// turn).
+    homes: AtomicU64,
 }
 
 impl FnState {
@@ -244,6 +268,7 @@ impl LocalNodeGateway {
                     restore_failed: AtomicBool::new(false),
                     fork_failed: AtomicBool::new(false),
                     removed: AtomicBool::new(false),
+                    homes: AtomicU64::new(0),
                 });
                 fns.insert(key, st.clone());
                 st
@@ -269,8 +294,13 @@ impl LocalNodeGateway {
         let st = self.state(&spec);
         let launch = {
             let mut q = st.queue.lock();
+            let here = if self.inner.config.pin_instances {
+                cpu::current()
+            } else {
+                None
+            };
             loop {
-                match q.idle.pop_back() {
+                match q.take_idle(here) {
                     Some(idle) => match idle.send(p) {
                         Ok(()) => break false,
                         Err(back) => p = back,
@@ -443,6 +473,16 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         }
     };
     inner.stats.launched.fetch_add(1, Ordering::Relaxed);
+    // A kept-alive instance's home CPU (see the `cpu` module), and whether
+    // it is pinned there now.
+    let home = match keep_alive {
+        Some(_) if inner.config.pin_instances => {
+            cpu::home(st.homes.fetch_add(1, Ordering::Relaxed))
+        }
+        _ => None,
+    }
+    .filter(|&c| cpu::pin(inst.pid(), c));
+    let mut pinned = home.is_some();
     inner.stats.live.fetch_add(1, Ordering::Relaxed);
     let _live = LiveGuard(&inner.stats);
 
@@ -510,11 +550,11 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
                     // Instances that stopped waiting (idle time over) leave
                     // their closed senders at the front, where requests
                     // rarely reach: drop them here.
-                    while q.idle.front().is_some_and(oneshot::Sender::is_closed) {
+                    while q.idle.front().is_some_and(|(_, tx)| tx.is_closed()) {
                         q.idle.pop_front();
                     }
                     let (tx, rx) = oneshot::channel();
-                    q.idle.push_back(tx);
+                    q.idle.push_back((home.filter(|_| pinned), tx));
                     (None, Some(rx))
                 }
                 (None, _) => (None, None),
@@ -546,7 +586,16 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             ready_first: cold && says_ready,
             keep_alive: keep_alive.is_some(),
         };
+        let began = Instant::now();
         let served = serve_one(&mut chan, inst.as_mut(), &out, &st, p, start, timeout).await;
+        if let Some(c) = home {
+            let took = began.elapsed();
+            if pinned && took > cpu::UNPIN_AFTER {
+                pinned = !cpu::unpin(inst.pid());
+            } else if !pinned && took < cpu::REPIN_BELOW {
+                pinned = cpu::pin(inst.pid(), c);
+            }
+        }
         cold = false;
         start_us = 0;
         announced = matches!(served, Served::Usable { ready: true });

@@ -196,6 +196,11 @@ struct ServeArgs {
     /// cold (snapshots need the pooled sandbox anyway).
     #[arg(long)]
     no_snapshots: bool,
+    /// Let the kernel place kept-alive instances on any CPU, instead of
+    /// pinning each to one and handing requests to those on the CPU that
+    /// handles them (which saves a cross-CPU wake-up per request).
+    #[arg(long)]
+    no_pin_instances: bool,
 }
 
 #[derive(Args)]
@@ -242,6 +247,11 @@ struct NodeArgs {
     /// that are not visible are always fetched).
     #[arg(long)]
     always_fetch: bool,
+    /// Let the kernel place kept-alive instances on any CPU, instead of
+    /// pinning each to one and handing requests to those on the CPU that
+    /// handles them (which saves a cross-CPU wake-up per request).
+    #[arg(long)]
+    no_pin_instances: bool,
 }
 
 fn parse_sandbox(s: &str) -> Result<SandboxChoice, String> {
@@ -590,6 +600,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.python = a.python;
     config.node = a.node;
     config.snapshots = !a.no_snapshots;
+    config.pin_instances = !a.no_pin_instances;
     let platform = Platform::new(&config)?;
     let (listener, addr) = Platform::bind(a.listen).await?;
     outln!(
@@ -624,6 +635,7 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
     platform.python = a.python;
     platform.node = a.node;
     platform.snapshots = !a.no_snapshots;
+    platform.pin_instances = !a.no_pin_instances;
     let token = faas_gateway::cluster::ClusterToken::load(&a.cluster_token_file)?;
     let settings = faas_platform::cluster::NodeSettings {
         join: a.join,

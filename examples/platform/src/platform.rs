@@ -42,6 +42,9 @@ pub struct PlatformConfig {
     /// Take a snapshot of each Python function at deploy and restore its
     /// instances from it (with the pooled sandbox; else they start cold).
     pub snapshots: bool,
+    /// Pin kept-alive instances to a CPU each and hand requests to those
+    /// on the CPU that handles them (see `faas_gateway::NodeConfig`).
+    pub pin_instances: bool,
 }
 
 /// Which [`SandboxRuntime`] starts the instances.
@@ -60,7 +63,7 @@ pub enum SandboxChoice {
 impl PlatformConfig {
     /// Defaults with the given state directory: 64 slots, 6 MiB bodies,
     /// instance stderr shown, `/usr/bin/python3` and `/usr/bin/node`,
-    /// snapshots on.
+    /// snapshots on, kept-alive instances pinned.
     pub fn new(state_dir: PathBuf) -> Self {
         PlatformConfig {
             state_dir,
@@ -71,6 +74,7 @@ impl PlatformConfig {
             python: PathBuf::from(crate::runtimes::DEFAULT_PYTHON),
             node: PathBuf::from(crate::runtimes::DEFAULT_NODE),
             snapshots: true,
+            pin_instances: true,
         }
     }
 }
@@ -184,6 +188,7 @@ pub(crate) fn local_node(
         inherit_stderr: config.inherit_stderr,
         runtimes,
         layout,
+        pin_instances: config.pin_instances,
     };
     // Restores need the pooled sandbox (the layout says which it is).
     let node = if config.snapshots && layout == Layout::Sandbox {

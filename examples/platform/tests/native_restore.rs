@@ -135,6 +135,53 @@ fn keep_alive_native_instance_is_restored_once_then_warm() {
     }
 }
 
+/// The server's child processes whose CPU affinity is one CPU.
+fn children_pinned_to_one_cpu(s: &Server) -> Vec<u32> {
+    let mut pinned = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", s.pid())).unwrap();
+    for task in tasks {
+        let children = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
+        for pid in children.split_whitespace() {
+            // A child may exit meanwhile.
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                continue;
+            };
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim();
+            if !cpus.contains([',', '-']) {
+                pinned.push(pid.parse().unwrap());
+            }
+        }
+    }
+    pinned
+}
+
+/// A kept-alive instance is pinned to one CPU (so that handing it a request
+/// wakes it on the CPU of the gateway thread that handles the request);
+/// `--no-pin-instances` leaves every instance to the kernel.
+#[test]
+fn kept_alive_instances_are_pinned_to_one_cpu_unless_told_not_to() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: this process may run on one CPU only");
+        return;
+    }
+    for (extra, pinned) in [(None, 1), (Some("--no-pin-instances"), 0)] {
+        let mut args = vec!["--sandbox", "pooled"];
+        args.extend(extra);
+        let s = Server::start(&args);
+        deploy(&s, "hello", &["--keep-alive-ms", "60000"]);
+        for _ in 0..3 {
+            let r = request(&s, Method::POST, "/invoke/hello", "hi");
+            assert_eq!(r.status, 200);
+        }
+        // One instance served all three requests, one after the other.
+        assert_eq!(children_pinned_to_one_cpu(&s).len(), pinned, "{extra:?}");
+    }
+}
+
 #[test]
 fn a_broken_snapshot_falls_back_to_cold_starts() {
     let mut s = Server::start(&["--sandbox", "pooled"]);

@@ -38,6 +38,11 @@ impl Server {
         s
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the server logged so far (see [`Server::start_logged`]),
     /// without terminal colours.
     pub(crate) fn log(&self) -> String {
