@@ -5,7 +5,8 @@
 #
 # usage: benches/scripts/warm-wrk.sh
 #   env: FAAS (default $CARGO_TARGET_DIR/release/faas or target/release/faas),
-#        CONNS ("1 8 32 128"), DURATION (10), THREADS (2), SLOTS (256)
+#        CONNS ("1 8 32 128"), DURATION (10), THREADS (2), SLOTS (256),
+#        SERVE_ARGS (more `faas serve` options, e.g. --no-pin-instances)
 #
 # Needs wrk (apt-get install wrk) and a release build
 # (cargo build --release -p faas-platform). Every request is POST
@@ -38,7 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$FAAS" serve --listen 127.0.0.1:0 --quiet-instances --slots "$SLOTS" \
-    --state-dir "$work/state" >"$work/serve.out" 2>"$work/serve.err" &
+    --state-dir "$work/state" ${SERVE_ARGS:-} >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 url=
 for _ in $(seq 100); do
