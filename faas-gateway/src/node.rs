@@ -292,13 +292,13 @@ impl LocalNodeGateway {
             reply: tx,
         };
         let st = self.state(&spec);
+        let here = if self.inner.config.pin_instances {
+            cpu::current()
+        } else {
+            None
+        };
         let launch = {
             let mut q = st.queue.lock();
-            let here = if self.inner.config.pin_instances {
-                cpu::current()
-            } else {
-                None
-            };
             loop {
                 match q.take_idle(here) {
                     Some(idle) => match idle.send(p) {
