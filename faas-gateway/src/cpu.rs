@@ -1,4 +1,4 @@
-//! CPU affinity of kept-alive instances.
+//! CPU affinity of instances.
 //!
 //! Handing a request to an instance wakes it. On a virtual machine, waking
 //! a process on another vCPU costs an inter-processor interrupt, a VM exit
@@ -11,25 +11,32 @@
 //! So each kept-alive instance gets a home CPU, one of those the node
 //! gateway may run on (round robin), and is pinned to it; a request goes to
 //! an idle instance whose home is the CPU the request is handled on when
-//! there is one (see `Queue::take_idle`). Per-request instances serve one
-//! request and are not pinned.
+//! there is one (see `Queue::take_idle`). A per-request instance is pinned
+//! to the CPU that sends it its request, just before it is sent, while the
+//! requests of its function run shorter than [`SHORT_RUN`] on average (a
+//! restored Python hello runs ~1.5 ms and is better off on whichever CPU is
+//! free).
 //!
 //! Pinning is for short requests, where a wake-up is a large part of the
-//! cost. An instance whose request ran longer than [`UNPIN_AFTER`] is
-//! unpinned (for work that long a wake-up is noise, and the kernel must be
-//! free to run it on whichever CPU is idle); it is pinned again after a
-//! request shorter than [`REPIN_BELOW`].
+//! cost. A per-request instance still running its request after
+//! [`UNPIN_AFTER`] is unpinned there and then, and a kept-alive one after a
+//! request that took longer (for work that long a wake-up is noise, and the
+//! kernel must be free to run it on whichever CPU is idle); a kept-alive one
+//! is pinned to its home again after a request shorter than
+//! [`SHORT_RUN`].
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use rustix::thread::{CpuSet, Pid, sched_getaffinity, sched_getcpu, sched_setaffinity};
 
-/// A pinned instance whose request ran longer than this is unpinned.
-pub(crate) const UNPIN_AFTER: Duration = Duration::from_millis(10);
+/// A pinned instance whose request runs longer than this is unpinned.
+pub(crate) const UNPIN_AFTER: Duration = Duration::from_millis(2);
 
-/// An unpinned instance whose request ran shorter than this is pinned again.
-pub(crate) const REPIN_BELOW: Duration = Duration::from_millis(1);
+/// A request that runs shorter than this is short: a kept-alive instance
+/// is pinned again after one, and per-request instances are pinned while
+/// their function's requests are short on average.
+pub(crate) const SHORT_RUN: Duration = Duration::from_millis(1);
 
 /// The CPU this thread runs on, when instances are pinned at all (this
 /// process may run on more than one CPU).

@@ -46,7 +46,8 @@ pub struct NodeConfig {
     /// (`PooledSandboxRuntime`), [`Layout::Host`] for `ProcessRuntime`.
     pub layout: Layout,
     /// Pin each kept-alive instance to one CPU and hand a request to an
-    /// idle instance on the CPU that handles it (see the `cpu` module): a
+    /// idle instance on the CPU that handles it, and a per-request instance
+    /// to the CPU that sends it its request (see the `cpu` module): a
     /// wake-up on the same CPU costs no inter-processor interrupt.
     pub pin_instances: bool,
 }
@@ -138,6 +139,9 @@ struct FnState {
     /// Kept-alive instances given a home CPU so far (they take the CPUs in
     /// turn).
     homes: AtomicU64,
+    /// How long the requests of its per-request instances run, in µs (a
+    /// moving average): they are pinned while it is short (see `cpu`).
+    run_us: AtomicU64,
 }
 
 impl FnState {
@@ -269,6 +273,7 @@ impl LocalNodeGateway {
                     fork_failed: AtomicBool::new(false),
                     removed: AtomicBool::new(false),
                     homes: AtomicU64::new(0),
+                    run_us: AtomicU64::new(0),
                 });
                 fns.insert(key, st.clone());
                 st
@@ -586,14 +591,36 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             ready_first: cold && says_ready,
             keep_alive: keep_alive.is_some(),
         };
+        // A per-request instance of a function whose requests are short
+        // runs on the CPU that sends it its request.
+        if keep_alive.is_none()
+            && inner.config.pin_instances
+            && st.run_us.load(Ordering::Relaxed) < micros(cpu::SHORT_RUN)
+            && let Some(c) = cpu::current()
+        {
+            pinned = cpu::pin(inst.pid(), c);
+        }
+        let pid = inst.pid();
         let began = Instant::now();
-        let served = serve_one(&mut chan, inst.as_mut(), &out, &st, p, start, timeout).await;
-        if let Some(c) = home {
-            let took = began.elapsed();
-            if pinned && took > cpu::UNPIN_AFTER {
-                pinned = !cpu::unpin(inst.pid());
-            } else if !pinned && took < cpu::REPIN_BELOW {
-                pinned = cpu::pin(inst.pid(), c);
+        let serving = serve_one(&mut chan, inst.as_mut(), &out, &st, p, start, timeout);
+        let served = if home.is_none() && pinned {
+            // One request, most often a short one: unpinned if it is not.
+            unpin_if_long(serving, pid).await
+        } else {
+            serving.await
+        };
+        // A kept-alive instance is unpinned after a long request (a timer
+        // per request would cost the warm path ~10 % of its throughput) and
+        // pinned again after a short one.
+        let took = began.elapsed();
+        match home {
+            Some(_) if pinned && took > cpu::UNPIN_AFTER => pinned = !cpu::unpin(pid),
+            Some(c) if !pinned && took < cpu::SHORT_RUN => pinned = cpu::pin(pid, c),
+            Some(_) => {}
+            None => {
+                let avg = st.run_us.load(Ordering::Relaxed);
+                let avg = avg.saturating_mul(7).saturating_add(micros(took)) / 8;
+                st.run_us.store(avg, Ordering::Relaxed);
             }
         }
         cold = false;
@@ -849,6 +876,20 @@ async fn exited(inst: &mut dyn Instance) -> InvokeError {
                     limit: None,
                 },
             }
+        }
+    }
+}
+
+/// Awaits `serving`, the request of the pinned instance `pid`, which is
+/// unpinned if it is still at it after [`cpu::UNPIN_AFTER`].
+async fn unpin_if_long(serving: impl Future<Output = Served>, pid: u32) -> Served {
+    tokio::pin!(serving);
+    tokio::select! {
+        biased;
+        served = &mut serving => served,
+        () = tokio::time::sleep(cpu::UNPIN_AFTER) => {
+            cpu::unpin(pid);
+            serving.await
         }
     }
 }
