@@ -196,9 +196,10 @@ struct ServeArgs {
     /// cold (snapshots need the pooled sandbox anyway).
     #[arg(long)]
     no_snapshots: bool,
-    /// Let the kernel place kept-alive instances on any CPU, instead of
-    /// pinning each to one and handing requests to those on the CPU that
-    /// handles them (which saves a cross-CPU wake-up per request).
+    /// Let the kernel place instances on any CPU, instead of pinning each
+    /// kept-alive one to a CPU and handing it the requests handled there,
+    /// and per-request ones with short requests to the CPU that sends them
+    /// their request (which saves a cross-CPU wake-up per request).
     #[arg(long)]
     no_pin_instances: bool,
 }
@@ -247,9 +248,10 @@ struct NodeArgs {
     /// that are not visible are always fetched).
     #[arg(long)]
     always_fetch: bool,
-    /// Let the kernel place kept-alive instances on any CPU, instead of
-    /// pinning each to one and handing requests to those on the CPU that
-    /// handles them (which saves a cross-CPU wake-up per request).
+    /// Let the kernel place instances on any CPU, instead of pinning each
+    /// kept-alive one to a CPU and handing it the requests handled there,
+    /// and per-request ones with short requests to the CPU that sends them
+    /// their request (which saves a cross-CPU wake-up per request).
     #[arg(long)]
     no_pin_instances: bool,
 }

@@ -42,8 +42,8 @@ pub struct PlatformConfig {
     /// Take a snapshot of each Python function at deploy and restore its
     /// instances from it (with the pooled sandbox; else they start cold).
     pub snapshots: bool,
-    /// Pin kept-alive instances to a CPU each and hand requests to those
-    /// on the CPU that handles them (see `faas_gateway::NodeConfig`).
+    /// Pin instances to CPUs so that handing them a request wakes them on
+    /// the same CPU (see `faas_gateway::NodeConfig::pin_instances`).
     pub pin_instances: bool,
 }
 
