@@ -114,14 +114,10 @@ impl Queue {
     /// The most recently parked idle instance pinned to CPU `here`, else
     /// the most recently parked one.
     fn take_idle(&mut self, here: Option<usize>) -> Option<oneshot::Sender<Pending>> {
-        let at = match here {
-            Some(_) => self
-                .idle
-                .iter()
-                .rposition(|(c, _)| *c == here)
-                .unwrap_or(self.idle.len().checked_sub(1)?),
-            None => self.idle.len().checked_sub(1)?,
-        };
+        let last = self.idle.len().checked_sub(1)?;
+        let at = here
+            .and_then(|h| self.idle.iter().rposition(|(c, _)| *c == Some(h)))
+            .unwrap_or(last);
         self.idle.remove(at).map(|(_, tx)| tx)
     }
 }
@@ -478,6 +474,7 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         }
     };
     inner.stats.launched.fetch_add(1, Ordering::Relaxed);
+    let pid = inst.pid();
     // A kept-alive instance's home CPU (see the `cpu` module), and whether
     // it is pinned there now.
     let home = match keep_alive {
@@ -486,7 +483,7 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         }
         _ => None,
     }
-    .filter(|&c| cpu::pin(inst.pid(), c));
+    .filter(|&c| cpu::pin(pid, c));
     let mut pinned = home.is_some();
     inner.stats.live.fetch_add(1, Ordering::Relaxed);
     let _live = LiveGuard(&inner.stats);
@@ -598,9 +595,8 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
             && st.run_us.load(Ordering::Relaxed) < micros(cpu::SHORT_RUN)
             && let Some(c) = cpu::current()
         {
-            pinned = cpu::pin(inst.pid(), c);
+            pinned = cpu::pin(pid, c);
         }
-        let pid = inst.pid();
         let began = Instant::now();
         let serving = serve_one(&mut chan, inst.as_mut(), &out, &st, p, start, timeout);
         let served = if home.is_none() && pinned {
