@@ -1,8 +1,9 @@
 //! The load generator of `faas bench`: many invocations over HTTP/1.1,
 //! summarised.
 //!
-//! Each concurrent worker owns one keep-alive connection (a hyper HTTP/1.1
-//! client connection, no pool, no locks on the request path) and sends its
+//! Each concurrent worker owns one keep-alive connection (a lean HTTP/1.1
+//! exchange of its own, see [`Connection`]; no pool, no locks on the
+//! request path) and sends its
 //! requests one after the other on it; workers take request numbers from a
 //! shared counter, so a slow request does not leave the others idle. Every
 //! response's latency, status and `x-faas-start` header (how the instance
@@ -15,10 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::{StatusCode, Uri};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::client::Client;
@@ -143,12 +142,29 @@ impl Answer {
 
 /// One HTTP/1.1 keep-alive connection to a platform server, reopened when
 /// the server closes it.
+///
+/// The load generator shares the machine with the server it measures, so
+/// its exchange is as lean as an HTTP/1.1 client can be: the request is one
+/// buffer and one `write`, the answer is read into a reused buffer and
+/// parsed in place (`httparse`), and nothing runs beside the worker that
+/// owns the connection (no connection task to wake).
 pub struct Connection {
     addr: String,
-    host: HeaderValue,
+    host: String,
     base: String,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    stream: Option<TcpStream>,
+    /// The request being sent, rebuilt in place.
+    out: Vec<u8>,
+    /// What the server sent, read in place.
+    buf: Vec<u8>,
 }
+
+/// Largest response head `faas bench` reads.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Largest response body `faas bench` reads (the platform's own limit on an
+/// invocation's answer is 6 MiB).
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 impl Connection {
     /// A connection to the server at `base` (`http://HOST:PORT`), opened on
@@ -174,15 +190,16 @@ impl Connection {
             format!("{}:80", auth.host())
         };
         Ok(Connection {
-            host: HeaderValue::from_str(auth.as_str())
-                .with_context(|| format!("server URL {base:?}: bad host"))?,
+            host: auth.as_str().to_owned(),
             addr,
             base: base.to_owned(),
-            sender: None,
+            stream: None,
+            out: Vec::new(),
+            buf: Vec::with_capacity(4096),
         })
     }
 
-    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    async fn connect(&self) -> anyhow::Result<TcpStream> {
         let tcp = TcpStream::connect(&self.addr).await.with_context(|| {
             format!(
                 "{}: cannot reach the faas server (is `faas serve` running? see --server)",
@@ -191,14 +208,7 @@ impl Connection {
         })?;
         tcp.set_nodelay(true)
             .with_context(|| format!("{}: setting TCP_NODELAY", self.base))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .with_context(|| format!("{}: HTTP handshake", self.base))?;
-        tokio::spawn(async move {
-            // A connection that fails is reported by the next request on it.
-            let _ = conn.await;
-        });
-        Ok(sender)
+        Ok(tcp)
     }
 
     /// Sends `POST /invoke/{function}` with `body` and reads the whole
@@ -206,44 +216,102 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// The server cannot be reached, or the exchange failed (the connection
-    /// is then reopened by the next call).
+    /// `function` is not a valid path segment, the server cannot be
+    /// reached, or the exchange failed (the connection is then reopened by
+    /// the next call).
     pub async fn invoke(&mut self, function: &str, body: Bytes) -> anyhow::Result<Answer> {
-        let mut sender = match self.sender.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => self.connect().await?,
+        if function.is_empty() || function.bytes().any(|b| !b.is_ascii_graphic() || b == b'/') {
+            bail!("bad function name {function:?}");
+        }
+        let mut stream = match self.stream.take() {
+            Some(s) => s,
+            None => self.connect().await?,
         };
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("/invoke/{function}"))
-            .header(http::header::HOST, self.host.clone())
-            .body(Full::new(body))
-            .with_context(|| format!("bad function name {function:?}"))?;
-        let exchange = async {
-            sender.ready().await?;
-            let resp = sender.send_request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((parts, body))
-        };
-        match exchange.await {
-            Ok((parts, body)) => {
-                self.sender = Some(sender);
-                Ok(Answer {
-                    status: parts.status,
-                    start: parts
-                        .headers
-                        .get("x-faas-start")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned),
-                    body,
-                })
+        self.out.clear();
+        self.out.extend_from_slice(b"POST /invoke/");
+        self.out.extend_from_slice(function.as_bytes());
+        self.out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        self.out.extend_from_slice(self.host.as_bytes());
+        self.out.extend_from_slice(b"\r\ncontent-length: ");
+        self.out
+            .extend_from_slice(body.len().to_string().as_bytes());
+        self.out.extend_from_slice(b"\r\n\r\n");
+        self.out.extend_from_slice(&body);
+        match exchange(&mut stream, &self.out, &mut self.buf).await {
+            Ok((answer, keep)) => {
+                if keep {
+                    self.stream = Some(stream);
+                }
+                Ok(answer)
             }
-            Err(e) => {
-                Err(anyhow::Error::new(e).context(format!("POST {}/invoke/{function}", self.base)))
-            }
+            Err(e) => Err(e.context(format!("POST {}/invoke/{function}", self.base))),
         }
     }
+}
+
+/// Writes `request` on `stream` and reads one answer into `buf`; also
+/// whether the connection can carry the next request.
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<(Answer, bool)> {
+    stream.write_all(request).await?;
+    buf.clear();
+    let (head, status, length, keep, start) = loop {
+        if stream.read_buf(buf).await? == 0 {
+            bail!("the server closed the connection before its answer");
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = r.parse(buf).context("malformed HTTP answer")?
+        else {
+            if buf.len() > MAX_HEAD {
+                bail!("the answer's head is over {MAX_HEAD} bytes");
+            }
+            continue;
+        };
+        let status = StatusCode::from_u16(r.code.unwrap_or(0)).context("bad HTTP status")?;
+        let mut length = None;
+        let mut keep = r.version == Some(1);
+        let mut start = None;
+        for h in r.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+                length = Some(n.context("bad content-length")?);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                bail!("a chunked answer (faas bench reads answers with a content-length)");
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                keep &= !h.value.eq_ignore_ascii_case(b"close");
+            } else if h.name.eq_ignore_ascii_case("x-faas-start") {
+                start = std::str::from_utf8(h.value).ok().map(str::to_owned);
+            }
+        }
+        break (head, status, length.unwrap_or(0), keep, start);
+    };
+    if length > MAX_BODY {
+        bail!("an answer of {length} bytes (faas bench reads at most {MAX_BODY})");
+    }
+    while buf.len() < head + length {
+        buf.reserve(head + length - buf.len());
+        if stream.read_buf(buf).await? == 0 {
+            bail!("the server closed the connection in the middle of its answer");
+        }
+    }
+    if buf.len() > head + length {
+        bail!("the server sent more than its answer");
+    }
+    let body = Bytes::copy_from_slice(&buf[head..]);
+    Ok((
+        Answer {
+            status,
+            start,
+            body,
+        },
+        keep,
+    ))
 }
 
 /// What one measured request gave.
@@ -447,6 +515,111 @@ mod tests {
         let e = Connection::new("https://127.0.0.1:1").err().unwrap();
         assert!(e.to_string().contains("only http://"), "{e}");
         assert!(Connection::new("not a url").is_err());
+    }
+
+    /// A server on loopback that reads one request per element of
+    /// `answers` (up to the end of its body) and writes the element in
+    /// two pieces, then closes; what it read, in order.
+    async fn canned(answers: Vec<&'static [u8]>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for a in answers {
+                let mut req = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The test's requests carry a 2-byte body after the head.
+                while !req.windows(4).any(|w| w == b"\r\n\r\n")
+                    || req.len() < req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 6
+                {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "client closed early");
+                    req.extend_from_slice(&chunk[..n]);
+                }
+                seen.push(String::from_utf8(req).unwrap());
+                let (a, b) = a.split_at(a.len() / 2);
+                s.write_all(a).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                s.write_all(b).await.unwrap();
+            }
+            seen
+        });
+        (base, task)
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_whole_over_one_kept_connection() {
+        let (base, server) = canned(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-faas-start: warm\r\n\r\nhello",
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 31\r\n\r\n{\"error\":{\"message\":\"crashed\"}}",
+        ])
+        .await;
+        let mut c = Connection::new(&base).unwrap();
+        let a = c.invoke("hello", Bytes::from_static(b"hi")).await.unwrap();
+        assert_eq!(
+            (a.status, a.start.as_deref(), &a.body[..]),
+            (StatusCode::OK, Some("warm"), &b"hello"[..])
+        );
+        let a = c
+            .invoke("hello@prod", Bytes::from_static(b"hi"))
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(a.start, None);
+        assert!(a.error_line().contains("crashed"), "{}", a.error_line());
+        let seen = server.await.unwrap();
+        assert!(
+            seen[0].starts_with("POST /invoke/hello HTTP/1.1\r\nhost: 127.0.0.1:"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[0].ends_with("content-length: 2\r\n\r\nhi"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[1].starts_with("POST /invoke/hello@prod "),
+            "{}",
+            seen[1]
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_it_cannot_read_are_errors_naming_the_request() {
+        for (answer, want) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+                "chunked",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
+                "in the middle of its answer",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                "bad content-length",
+            ),
+            (b"garbage\r\n\r\n", "malformed HTTP answer"),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nab",
+                "more than its answer",
+            ),
+        ] {
+            let (base, server) = canned(vec![answer]).await;
+            let mut c = Connection::new(&base).unwrap();
+            let e = c.invoke("f", Bytes::from_static(b"hi")).await.unwrap_err();
+            let e = format!("{e:#}");
+            assert!(
+                e.contains(want) && e.contains("POST http://127.0.0.1:"),
+                "{e}"
+            );
+            server.await.unwrap();
+        }
+        let mut c = Connection::new("http://127.0.0.1:1").unwrap();
+        let e = c.invoke("a/b", Bytes::new()).await.unwrap_err();
+        assert!(e.to_string().contains("bad function name"), "{e}");
     }
 
     #[test]
