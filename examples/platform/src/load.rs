@@ -22,6 +22,9 @@ use tokio::net::TcpStream;
 
 use crate::client::Client;
 
+/// Most warm-up rounds of a [`LoadPlan`] with `warm_up`.
+pub const WARM_UP_ROUNDS: usize = 10;
+
 /// The start modes a response can report in `x-faas-start`, in the order
 /// they are listed.
 pub const START_MODES: [&str; 4] = ["cold", "restore", "fork", "warm"];
@@ -38,9 +41,11 @@ pub struct LoadPlan {
     /// Workers, each with its own connection and one request in flight.
     pub concurrency: usize,
     /// Before measuring, every worker sends one request, all at once, and
-    /// waits for the others (not counted): with a keep-alive function this
-    /// leaves `concurrency` warm instances. Without it one request is sent
-    /// first (not counted) to check that the function answers.
+    /// waits for the others (not counted), in rounds until every answer of
+    /// a round came from a warm instance (at most [`WARM_UP_ROUNDS`]): with
+    /// a keep-alive function this leaves `concurrency` warm instances.
+    /// Without it one request is sent first (not counted) to check that the
+    /// function answers.
     pub warm_up: bool,
     /// Open loop: requests are due at this many per second, on a fixed
     /// schedule, whatever the answers do; a request that had to wait for a
@@ -360,18 +365,31 @@ pub async fn run_plan(
         Ok(())
     };
     if plan.warm_up {
-        let mut warming = tokio::task::JoinSet::new();
-        for mut conn in conns.drain(..) {
-            let (function, body) = (plan.function.clone(), plan.body.clone());
-            warming.spawn(async move {
-                let r = conn.invoke(&function, body).await;
-                (conn, r)
-            });
-        }
-        while let Some(joined) = warming.join_next().await {
-            let (conn, r) = joined.context("a warm-up request failed")?;
-            check(r, "warm-up request")?;
-            conns.push(conn);
+        // A platform may serve several of one round's requests with one
+        // new instance (an instance that answers takes the next waiting
+        // request rather than a second one being launched): rounds until
+        // every answer of one came from a warm instance, at most
+        // `WARM_UP_ROUNDS`.
+        for _ in 0..WARM_UP_ROUNDS {
+            let mut warming = tokio::task::JoinSet::new();
+            for mut conn in conns.drain(..) {
+                let (function, body) = (plan.function.clone(), plan.body.clone());
+                warming.spawn(async move {
+                    let r = conn.invoke(&function, body).await;
+                    (conn, r)
+                });
+            }
+            let mut all_warm = true;
+            while let Some(joined) = warming.join_next().await {
+                let (conn, r) = joined.context("a warm-up request failed")?;
+                let r = r?;
+                all_warm &= r.start.as_deref() == Some("warm");
+                check(Ok(r), "warm-up request")?;
+                conns.push(conn);
+            }
+            if all_warm {
+                break;
+            }
         }
     } else {
         let first = conns[0].invoke(function, plan.body.clone()).await;
