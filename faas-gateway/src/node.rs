@@ -612,7 +612,9 @@ async fn instance_task(inner: Arc<Inner>, st: Arc<FnState>) {
         match home {
             Some(_) if pinned && took > cpu::UNPIN_AFTER => pinned = !cpu::unpin(pid),
             Some(c) if !pinned && took < cpu::SHORT_RUN => pinned = cpu::pin(pid, c),
+            // Only per-request instances read the average.
             Some(_) => {}
+            None if keep_alive.is_some() => {}
             None => {
                 let avg = st.run_us.load(Ordering::Relaxed);
                 let avg = avg.saturating_mul(7).saturating_add(micros(took)) / 8;

@@ -10,6 +10,7 @@
 //! that answered was started) are kept by the worker and merged at the end.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -233,14 +234,13 @@ impl Connection {
             None => self.connect().await?,
         };
         self.out.clear();
-        self.out.extend_from_slice(b"POST /invoke/");
-        self.out.extend_from_slice(function.as_bytes());
-        self.out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        self.out.extend_from_slice(self.host.as_bytes());
-        self.out.extend_from_slice(b"\r\ncontent-length: ");
-        self.out
-            .extend_from_slice(body.len().to_string().as_bytes());
-        self.out.extend_from_slice(b"\r\n\r\n");
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            self.out,
+            "POST /invoke/{function} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
         self.out.extend_from_slice(&body);
         match exchange(&mut stream, &self.out, &mut self.buf).await {
             Ok((answer, keep)) => {
@@ -357,12 +357,12 @@ pub async fn run_plan(
     for _ in 0..concurrency {
         conns.push(Connection::new(base)?);
     }
-    let check = |a: anyhow::Result<Answer>, what: &str| -> anyhow::Result<()> {
+    let check = |a: anyhow::Result<Answer>, what: &str| -> anyhow::Result<Answer> {
         let a = a?;
         if !a.status.is_success() {
             bail!("{function}: {what} failed: {}", a.error_line());
         }
-        Ok(())
+        Ok(a)
     };
     if plan.warm_up {
         // A platform may serve several of one round's requests with one
@@ -382,9 +382,8 @@ pub async fn run_plan(
             let mut all_warm = true;
             while let Some(joined) = warming.join_next().await {
                 let (conn, r) = joined.context("a warm-up request failed")?;
-                let r = r?;
-                all_warm &= r.start.as_deref() == Some("warm");
-                check(Ok(r), "warm-up request")?;
+                let a = check(r, "warm-up request")?;
+                all_warm &= a.start.as_deref() == Some("warm");
                 conns.push(conn);
             }
             if all_warm {
