@@ -16,8 +16,8 @@
 //!    the clear-tid address, fs/gs base;
 //! 5. close every descriptor above 3, register the guest's rseq area; an
 //!    instance restored ahead of its request (`MODE_PARKED`) now pre-faults
-//!    the snapshot's recorded working set (`MADV_POPULATE_WRITE`, and
-//!    `MADV_POPULATE_READ` for the pages a request only reads),
+//!    the snapshot's recorded working set (`MADV_POPULATE_WRITE`, and a
+//!    one-byte read of each page a request only reads),
 //!    installs the sandbox's seccomp filter when the plan says the filter
 //!    allows what follows (`FILTERS_BEFORE_PARK`), and waits for its
 //!    guest's fds 0–3; otherwise the filter goes in now (last: nothing the
@@ -189,7 +189,11 @@ pub(crate) fn run(vdso: u64) -> ! {
             if let Some(r) = sys::read::<Range>(plan, prefault_at + i * RANGE_LEN)
                 && (r.advice == plan::POPULATE_WRITE || r.advice == plan::POPULATE_READ)
             {
-                sys::madvise(r.start, r.len, r.advice);
+                if r.advice == plan::POPULATE_READ {
+                    sys::map_for_reading(r.start, r.len);
+                } else {
+                    sys::madvise(r.start, r.len, r.advice);
+                }
             }
         }
         // When the sandbox's profile allows what the restorer does from
@@ -238,7 +242,7 @@ fn install_filters(header: &Header, filter: &[u8]) {
             sys::seccomp(
                 program,
                 count as u32,
-                header.no_new_privs & plan::NO_NEW_PRIVS != 0
+                header.no_new_privs & plan::NO_NEW_PRIVS != 0,
             ),
             exit::SECCOMP,
             "seccomp filter",

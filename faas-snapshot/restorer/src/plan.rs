@@ -149,7 +149,7 @@ pub struct Header {
     pub mode: u32,
     /// [`Range`]s that follow the frame: the snapshot's recorded working
     /// set, which a [`MODE_PARKED`] restorer pre-faults (for writing:
-    /// `MADV_POPULATE_WRITE`; or reading: `MADV_POPULATE_READ`) before it
+    /// `MADV_POPULATE_WRITE`; or reading: a one-byte read per page) before it
     /// waits for its guest's fds, so the request does not take those
     /// faults. Other modes ignore them.
     pub n_prefault: u32,
@@ -172,7 +172,8 @@ pub struct Range {
 
 /// [`Range::advice`]: `MADV_POPULATE_WRITE`.
 pub const POPULATE_WRITE: u32 = 23;
-/// [`Range::advice`]: `MADV_POPULATE_READ`.
+/// [`Range::advice`]: mapped for reading (a one-byte read of every page; the
+/// value is `MADV_POPULATE_READ`'s number).
 pub const POPULATE_READ: u32 = 22;
 
 /// Restore once and become the guest.
