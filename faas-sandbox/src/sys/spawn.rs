@@ -323,6 +323,45 @@ impl Drop for Region {
     }
 }
 
+// SAFETY: a Region is the sole owner of its mapping; which thread unmaps or
+// reuses it does not matter.
+unsafe impl Send for Region {}
+
+/// Stacks and TLS blocks of children that executed, kept for the next
+/// clones (at most [`SPARE_MEM`] pairs): mapping them again for every child
+/// cost an `mmap`, an `mprotect`, first-touch page faults and an `munmap`
+/// whose TLB shootdown interrupts the other CPUs running this process
+/// (~70 µs of CPU per sandbox, BENCHMARKS.md).
+static SPARE: std::sync::Mutex<Vec<(Region, Region)>> = std::sync::Mutex::new(Vec::new());
+/// How many stack and TLS pairs [`SPARE`] keeps.
+const SPARE_MEM: usize = 16;
+
+/// A stack (with its guard page) and a zeroed TLS block for a `CLONE_VM`
+/// child: spare ones when there are, else new mappings.
+fn child_stack_and_tls() -> io::Result<(Region, Region)> {
+    if let Some(pair) = SPARE.lock().ok().and_then(|mut spare| spare.pop()) {
+        return Ok(pair);
+    }
+    Ok((
+        Region::new(CHILD_STACK, true)?,
+        Region::new(CHILD_TLS, false)?,
+    ))
+}
+
+/// Keeps a stack and TLS block whose child no longer runs on them for the
+/// next child, the TLS zeroed again (glibc in the child expects it so, see
+/// `clone_child`); beyond [`SPARE_MEM`] pairs they are unmapped.
+fn spare_stack_and_tls(stack: Region, tls: Region) {
+    if let Ok(mut spare) = SPARE.lock()
+        && spare.len() < SPARE_MEM
+    {
+        // SAFETY: the whole TLS mapping, ours, read and written by nobody
+        // else now (the child executed or was reaped).
+        unsafe { std::ptr::write_bytes(tls.ptr, 0, tls.len) };
+        spare.push((stack, tls));
+    }
+}
+
 /// What `child_entry` gets.
 #[repr(C)]
 struct EntryArgs {
@@ -366,7 +405,15 @@ impl ChildMem {
     pub(crate) fn release(mut self) {
         // SAFETY: taken once, here; the caller vouches that the child is
         // gone from this memory.
-        drop(unsafe { std::mem::ManuallyDrop::take(&mut self.inner) });
+        let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.inner) };
+        if let ChildMemInner {
+            _stack: Some(stack),
+            _tls: Some(tls),
+            ..
+        } = *inner
+        {
+            spare_stack_and_tls(stack, tls);
+        }
     }
 }
 
@@ -400,10 +447,8 @@ pub(crate) fn clone_child(plan: ChildPlan, cgroup_fd: Option<RawFd>) -> io::Resu
     let (err_r, err_w) = pipe_cloexec()?;
     let shared = cgroup_fd.is_none();
     let (stack, tls) = if shared {
-        (
-            Some(Region::new(CHILD_STACK, true)?),
-            Some(Region::new(CHILD_TLS, false)?),
-        )
+        let (stack, tls) = child_stack_and_tls()?;
+        (Some(stack), Some(tls))
     } else {
         (None, None)
     };
