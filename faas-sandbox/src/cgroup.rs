@@ -79,20 +79,6 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
     /// OOM kills and refused forks counted before [`Cgroup::rebase`].
     base: (u64, u64),
-    /// The files written or read for every sandbox, opened once: a pooled
-    /// cgroup serves many sandboxes, and each path lookup in cgroupfs cost
-    /// more than the write or read itself.
-    files: std::sync::OnceLock<Files>,
-}
-
-/// A cgroup's files that every sandbox uses.
-#[derive(Debug)]
-struct Files {
-    /// `cgroup.procs` of each directory (v1: one per controller).
-    procs: Vec<(PathBuf, std::fs::File)>,
-    /// The OOM kill counter's file and the process limit's events file.
-    oom: std::fs::File,
-    pids: std::fs::File,
 }
 
 struct Mount {
@@ -274,7 +260,6 @@ impl Cgroups {
                         version: self.version,
                         dirs,
                         base: (0, 0),
-                        files: std::sync::OnceLock::new(),
                     };
                     let _ = c.remove();
                     return Err(CgroupError::Io { path: d, source: e });
@@ -286,7 +271,6 @@ impl Cgroups {
             version: self.version,
             dirs,
             base: (0, 0),
-            files: std::sync::OnceLock::new(),
         })
     }
 }
@@ -334,13 +318,15 @@ fn write(path: PathBuf, value: &str) -> Result<(), CgroupError> {
     std::fs::write(&path, value).map_err(io_at(&path))
 }
 
-/// The number after `key ` in a flat-keyed cgroup file (0 when absent or
-/// unreadable).
-fn keyed(file: &std::fs::File, key: &str) -> u64 {
-    // One read from the start of a small buffer: these files are a few
-    // lines, and a cgroup file gives all it has to one read.
+/// The number after `key ` in a flat-keyed cgroup file (0 when absent).
+fn keyed(path: &Path, key: &str) -> u64 {
+    // Read at every reap: one read of a small buffer (these files are a
+    // few lines, and a cgroup file gives all it has to one read), not
+    // `read_to_string`'s stat and reads to the end.
     let mut buf = [0u8; 512];
-    let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, 0).unwrap_or(0);
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut buf))
+        .unwrap_or(0);
     std::str::from_utf8(&buf[..n])
         .ok()
         .and_then(|t| {
@@ -394,47 +380,10 @@ impl Cgroup {
     ///
     /// Writing `cgroup.procs` failed.
     pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
-        let pid = pid.to_string();
-        for (path, f) in &self.files()?.procs {
-            std::io::Write::write_all(&mut &*f, pid.as_bytes()).map_err(io_at(path))?;
+        for d in &self.dirs {
+            write(d.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
-    }
-
-    /// The files every sandbox uses, opened at the first use.
-    fn files(&self) -> Result<&Files, CgroupError> {
-        if let Some(f) = self.files.get() {
-            return Ok(f);
-        }
-        let open = |path: PathBuf, write: bool| {
-            std::fs::OpenOptions::new()
-                .read(!write)
-                .write(write)
-                .open(&path)
-                .map(|f| (path.clone(), f))
-                .map_err(|e| CgroupError::Io { path, source: e })
-        };
-        let procs = self
-            .dirs
-            .iter()
-            .map(|d| open(d.join("cgroup.procs"), true))
-            .collect::<Result<_, _>>()?;
-        let (oom, pids) = match self.version {
-            CgroupVersion::V1 => (
-                self.dirs[0].join("memory.oom_control"),
-                self.dirs[1].join("pids.events"),
-            ),
-            CgroupVersion::V2 => (
-                self.dirs[0].join("memory.events"),
-                self.dirs[0].join("pids.events"),
-            ),
-        };
-        let files = Files {
-            procs,
-            oom: open(oom, false)?.1,
-            pids: open(pids, false)?.1,
-        };
-        Ok(self.files.get_or_init(|| files))
     }
 
     /// The v2 directory, for `CLONE_INTO_CGROUP`.
@@ -444,16 +393,20 @@ impl Cgroup {
 
     /// OOM kills inside this cgroup so far.
     pub fn oom_kills(&self) -> u64 {
-        self.files()
-            .map_or(0, |f| keyed(&f.oom, "oom_kill"))
-            .saturating_sub(self.base.0)
+        let n = match self.version {
+            CgroupVersion::V1 => keyed(&self.dirs[0].join("memory.oom_control"), "oom_kill"),
+            CgroupVersion::V2 => keyed(&self.dirs[0].join("memory.events"), "oom_kill"),
+        };
+        n.saturating_sub(self.base.0)
     }
 
     /// Forks refused at the process limit so far.
     pub fn pids_refused(&self) -> u64 {
-        self.files()
-            .map_or(0, |f| keyed(&f.pids, "max"))
-            .saturating_sub(self.base.1)
+        let d = match self.version {
+            CgroupVersion::V1 => &self.dirs[1],
+            CgroupVersion::V2 => &self.dirs[0],
+        };
+        keyed(&d.join("pids.events"), "max").saturating_sub(self.base.1)
     }
 
     /// Starts counting [`Cgroup::oom_kills`] and [`Cgroup::pids_refused`]
