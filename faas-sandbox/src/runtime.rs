@@ -53,7 +53,10 @@ pub struct SandboxConfig {
     /// in circulation at once — parked, restored ahead, serving, being
     /// reaped. With fewer, a kind served at full speed keeps creating and
     /// destroying both (at 1,000 requests/s with 8: ~50 network namespaces
-    /// and ~50 cgroups per 3,000 requests; with 32: 3–4).
+    /// and ~50 cgroups per 3,000 requests; with 16: 1–2). Not more: every
+    /// network namespace kept is an open fd of this process, and each
+    /// sandbox's clone copies the fd table and closes the copies (~0.1 µs
+    /// per fd).
     pub reuse_per_kind: usize,
     /// Size of each sandbox's `/tmp`, in MiB.
     pub tmp_mb: u32,
@@ -103,7 +106,7 @@ impl Default for SandboxConfig {
             reuse_netns: true,
             reuse_cgroups: true,
             cgroup_pool: 8,
-            reuse_per_kind: 32,
+            reuse_per_kind: 16,
             tmp_mb: 64,
             nofile: 1024,
             cgroups: true,
