@@ -290,7 +290,9 @@ struct Shared {
 ///   reconfigure it), ipc, uts, cgroup;
 /// - root: the function's directory (or its EROFS image, mounted once per
 ///   image) bound read-only, `/tmp` a size-limited tmpfs, `/dev` with only
-///   null, zero and urandom, `/proc` only when the policy asks; the
+///   null, zero and urandom (the host's, bound on the empty files of a
+///   read-only bind of the runtime's `dev` directory), `/proc` only when
+///   the policy asks; the
 ///   policy's read-only binds (each host directory bound read-only once
 ///   per runtime, then into the sandbox on a read-only tmpfs that replaces
 ///   the bind's top directory: `/var` for `/var/task`); `pivot_root` with
@@ -356,6 +358,13 @@ impl PooledSandboxRuntime {
         }
         let base = config.work_dir.join("root");
         std::fs::create_dir_all(&base).map_err(io_err(format!("creating {}", base.display())))?;
+        let dev_dir = config.work_dir.join("dev");
+        std::fs::create_dir_all(&dev_dir)
+            .map_err(io_err(format!("creating {}", dev_dir.display())))?;
+        for node in DEV_NODES {
+            let f = dev_dir.join(node);
+            std::fs::File::create(&f).map_err(io_err(format!("creating {}", f.display())))?;
+        }
         let host_netns = ns::open_ns(c"/proc/self/ns/net")
             .map_err(io_err("opening our network namespace".into()))?;
         let cgroups = if config.cgroups {
@@ -496,9 +505,23 @@ impl Drop for Shared {
             let _ = std::fs::remove_dir(dir);
         }
         let _ = std::fs::remove_dir(&self.base);
+        remove_dev_dir(&self.config.work_dir);
         let _ = std::fs::remove_dir(self.config.work_dir.join("roots"));
         let _ = std::fs::remove_dir(&self.config.work_dir);
     }
+}
+
+/// The device nodes bound into every sandbox's `/dev`, from the host's.
+const DEV_NODES: [&str; 3] = ["null", "zero", "urandom"];
+
+/// Removes a work directory's `dev` directory (the mount points of
+/// [`DEV_NODES`]).
+fn remove_dev_dir(work_dir: &Path) {
+    let dev = work_dir.join("dev");
+    for node in DEV_NODES {
+        let _ = std::fs::remove_file(dev.join(node));
+    }
+    let _ = std::fs::remove_dir(dev);
 }
 
 /// Whether `pid` names a live process.
@@ -536,6 +559,7 @@ fn clean_stale_work_dirs(parent: &Path) {
         }
         let _ = std::fs::remove_dir(dir.join("roots"));
         let _ = std::fs::remove_dir(dir.join("root"));
+        remove_dev_dir(&dir);
         match std::fs::remove_dir(&dir) {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "removed a dead runtime's work directory")
@@ -1524,6 +1548,7 @@ fn start(
     let plan = ChildPlan {
         root: c("root", root.as_os_str().as_bytes())?,
         base: c("base", base)?,
+        dev_dir: c("dev", sh.config.work_dir.join("dev").as_os_str().as_bytes())?,
         base_dev: c("base", &join("/dev"))?,
         base_dev_nodes: [
             (c("dev", b"/dev/null")?, c("base", &join("/dev/null"))?),

@@ -354,6 +354,34 @@ fn descendants(pid: u32) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_holds_only_null_zero_and_urandom_and_is_read_only() {
+    let rt = runtime();
+    let script = "ls -A /dev | tr '\\n' ,; echo; \
+                  echo x >/dev/null && echo null=ok; \
+                  echo zero=$(head -c 4 /dev/zero | od -An -tx1 | tr -d ' '); \
+                  echo urandom=$(head -c 16 /dev/urandom | wc -c); \
+                  touch /dev/new 2>/dev/null && echo dev=rw || echo dev=ro; \
+                  rm /dev/null 2>/dev/null && echo rm=yes || echo rm=no";
+    // Twice: the second sandbox may be one parked for the first's kind.
+    for round in 0..2 {
+        let r = run(
+            &rt,
+            "/bin/sh",
+            &["-c", script],
+            false,
+            "python",
+            Limits::default(),
+        )
+        .await;
+        assert_eq!(r.status, ExitStatus::Code(0), "round {round}: {}", r.out);
+        assert_eq!(
+            r.out, "null,urandom,zero,\nnull=ok\nzero=00000000\nurandom=16\ndev=ro\nrm=no\n",
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binds_are_read_only_and_replace_their_top_directory() {
     let rt = runtime();
     // A private (0700) host directory the sandbox's uid could not traverse.

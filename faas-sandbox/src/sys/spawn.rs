@@ -142,6 +142,9 @@ pub(crate) struct ChildPlan {
     pub root: CString,
     /// The (empty) directory the new root is assembled on.
     pub base: CString,
+    /// The runtime's directory with the three empty files the device nodes
+    /// are bound on, bound read-only as `/dev`.
+    pub dev_dir: CString,
     pub base_dev: CString,
     pub base_dev_nodes: [(CString, CString); 3],
     pub base_tmp: CString,
@@ -814,24 +817,14 @@ unsafe fn child_main(
             Err(BindStep::Remount) => fail(err_w, Stage::RemountRoot),
             Ok(()) => {}
         }
-        check!(
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                plan.base_dev.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NOEXEC,
-                c"size=64k,nr_inodes=16,mode=755".as_ptr().cast()
-            ),
-            Stage::MountDev
-        );
+        // /dev: a read-only bind of the runtime's directory of three empty
+        // files, with the host's null, zero and urandom bound on them. (A
+        // tmpfs of its own cost a superblock made and torn down and three
+        // files created per sandbox.)
+        if bind_read_only(plan.dev_dir.as_ptr(), plan.base_dev.as_ptr()).is_err() {
+            fail(err_w, Stage::MountDev);
+        }
         for (host, inside) in &plan.base_dev_nodes {
-            let fd = libc::open(
-                inside.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                0o666,
-            );
-            check!(fd, Stage::DevNodes);
-            libc::close(fd);
             check!(
                 libc::mount(
                     host.as_ptr(),
@@ -843,16 +836,6 @@ unsafe fn child_main(
                 Stage::DevNodes
             );
         }
-        check!(
-            libc::mount(
-                none,
-                plan.base_dev.as_ptr(),
-                none,
-                libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
-                c"size=64k,nr_inodes=16,mode=755".as_ptr().cast()
-            ),
-            Stage::MountDev
-        );
         check!(
             libc::mount(
                 c"tmpfs".as_ptr(),
