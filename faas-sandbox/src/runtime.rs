@@ -217,6 +217,16 @@ struct Shared {
     config: SandboxConfig,
     base: PathBuf,
     host_netns: OwnedFd,
+    /// Our mount namespace and working directory, which a thread that
+    /// cloned a sandbox from a kind's mount template comes back to.
+    host_mntns: OwnedFd,
+    cwd: OwnedFd,
+    /// Each kind's mount template ([`spawn::build_mount_template`]), made at
+    /// its first sandbox; `None`: it could not be made (that kind's
+    /// sandboxes assemble their root themselves). Kinds with `/proc` have
+    /// none: the kernel lets a user namespace mount a procfs only where one
+    /// is fully visible, and a template has none.
+    mount_templates: Mutex<HashMap<ParkKey, Option<Arc<OwnedFd>>>>,
     netns: Arc<NetnsPool>,
     /// Network namespaces of exited sandboxes, by kind, for the next
     /// sandboxes of that kind ([`SandboxConfig::reuse_netns`]).
@@ -296,7 +306,15 @@ struct Shared {
 ///   policy's read-only binds (each host directory bound read-only once
 ///   per runtime, then into the sandbox on a read-only tmpfs that replaces
 ///   the bind's top directory: `/var` for `/var/task`); `pivot_root` with
-///   the old root detached, then the policy's working directory;
+///   the old root detached, then the policy's working directory. A kind
+///   without `/proc` does the root, `/dev` and the binds once, in a mount
+///   namespace of its own (its *mount template*, pivoted and detached
+///   once); each sandbox is cloned from a thread inside it, so its mount
+///   namespace is a copy of those few mounts (locked: made by the host)
+///   and it only mounts its `/tmp` — no copy of the host's mount tree, no
+///   `pivot_root`, no detach, which waits for an RCU grace period (the
+///   cloning thread keeps root and working directory of its own from then
+///   on: the process's, as they were when the runtime was made);
 /// - then rlimits, all capabilities dropped and securebits locked, every fd
 ///   but 0–3 closed at exec, no_new_privs, and the seccomp filters last;
 /// - cgroups (v1 or v2) with the memory, pids and CPU limits; an OOM kill is
@@ -365,6 +383,9 @@ impl PooledSandboxRuntime {
             let f = dev_dir.join(node);
             std::fs::File::create(&f).map_err(io_err(format!("creating {}", f.display())))?;
         }
+        let host_mntns = ns::open_ns(c"/proc/self/ns/mnt")
+            .map_err(io_err("opening our mount namespace".into()))?;
+        let cwd = ns::open_dir(c".").map_err(io_err("opening our working directory".into()))?;
         let host_netns = ns::open_ns(c"/proc/self/ns/net")
             .map_err(io_err("opening our network namespace".into()))?;
         let cgroups = if config.cgroups {
@@ -378,6 +399,9 @@ impl PooledSandboxRuntime {
             shared: Arc::new(Shared {
                 base,
                 host_netns,
+                host_mntns,
+                cwd,
+                mount_templates: Mutex::new(HashMap::new()),
                 netns,
                 netns_reuse: Mutex::new(HashMap::new()),
                 netns_reused: AtomicU64::new(0),
@@ -941,6 +965,37 @@ impl Shared {
 
     /// Takes what the pools keep for the kinds `gone` selects: their
     /// parked sandboxes, network namespaces and cgroups.
+    /// The mount template of `key` (see [`Shared::mount_templates`]), made
+    /// from `plan` on a thread of its own at the kind's first sandbox.
+    fn mount_template(&self, name: &str, key: &ParkKey, plan: &ChildPlan) -> Option<Arc<OwnedFd>> {
+        if key.proc {
+            return None;
+        }
+        let mut templates = self.mount_templates.lock();
+        if let Some(t) = templates.get(key) {
+            return t.clone();
+        }
+        let made = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("faas-mount-template".into())
+                .spawn_scoped(s, || spawn::build_mount_template(plan))
+                .map_err(|e| io::Error::other(format!("starting its thread: {e}")))
+                .and_then(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("its thread panicked")))
+                })
+        });
+        let t = match made {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(e) => {
+                tracing::warn!(function = %name, error = %e, "making a mount template failed; its sandboxes assemble their root themselves");
+                None
+            }
+        };
+        templates.insert(key.clone(), t.clone());
+        t
+    }
+
     fn take_kinds(&self, gone: &dyn Fn(&ParkKey) -> bool) -> KindPools {
         fn take<V>(
             pool: &Mutex<HashMap<ParkKey, Vec<V>>>,
@@ -952,6 +1007,7 @@ impl Shared {
                 .collect()
         }
         self.parked_kinds.lock().retain(|k| !gone(k));
+        self.mount_templates.lock().retain(|k, _| !gone(k));
         KindPools {
             parked: take(&self.parked, gone),
             netns: take(&self.netns_reuse, gone),
@@ -1545,7 +1601,7 @@ fn start(
             Some(ctl),
         ),
     };
-    let plan = ChildPlan {
+    let mut plan = ChildPlan {
         root: c("root", root.as_os_str().as_bytes())?,
         base: c("base", base)?,
         dev_dir: c("dev", sh.config.work_dir.join("dev").as_os_str().as_bytes())?,
@@ -1566,6 +1622,7 @@ fn start(
         )?,
         mount_proc: key.proc,
         binds: bind_plan(sh, name, key, root, base)?,
+        templated: false,
         cwd: match &key.cwd {
             Some(d) if d.is_absolute() => Some(c("working directory", d.as_os_str().as_bytes())?),
             Some(d) => {
@@ -1651,15 +1708,34 @@ fn start(
         None => None,
     };
     // Clone from inside a network namespace of its kind or the pool (or a
-    // fresh one when both are empty), then come back.
+    // fresh one when both are empty) and the kind's mount template when it
+    // has one (entered last: making a network namespace reads the host's
+    // /proc), then come back.
+    let template = sh.mount_template(name, key, &plan);
     let entered = match sh.take_netns(key) {
         Some(fd) => ns::setns_net(fd.as_fd()).map(|()| fd),
         None => ns::new_netns_on_this_thread(),
     };
+    let in_template = entered.is_ok()
+        && template.is_some_and(|t| match ns::enter_mount_ns(t.as_fd()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "entering a mount template failed; assembling the root");
+                false
+            }
+        });
+    if in_template {
+        plan.templated = true;
+        plan.base_tmp = c("tmp", b"/tmp")?;
+        plan.base_proc = c("proc", b"/proc")?;
+    }
     let cloned = entered.and_then(|netns| {
         spawn::clone_child(plan, cgroup_dir_fd.as_ref().map(|f| ns::raw(f.as_fd())))
             .map(|c| (c, netns))
     });
+    if in_template && let Err(e) = ns::leave_mount_ns(sh.host_mntns.as_fd(), sh.cwd.as_fd()) {
+        tracing::error!(error = %e, "returning to the host mount namespace failed");
+    }
     if let Err(e) = ns::setns_net(sh.host_netns.as_fd()) {
         // This blocking-pool thread is stuck in another namespace; nothing
         // we can do but say so (the sandbox itself is unaffected).

@@ -353,6 +353,94 @@ fn descendants(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// A sandbox without `/proc` is cloned from its kind's mount template: seen
+/// from the host, it holds only its own mounts (no trace of the host's
+/// tree), read-only but for `/tmp` and the device nodes, and it is confined
+/// like any other: no capabilities, no_new_privs, seccomp, a sandbox uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_from_a_mount_template_holds_only_its_own_mounts_and_no_privilege() {
+    let rt = runtime();
+    let script = "touch /x 2>/dev/null && echo root=rw || echo root=ro; \
+                  mount -t tmpfs t /tmp 2>/dev/null && echo mount=ok || echo mount=denied; \
+                  echo ready; read x; exit 0";
+    // Twice: the second may be a sandbox parked for the first's kind.
+    for round in 0..2 {
+        let (mut s, mut r, _ours) = spec(
+            "/bin/sh",
+            &["-c", script],
+            false,
+            "python",
+            Limits::default(),
+        );
+        let (stdin_r, stdin_w) = std::io::pipe().unwrap();
+        s.stdin = Stdio::Fd(OwnedFd::from(stdin_r));
+        let mut inst = rt.launch(s).await.unwrap();
+        let pid = inst.pid();
+        let mut out = String::new();
+        let mut buf = [0u8; 256];
+        while !out.contains("ready") {
+            let n = r.read(&mut buf).unwrap();
+            assert!(n > 0, "round {round}: it ended early: {out}");
+            out.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        assert!(
+            out.starts_with("root=ro\nmount=denied\n"),
+            "round {round}: {out}"
+        );
+        // What the host sees of it. The shell is pid 1 inside, `pid` here.
+        let mounts: Vec<(String, String)> =
+            std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    (f[4].to_owned(), f[5].to_owned())
+                })
+                .collect();
+        let points: Vec<&str> = mounts.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            points,
+            [
+                "/",
+                "/dev",
+                "/dev/null",
+                "/dev/zero",
+                "/dev/urandom",
+                "/tmp"
+            ],
+            "round {round}"
+        );
+        for (point, opts) in &mounts {
+            let ro = opts.split(',').any(|o| o == "ro");
+            let want_ro = !point.starts_with("/dev/") && point != "/tmp";
+            assert_eq!(ro, want_ro, "round {round}: {point} {opts}");
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}:")))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"] {
+            assert_eq!(field(cap), "0000000000000000", "round {round}: {cap}");
+        }
+        assert_eq!(field("NoNewPrivs"), "1");
+        assert_eq!(field("Seccomp"), "2");
+        let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+        let map: Vec<u64> = uid_map
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!((map[0], map[2]), (0, 1));
+        assert!(map[1] >= 1_000_000_000, "host uid {}", map[1]);
+        drop(stdin_w);
+        assert_eq!(inst.wait().await.unwrap(), ExitStatus::Code(0));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_holds_only_null_zero_and_urandom_and_is_read_only() {
     let rt = runtime();

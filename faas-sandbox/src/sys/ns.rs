@@ -20,6 +20,51 @@ pub(crate) fn open_ns(path: &std::ffi::CStr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens a directory as an `O_PATH` fd (to come back to with `fchdir`).
+pub(crate) fn open_dir(path: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    // SAFETY: open of a NUL-terminated path; we own the returned fd.
+    let fd = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fd was just returned by open and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+thread_local! {
+    /// Whether this thread has filesystem attributes (root, working
+    /// directory) of its own, which `setns` into a mount namespace needs.
+    static OWN_FS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Moves the calling thread into the mount namespace `fd` (its root and
+/// working directory become the namespace's root). The thread gets
+/// filesystem attributes of its own first, once; come back with
+/// [`leave_mount_ns`].
+pub(crate) fn enter_mount_ns(fd: BorrowedFd<'_>) -> io::Result<()> {
+    if !OWN_FS.get() {
+        // SAFETY: unshare(CLONE_FS) gives only the calling thread a copy of
+        // its root, working directory and umask.
+        cvt(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        OWN_FS.set(true);
+    }
+    // SAFETY: setns on a valid namespace fd affects only the calling thread
+    // (whose filesystem attributes are its own).
+    cvt(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS) }).map(drop)
+}
+
+/// Brings the calling thread back into the mount namespace `host` and the
+/// working directory `cwd` after [`enter_mount_ns`].
+pub(crate) fn leave_mount_ns(host: BorrowedFd<'_>, cwd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: as in `enter_mount_ns`; fchdir on a valid directory fd.
+    unsafe {
+        cvt(libc::setns(host.as_raw_fd(), libc::CLONE_NEWNS))?;
+        cvt(libc::fchdir(cwd.as_raw_fd())).map(drop)
+    }
+}
+
 /// Moves the calling thread into the network namespace `fd`.
 pub(crate) fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: setns on a valid namespace fd affects only the calling thread.

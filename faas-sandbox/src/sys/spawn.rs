@@ -15,9 +15,11 @@
 //!   clone(CLONE_VM, CLONE_NEW*, CLONE_PIDFD) ─▶  read(sync)  … blocks
 //!   write uid_map/gid_map, cgroup.procs
 //!   write(sync) ──────────────────────▶  setresgid/setresuid(0) = host range
-//!                                         / private; root bound ro; /dev, /tmp (, /proc)
-//!                                         (binds: tmpfs on their top dir, bound ro)
-//!                                         pivot_root; cwd; hostname; rlimits
+//!                                         / private; root bound ro; /dev; binds (tmpfs
+//!                                         on their top dir, bound ro); /tmp (, /proc)
+//!                                         pivot_root (with a mount template: the clone
+//!                                         copied root, /dev, binds; only /tmp here)
+//!                                         cwd; hostname; rlimits
 //!                                         caps dropped, securebits locked; no_new_privs
 //!                                         (parked: wait here for fds 0-3 + argv/envp)
 //!                                         fds 0-3; close_range(4.., CLOEXEC)
@@ -153,6 +155,11 @@ pub(crate) struct ChildPlan {
     pub mount_proc: bool,
     /// Read-only binds: see [`BindPlan`].
     pub binds: BindPlan,
+    /// The clone copies a mount template of the kind
+    /// ([`build_mount_template`]): its root is already the sandbox's root;
+    /// only `/tmp` (and `/proc`) are mounted, at `base_tmp` and `base_proc`
+    /// (then `/tmp` and `/proc`).
+    pub templated: bool,
     /// Working directory inside the new root (after `pivot_root`).
     pub cwd: Option<CString>,
     /// Program path inside the new root.
@@ -724,6 +731,186 @@ unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
     }
 }
 
+/// Assembles the sandbox's root on `plan.base` in the calling thread's
+/// mount namespace (made private first): the root bound read-only, `/dev`,
+/// the read-only binds. Raw system calls only (it runs in a child between
+/// clone and exec, or on a thread making a mount template).
+///
+/// # Safety
+///
+/// The calling thread must be in a mount namespace of its own (a sandbox
+/// child, or a thread that unshared it); the plan's strings are valid.
+unsafe fn assemble_root(plan: &ChildPlan) -> Result<(), Stage> {
+    let none: *const libc::c_char = std::ptr::null();
+    let ok = |rc: libc::c_int, stage: Stage| if rc < 0 { Err(stage) } else { Ok(()) };
+    // SAFETY: mount(2) calls on NUL-terminated strings owned by `plan` (or
+    // literals); they change only the calling thread's mount namespace.
+    unsafe {
+        ok(
+            libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ),
+            Stage::MountPrivate,
+        )?;
+        // The runtime's own read-only bind of the root (which has no
+        // submounts), so recursive is allowed and exact.
+        match bind_read_only(plan.root.as_ptr(), plan.base.as_ptr()) {
+            Err(BindStep::Bind) => return Err(Stage::BindRoot),
+            Err(BindStep::Remount) => return Err(Stage::RemountRoot),
+            Ok(()) => {}
+        }
+        // /dev: a read-only bind of the runtime's directory of three empty
+        // files, with the host's null, zero and urandom bound on them. (A
+        // tmpfs of its own cost a superblock made and torn down and three
+        // files created per sandbox.)
+        if bind_read_only(plan.dev_dir.as_ptr(), plan.base_dev.as_ptr()).is_err() {
+            return Err(Stage::MountDev);
+        }
+        for (host, inside) in &plan.base_dev_nodes {
+            ok(
+                libc::mount(
+                    host.as_ptr(),
+                    inside.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ),
+                Stage::DevNodes,
+            )?;
+        }
+        // The read-only binds, on a tmpfs over their top directory.
+        for top in &plan.binds.tops {
+            ok(
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    top.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    BIND_TOP_OPTS.as_ptr().cast(),
+                ),
+                Stage::MountBinds,
+            )?;
+        }
+        for dir in &plan.binds.dirs {
+            if libc::mkdir(dir.as_ptr(), 0o755) < 0 && *libc::__errno_location() != libc::EEXIST {
+                return Err(Stage::MountBinds);
+            }
+        }
+        for (source, target) in &plan.binds.binds {
+            if bind_read_only(source.as_ptr(), target.as_ptr()).is_err() {
+                return Err(Stage::MountBinds);
+            }
+        }
+        for top in &plan.binds.tops {
+            ok(
+                libc::mount(
+                    none,
+                    top.as_ptr(),
+                    none,
+                    libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    BIND_TOP_OPTS.as_ptr().cast(),
+                ),
+                Stage::MountBinds,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the sandbox's own `/tmp` (a size-limited tmpfs) and, when the
+/// plan asks, its `/proc` (at `plan.base_tmp` and `plan.base_proc`).
+///
+/// # Safety
+///
+/// As [`assemble_root`].
+unsafe fn mount_tmp_and_proc(plan: &ChildPlan) -> Result<(), Stage> {
+    // SAFETY: mount(2) on NUL-terminated strings owned by `plan`.
+    unsafe {
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            plan.base_tmp.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            plan.tmp_opts.as_ptr().cast(),
+        ) < 0
+        {
+            return Err(Stage::MountTmp);
+        }
+        if plan.mount_proc
+            && libc::mount(
+                c"proc".as_ptr(),
+                plan.base_proc.as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) < 0
+        {
+            return Err(Stage::MountProc);
+        }
+    }
+    Ok(())
+}
+
+/// `pivot_root` onto `plan.base` and detach the old root; the working
+/// directory is then the new `/`.
+///
+/// # Safety
+///
+/// As [`assemble_root`].
+unsafe fn pivot_to_base(plan: &ChildPlan) -> Result<(), Stage> {
+    // SAFETY: chdir, pivot_root and umount2 on NUL-terminated strings; they
+    // change only the calling thread's mount namespace and directories.
+    unsafe {
+        if libc::chdir(plan.base.as_ptr()) < 0
+            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
+            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0
+            || libc::chdir(c"/".as_ptr()) < 0
+        {
+            return Err(Stage::PivotRoot);
+        }
+    }
+    Ok(())
+}
+
+/// Makes a kind's mount template: a mount namespace whose root is the
+/// sandbox root `plan` describes (its root bound read-only, `/dev`, the
+/// read-only binds), assembled once; a sandbox cloned from a thread inside
+/// it copies those few mounts (`plan.templated`) instead of the host's whole
+/// tree, and has no `pivot_root` to do and no old root to detach — the
+/// detach waits for an RCU grace period. Returns the namespace.
+///
+/// Call it on a thread of its own, which it leaves in the template: it
+/// unshares the thread's filesystem attributes and mount namespace.
+pub(crate) fn build_mount_template(plan: &ChildPlan) -> io::Result<OwnedFd> {
+    // SAFETY: unshare(CLONE_FS | CLONE_NEWNS) changes only the calling
+    // thread's filesystem attributes and mount namespace.
+    if unsafe { libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let failed = |stage: Stage| {
+        io::Error::other(format!(
+            "{}: {}",
+            stage.describe(),
+            io::Error::last_os_error()
+        ))
+    };
+    // SAFETY: this thread has a mount namespace of its own (above).
+    unsafe { assemble_root(plan) }.map_err(failed)?;
+    // Named while the host's /proc is still visible.
+    let ns = super::ns::open_ns(c"/proc/thread-self/ns/mnt")?;
+    // SAFETY: as above.
+    unsafe { pivot_to_base(plan) }.map_err(failed)?;
+    Ok(ns)
+}
+
 /// The child: set up the sandbox and exec. Never returns.
 ///
 /// # Safety
@@ -798,116 +985,32 @@ unsafe fn child_main(
             libc::syscall(libc::SYS_setresuid, 0, 0, 0) as libc::c_int,
             Stage::SetIds
         );
-        // 3. The new root.
-        let none: *const libc::c_char = std::ptr::null();
-        check!(
-            libc::mount(
-                none,
-                c"/".as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null()
-            ),
-            Stage::MountPrivate
-        );
-        // The runtime's own read-only bind of the root (which has no
-        // submounts), so recursive is allowed and exact.
-        match bind_read_only(plan.root.as_ptr(), plan.base.as_ptr()) {
-            Err(BindStep::Bind) => fail(err_w, Stage::BindRoot),
-            Err(BindStep::Remount) => fail(err_w, Stage::RemountRoot),
-            Ok(()) => {}
+        // 3. The new root: assembled here, or copied with the mount
+        //    namespace of the kind's template (`plan.templated`: the clone
+        //    copied it, its root is already the sandbox's root). Then its
+        //    own /tmp (and /proc).
+        if !plan.templated
+            && let Err(stage) = assemble_root(plan)
+        {
+            fail(err_w, stage);
         }
-        // /dev: a read-only bind of the runtime's directory of three empty
-        // files, with the host's null, zero and urandom bound on them. (A
-        // tmpfs of its own cost a superblock made and torn down and three
-        // files created per sandbox.)
-        if bind_read_only(plan.dev_dir.as_ptr(), plan.base_dev.as_ptr()).is_err() {
-            fail(err_w, Stage::MountDev);
+        if let Err(stage) = mount_tmp_and_proc(plan) {
+            fail(err_w, stage);
         }
-        for (host, inside) in &plan.base_dev_nodes {
-            check!(
-                libc::mount(
-                    host.as_ptr(),
-                    inside.as_ptr(),
-                    none,
-                    libc::MS_BIND,
-                    std::ptr::null()
-                ),
-                Stage::DevNodes
-            );
-        }
-        check!(
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                plan.base_tmp.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                plan.tmp_opts.as_ptr().cast()
-            ),
-            Stage::MountTmp
-        );
-        if plan.mount_proc {
-            check!(
-                libc::mount(
-                    c"proc".as_ptr(),
-                    plan.base_proc.as_ptr(),
-                    c"proc".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null()
-                ),
-                Stage::MountProc
-            );
-        }
-        // 3b. The read-only binds, on a tmpfs over their top directory.
-        for top in &plan.binds.tops {
-            check!(
-                libc::mount(
-                    c"tmpfs".as_ptr(),
-                    top.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    BIND_TOP_OPTS.as_ptr().cast()
-                ),
-                Stage::MountBinds
-            );
-        }
-        for dir in &plan.binds.dirs {
-            if libc::mkdir(dir.as_ptr(), 0o755) < 0 && *libc::__errno_location() != libc::EEXIST {
-                fail(err_w, Stage::MountBinds);
+        // 4. pivot_root onto it and detach the old root (a template did
+        //    that once for all its copies).
+        let pivoted = if plan.templated {
+            if libc::chdir(c"/".as_ptr()) < 0 {
+                Err(Stage::PivotRoot)
+            } else {
+                Ok(())
             }
+        } else {
+            pivot_to_base(plan)
+        };
+        if let Err(stage) = pivoted {
+            fail(err_w, stage);
         }
-        for (source, target) in &plan.binds.binds {
-            if bind_read_only(source.as_ptr(), target.as_ptr()).is_err() {
-                fail(err_w, Stage::MountBinds);
-            }
-        }
-        for top in &plan.binds.tops {
-            check!(
-                libc::mount(
-                    none,
-                    top.as_ptr(),
-                    none,
-                    libc::MS_REMOUNT
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV
-                        | libc::MS_NOEXEC,
-                    BIND_TOP_OPTS.as_ptr().cast()
-                ),
-                Stage::MountBinds
-            );
-        }
-        // 4. pivot_root onto it and detach the old root.
-        check!(libc::chdir(plan.base.as_ptr()), Stage::PivotRoot);
-        check!(
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
-            Stage::PivotRoot
-        );
-        check!(
-            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
-            Stage::PivotRoot
-        );
-        check!(libc::chdir(c"/".as_ptr()), Stage::PivotRoot);
         let mut cwd = [0u8; 4];
         if libc::getcwd(cwd.as_mut_ptr().cast(), cwd.len()).is_null()
             || cwd[0] != b'/'
