@@ -217,9 +217,10 @@ struct Shared {
     config: SandboxConfig,
     base: PathBuf,
     host_netns: OwnedFd,
-    /// Our mount namespace and working directory, which a thread that
-    /// cloned a sandbox from a kind's mount template comes back to.
+    /// Our mount namespace, root and working directory, which a thread
+    /// that cloned a sandbox from a kind's mount template comes back to.
     host_mntns: OwnedFd,
+    root: OwnedFd,
     cwd: OwnedFd,
     /// Each kind's mount template ([`spawn::build_mount_template`]), made at
     /// its first sandbox; `None`: it could not be made (that kind's
@@ -385,6 +386,7 @@ impl PooledSandboxRuntime {
         }
         let host_mntns = ns::open_ns(c"/proc/self/ns/mnt")
             .map_err(io_err("opening our mount namespace".into()))?;
+        let root = ns::open_dir(c"/").map_err(io_err("opening our root directory".into()))?;
         let cwd = ns::open_dir(c".").map_err(io_err("opening our working directory".into()))?;
         let host_netns = ns::open_ns(c"/proc/self/ns/net")
             .map_err(io_err("opening our network namespace".into()))?;
@@ -400,6 +402,7 @@ impl PooledSandboxRuntime {
                 base,
                 host_netns,
                 host_mntns,
+                root,
                 cwd,
                 mount_templates: Mutex::new(HashMap::new()),
                 netns,
@@ -1733,7 +1736,9 @@ fn start(
         spawn::clone_child(plan, cgroup_dir_fd.as_ref().map(|f| ns::raw(f.as_fd())))
             .map(|c| (c, netns))
     });
-    if in_template && let Err(e) = ns::leave_mount_ns(sh.host_mntns.as_fd(), sh.cwd.as_fd()) {
+    if in_template
+        && let Err(e) = ns::leave_mount_ns(sh.host_mntns.as_fd(), sh.root.as_fd(), sh.cwd.as_fd())
+    {
         tracing::error!(error = %e, "returning to the host mount namespace failed");
     }
     if let Err(e) = ns::setns_net(sh.host_netns.as_fd()) {

@@ -441,6 +441,34 @@ async fn a_sandbox_from_a_mount_template_holds_only_its_own_mounts_and_no_privil
     }
 }
 
+/// The threads that clone sandboxes from a mount template (here the
+/// blocking threads of an unparked runtime, which set every sandbox up on
+/// the request path) come back to the process's mount namespace, root and
+/// working directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_that_clone_from_a_mount_template_come_back_to_our_mounts() {
+    let rt = unparked_runtime();
+    let ns = |p: &str| std::fs::read_link(p).unwrap();
+    let ours = (ns("/proc/self/ns/mnt"), std::env::current_dir().unwrap());
+    for _ in 0..6 {
+        let r = run(&rt, "/bin/true", &[], false, "python", Limits::default()).await;
+        assert_eq!(r.status, ExitStatus::Code(0), "{}", r.out);
+    }
+    for _ in 0..32 {
+        let theirs = tokio::task::spawn_blocking(move || {
+            (
+                ns("/proc/thread-self/ns/mnt"),
+                std::env::current_dir().unwrap(),
+                std::path::Path::new("/proc/self/exe").exists(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!((theirs.0, theirs.1), ours.clone());
+        assert!(theirs.2, "the host's /proc is not visible");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_holds_only_null_zero_and_urandom_and_is_read_only() {
     let rt = runtime();

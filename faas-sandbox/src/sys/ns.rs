@@ -55,12 +55,21 @@ pub(crate) fn enter_mount_ns(fd: BorrowedFd<'_>) -> io::Result<()> {
     cvt(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS) }).map(drop)
 }
 
-/// Brings the calling thread back into the mount namespace `host` and the
-/// working directory `cwd` after [`enter_mount_ns`].
-pub(crate) fn leave_mount_ns(host: BorrowedFd<'_>, cwd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: as in `enter_mount_ns`; fchdir on a valid directory fd.
+/// Brings the calling thread back into the mount namespace `host`, the
+/// root directory `root` and the working directory `cwd` after
+/// [`enter_mount_ns`] (`setns` leaves it at the namespace's root: a process
+/// running in a chroot would otherwise leave it on this thread).
+pub(crate) fn leave_mount_ns(
+    host: BorrowedFd<'_>,
+    root: BorrowedFd<'_>,
+    cwd: BorrowedFd<'_>,
+) -> io::Result<()> {
+    // SAFETY: as in `enter_mount_ns`; fchdir on valid directory fds and
+    // chroot of the working directory, all for the calling thread only.
     unsafe {
         cvt(libc::setns(host.as_raw_fd(), libc::CLONE_NEWNS))?;
+        cvt(libc::fchdir(root.as_raw_fd()))?;
+        cvt(libc::chroot(c".".as_ptr()))?;
         cvt(libc::fchdir(cwd.as_raw_fd())).map(drop)
     }
 }
