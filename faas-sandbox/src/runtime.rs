@@ -541,6 +541,20 @@ impl Drop for Shared {
 /// The device nodes bound into every sandbox's `/dev`, from the host's.
 const DEV_NODES: [&str; 3] = ["null", "zero", "urandom"];
 
+/// Each of [`DEV_NODES`]: the host's node and its mount point under the
+/// sandbox root being assembled (`join` prefixes that root).
+fn dev_nodes<E>(
+    c: &impl Fn(&str, &[u8]) -> Result<CString, E>,
+    join: &impl Fn(&str) -> Vec<u8>,
+) -> Result<[(CString, CString); 3], E> {
+    let mut nodes = DEV_NODES.map(|_| (CString::default(), CString::default()));
+    for (slot, node) in nodes.iter_mut().zip(DEV_NODES) {
+        let path = format!("/dev/{node}");
+        *slot = (c("dev", path.as_bytes())?, c("base", &join(&path))?);
+    }
+    Ok(nodes)
+}
+
 /// Removes a work directory's `dev` directory (the mount points of
 /// [`DEV_NODES`]).
 fn remove_dev_dir(work_dir: &Path) {
@@ -966,8 +980,6 @@ impl Shared {
         }
     }
 
-    /// Takes what the pools keep for the kinds `gone` selects: their
-    /// parked sandboxes, network namespaces and cgroups.
     /// The mount template of `key` (see [`Shared::mount_templates`]), made
     /// from `plan` on a thread of its own at the kind's first sandbox.
     fn mount_template(&self, name: &str, key: &ParkKey, plan: &ChildPlan) -> Option<Arc<OwnedFd>> {
@@ -999,6 +1011,9 @@ impl Shared {
         t
     }
 
+    /// Takes what the pools keep for the kinds `gone` selects: their
+    /// parked sandboxes, network namespaces and cgroups (and drops their
+    /// mount templates).
     fn take_kinds(&self, gone: &dyn Fn(&ParkKey) -> bool) -> KindPools {
         fn take<V>(
             pool: &Mutex<HashMap<ParkKey, Vec<V>>>,
@@ -1609,14 +1624,7 @@ fn start(
         base: c("base", base)?,
         dev_dir: c("dev", sh.config.work_dir.join("dev").as_os_str().as_bytes())?,
         base_dev: c("base", &join("/dev"))?,
-        base_dev_nodes: [
-            (c("dev", b"/dev/null")?, c("base", &join("/dev/null"))?),
-            (c("dev", b"/dev/zero")?, c("base", &join("/dev/zero"))?),
-            (
-                c("dev", b"/dev/urandom")?,
-                c("base", &join("/dev/urandom"))?,
-            ),
-        ],
+        base_dev_nodes: dev_nodes(&c, &join)?,
         base_tmp: c("base", &join("/tmp"))?,
         base_proc: c("base", &join("/proc"))?,
         tmp_opts: c(
@@ -1727,11 +1735,7 @@ fn start(
                 false
             }
         });
-    if in_template {
-        plan.templated = true;
-        plan.base_tmp = c("tmp", b"/tmp")?;
-        plan.base_proc = c("proc", b"/proc")?;
-    }
+    plan.templated = in_template;
     let cloned = entered.and_then(|netns| {
         spawn::clone_child(plan, cgroup_dir_fd.as_ref().map(|f| ns::raw(f.as_fd())))
             .map(|c| (c, netns))

@@ -157,8 +157,8 @@ pub(crate) struct ChildPlan {
     pub binds: BindPlan,
     /// The clone copies a mount template of the kind
     /// ([`build_mount_template`]): its root is already the sandbox's root;
-    /// only `/tmp` (and `/proc`) are mounted, at `base_tmp` and `base_proc`
-    /// (then `/tmp` and `/proc`).
+    /// only `/tmp` (and `/proc`) are mounted, there (not at `base_tmp` and
+    /// `base_proc`).
     pub templated: bool,
     /// Working directory inside the new root (after `pivot_root`).
     pub cwd: Option<CString>,
@@ -826,17 +826,23 @@ unsafe fn assemble_root(plan: &ChildPlan) -> Result<(), Stage> {
 }
 
 /// Mounts the sandbox's own `/tmp` (a size-limited tmpfs) and, when the
-/// plan asks, its `/proc` (at `plan.base_tmp` and `plan.base_proc`).
+/// plan asks, its `/proc`: at `plan.base_tmp` and `plan.base_proc` under the
+/// root being assembled, or at `/tmp` and `/proc` of a templated root.
 ///
 /// # Safety
 ///
 /// As [`assemble_root`].
 unsafe fn mount_tmp_and_proc(plan: &ChildPlan) -> Result<(), Stage> {
-    // SAFETY: mount(2) on NUL-terminated strings owned by `plan`.
+    let (tmp, proc_) = if plan.templated {
+        (c"/tmp", c"/proc")
+    } else {
+        (plan.base_tmp.as_c_str(), plan.base_proc.as_c_str())
+    };
+    // SAFETY: mount(2) on NUL-terminated strings owned by `plan` or literals.
     unsafe {
         if libc::mount(
             c"tmpfs".as_ptr(),
-            plan.base_tmp.as_ptr(),
+            tmp.as_ptr(),
             c"tmpfs".as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV,
             plan.tmp_opts.as_ptr().cast(),
@@ -847,7 +853,7 @@ unsafe fn mount_tmp_and_proc(plan: &ChildPlan) -> Result<(), Stage> {
         if plan.mount_proc
             && libc::mount(
                 c"proc".as_ptr(),
-                plan.base_proc.as_ptr(),
+                proc_.as_ptr(),
                 c"proc".as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 std::ptr::null(),
